@@ -1,0 +1,30 @@
+# The README's two commands are `make backtest` and `make test`; each sets up what it needs first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup backtest test bench lint clean
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changes (idempotent).
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+backtest: $(STAMP)
+	$(PY) -m engine backtest $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_sma_cross.py $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

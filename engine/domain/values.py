@@ -1,0 +1,109 @@
+"""Immutable event and value types. Every instant is epoch milliseconds UTC (``int``).
+
+``ts_event`` is when the thing happened in market time: a bar's close, a headline's publish time,
+a fill's execution time. ``ts_init`` is when the engine created the object (for orders: the
+decision time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.domain.enums import Liquidity, OrderType, Side
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One OHLCV bar. Its event time is its close: ``ts_event = ts_open + timeframe``."""
+
+    symbol: str
+    ts_open: int
+    ts_event: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
+@dataclass(frozen=True, slots=True)
+class News:
+    """A headline. ``ts_event`` is its publish time; a date-only headline is stamped at the end of
+    its day (the last millisecond) so it can never be seen before it existed."""
+
+    ts_event: int
+    headline: str
+    symbol: str | None = None  # the asset it is about; None for market-wide news
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """An order as submitted. ``quantity`` is positive and already rounded to the lot step;
+    prices are rounded to the tick size."""
+
+    client_order_id: str
+    symbol: str
+    side: Side
+    type: OrderType
+    quantity: float
+    ts_init: int
+    limit_price: float | None = None
+    stop_price: float | None = None
+    tag: str = ""
+
+    @property
+    def signed_quantity(self) -> float:
+        return self.quantity * self.side
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """An execution. ``price`` is what was paid; ``reference_price`` is the price before slippage
+    and spread (the open, the limit, or the stop/gap price). ``spread_cost`` and ``slippage_cost``
+    are quote-currency amounts, so ``quantity * |price - reference_price| = spread + slippage``."""
+
+    client_order_id: str
+    symbol: str
+    side: Side
+    quantity: float
+    price: float
+    reference_price: float
+    fee: float
+    liquidity: Liquidity
+    spread_cost: float
+    slippage_cost: float
+    ts_event: int
+    order_type: OrderType = OrderType.MARKET
+    fee_currency: str = "USDT"
+
+    @property
+    def signed_quantity(self) -> float:
+        return self.quantity * self.side
+
+    @property
+    def notional(self) -> float:
+        return self.quantity * self.reference_price
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An order the risk checks or the broker refused, with the reason a person can act on."""
+
+    client_order_id: str
+    symbol: str
+    reason: str
+    ts_event: int
+
+
+@dataclass(frozen=True, slots=True)
+class FundingPayment:
+    """Perpetual funding settled on a position. ``amount > 0`` means the account paid
+    (a long when the rate is positive); it is ``position_quantity * mark_price * rate``."""
+
+    symbol: str
+    ts_event: int
+    rate: float
+    mark_price: float
+    position_quantity: float
+    amount: float
