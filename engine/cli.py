@@ -1,0 +1,174 @@
+"""Command line: ``python -m engine backtest ...``. Run with ``--help`` for the options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.config import Config, build, load_config
+from engine.errors import ConfigError, DataError, EngineError
+
+log = logging.getLogger("engine")
+
+DEFAULT_CONFIG = Path("config.toml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine",
+        description="Event-driven backtesting engine with cost-aware simulated execution.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    bt = sub.add_parser(
+        "backtest",
+        help="run a strategy over bars (and headlines) with a simulated broker",
+        description="Run a strategy over historical bars and headlines. Without --data it runs on the "
+        "offline synthetic sample market. Settings come from config.toml; flags override it.",
+        epilog="examples:\n"
+        "  python -m engine backtest\n"
+        "  python -m engine backtest --data ../shared/data/ohlcv/crypto/binance_BTCUSDT_1h.csv --strategy sma_cross --json\n"
+        "  python -m engine backtest --data bars.csv --set strategies.sma_cross.fast=20 --crosscheck backtrader",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bt.add_argument("--config", type=Path, help="TOML config file (default: ./config.toml if present)")
+    bt.add_argument("--strategy", help="strategy name (see `python -m engine strategies`)")
+    bt.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a config value; repeatable, e.g. --set costs.slippage_bps=5")
+    bt.add_argument("--data", help="CSV of bars (epoch ms/s, ISO or M/D/YYYY dates; any column order)")
+    bt.add_argument("--news", help="CSV of headlines (title/headline + date/published columns)")
+    bt.add_argument("--symbol", help="symbol name (default: derived from the file name)")
+    bt.add_argument("--timeframe", help="bar length such as 1h or 1d (default: inferred)")
+    bt.add_argument("--start", help="first bar open time to include, ISO (UTC), e.g. 2020-01-01")
+    bt.add_argument("--end", help="bars opening before this instant are included, ISO (UTC)")
+    bt.add_argument("--drop-bad-rows", action="store_true", help="drop malformed rows (reporting how many) instead of stopping")
+    bt.add_argument("--fill-mode", choices=["next_open", "close"],
+                    help="next_open (default, realistic) or close (compatibility only)")
+    bt.add_argument("--crosscheck", choices=["backtrader"], help="rerun through backtrader and report the differences")
+    bt.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    bt.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    sub.add_parser("strategies", help="list the available strategies and their parameters")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "strategies":
+            return _list_strategies()
+        return _backtest(args)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _flag_overrides(args: argparse.Namespace) -> list[str]:
+    mapping = {
+        "strategy": "run.strategy", "data": "data.bars", "news": "data.news", "symbol": "data.symbol",
+        "timeframe": "data.timeframe", "start": "run.start", "end": "run.end", "fill_mode": "run.fill_mode",
+    }
+    out = [f"{key}={json.dumps(getattr(args, attr))}" for attr, key in mapping.items() if getattr(args, attr)]
+    if args.drop_bad_rows:
+        out.append("data.drop_bad_rows=true")
+    return out
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    from engine.session import prepare_backtest  # imported here so `--help` stays instant
+
+    config_path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    config = load_config(config_path, [*args.overrides, *_flag_overrides(args)])
+    _setup_logging(config)
+    plan = prepare_backtest(config)
+    for note in plan.notes:
+        log.info(note)
+        if not args.json:
+            print(note, file=sys.stderr)
+    progress = not args.json and not args.no_progress and sys.stderr.isatty()
+    result = plan.run(progress=progress)
+    summary = result.summary()
+    summary.update(plan.describe())
+    if args.crosscheck:
+        from engine.crosscheck import crosscheck_backtrader
+
+        summary["crosscheck"] = crosscheck_backtrader(plan, result).as_dict()
+    log.info("run %s finished: %s", result.run_id, json.dumps({k: summary[k] for k in ("bars", "fills", "final_equity")}))
+    if args.json:
+        print(json.dumps(summary, allow_nan=False, default=str))
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+def _list_strategies() -> int:
+    import dataclasses
+
+    from strategies import STRATEGIES
+
+    for name, cls in sorted(STRATEGIES.items()):
+        params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Params))
+        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        print(f"{name:14s} {doc}\n{'':14s} params: {params or '-'}")
+    return 0
+
+
+def _setup_logging(config: Config) -> None:
+    path = Path(config.logging.file)
+    handlers: list[logging.Handler] = []
+    if config.logging.file:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(path, encoding="utf-8"))
+    logging.basicConfig(level=config.logging.level.upper(), handlers=handlers or [logging.NullHandler()],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _num(x: Any, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:,.{digits}f}"
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The human-readable table printed without ``--json``."""
+    m = s["metrics"]
+    costs = m["cost_returns"]
+    rows = [
+        ("run", s["run_id"]), ("strategy", s["strategy"]), ("data", s.get("data", "")),
+        ("symbols", ", ".join(s["symbols"])), ("period", f"{s.get('start', '')} -> {s.get('end', '')}"),
+        ("bars / news", f"{s['bars']:,} / {s['news']:,}"),
+        ("orders / fills / rejected", f"{s['orders']} / {s['fills']} / {s['rejected_orders']}"),
+        ("", ""),
+        ("starting cash", _num(s["starting_cash"])), ("final equity", _num(s["final_equity"])),
+        ("total return", _pct(m["total_return"])), ("buy & hold return", _pct(m["buy_and_hold_return"])),
+        ("annualised return", _pct(m["annualized_return"])), ("volatility (ann.)", _pct(m["volatility"])),
+        ("sharpe / sortino", f"{_num(m['sharpe'])} / {_num(m['sortino'])}"),
+        ("max drawdown", f"{_pct(m['max_drawdown'])} (lasting {m['max_drawdown_duration_ms'] / 86_400_000:.1f} days)"),
+        ("calmar", _num(m["calmar"])),
+        ("round trips / win rate", f"{m['round_trips']} / {_pct(m['win_rate'])}"),
+        ("profit factor", _num(m["profit_factor"])),
+        ("exposure / turnover", f"{_pct(m['exposure'])} / {_num(m['turnover'])}x"),
+        ("", ""),
+        ("gross return (before costs)", _pct(m["gross_return"])),
+        ("fees", f"{_num(s['fees'])}  ({_pct(costs['fees'])} of start)"),
+        ("spread", f"{_num(s['spread'])}  ({_pct(costs['spread'])})"),
+        ("slippage", f"{_num(s['slippage'])}  ({_pct(costs['slippage'])})"),
+        ("funding", f"{_num(s['funding'])}  ({_pct(costs['funding'])})"),
+        ("", ""),
+        ("speed", f"{s['bars_per_second']:,.0f} bars/s ({s['elapsed_seconds']:.2f} s)"),
+    ]
+    if "crosscheck" in s:
+        cc = s["crosscheck"]
+        rows.append(("backtrader cross-check", cc["verdict"]))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" if k else "" for k, v in rows)

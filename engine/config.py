@@ -1,0 +1,204 @@
+"""Typed configuration: ``config.toml`` -> frozen dataclasses, with every key checked.
+
+Unknown keys and bad values stop the run with a message naming the key path and, for a typo, the
+nearest valid key. Command-line flags and ``--set section.key=value`` override the file. Secrets
+(API keys) never live here: they come from the environment only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from engine.errors import ConfigError
+from engine.feeds.sample import SampleMarketConfig
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    strategy: str = "sma_cross"
+    starting_cash: float = 10_000.0
+    fill_mode: Literal["next_open", "close"] = "next_open"
+    start: str = ""  # ISO date or datetime (UTC); "" = from the first bar
+    end: str = ""  # exclusive; "" = to the last bar
+
+    def __post_init__(self) -> None:
+        if not self.starting_cash > 0:
+            raise ValueError("must be positive")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    bars: str = ""  # CSV of bars; "" = the offline synthetic sample market
+    news: str = ""  # CSV of headlines; "" = none (the sample market brings its own)
+    symbol: str = ""  # "" = derived from the file name
+    timeframe: str = ""  # "" = inferred from the timestamps
+    drop_bad_rows: bool = False
+    adjusted: bool = False
+    news_timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class InstrumentConfig:
+    contract: Literal["spot", "linear_perp"] = "spot"
+    tick_size: float = 0.01
+    lot_step: float = 0.000001
+    min_quantity: float = 0.0
+    min_notional: float = 0.0
+    max_leverage: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("tick_size", "lot_step"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if self.contract == "spot" and self.max_leverage != 1.0:
+            raise ValueError("max_leverage must be 1 for spot instruments")
+
+
+@dataclass(frozen=True)
+class CostsConfig:
+    maker_fee: float | Literal["vip0"] = "vip0"  # "vip0" = Bybit's VIP0 rate for the contract type
+    taker_fee: float | Literal["vip0"] = "vip0"
+    slippage_bps: float = 2.0
+    half_spread_bps: float = 1.0
+    funding_rate: float = 0.0001  # per 8-hour settlement, perpetuals only
+    funding_file: str = ""  # CSV of (timestamp, rate); overrides funding_rate when set
+
+    def __post_init__(self) -> None:
+        for name in ("maker_fee", "taker_fee"):
+            value = getattr(self, name)
+            if value != "vip0" and not -0.01 <= value <= 0.05:
+                raise ValueError(f"{name} {value} is outside [-0.01, 0.05]; rates are fractions (0.001 = 0.1%)")
+        if self.slippage_bps < 0 or self.half_spread_bps < 0:
+            raise ValueError("slippage_bps and half_spread_bps must be >= 0")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    file: str = "logs/engine.log"
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sample: SampleMarketConfig = field(default_factory=SampleMarketConfig)
+    instrument: InstrumentConfig = field(default_factory=InstrumentConfig)
+    costs: CostsConfig = field(default_factory=CostsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # Per-strategy parameter tables, checked against the chosen strategy's Params by ``build``.
+    strategies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+# -- loading -----------------------------------------------------------------------------------
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read ``path`` (if given), apply ``section.key=value`` overrides, and check everything."""
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found (pass --config PATH or create it)") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for item in overrides:
+        apply_override(raw, item)
+    return build(Config, raw, where=where)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``section.key=value``; the value is read as TOML (``20``, ``true``, ``"x"``),
+    falling back to a plain string."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set costs.slippage_bps=5")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {part} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def build(cls: type[T], table: Mapping[str, Any], *, where: str = "config", path: str = "") -> T:
+    """Turn a TOML table into dataclass ``cls``, refusing unknown keys and ill-typed values."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: {path or 'the file'} must be a table, got {table!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    for key in table:
+        if key not in fields:
+            full = f"{path}.{key}" if path else key
+            close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+            hint = f" (did you mean {(path + '.' if path else '') + close[0]!r}?)" if close else ""
+            valid = ", ".join(fields) or "none"
+            raise ConfigError(f"{where}: unknown key {full!r}{hint}; valid keys here: {valid}")
+    values: dict[str, Any] = {}
+    for name, value in table.items():
+        full = f"{path}.{name}" if path else name
+        values[name] = _convert(hints[name], value, where, full)
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: [{path or cls.__name__}] {exc}") from None
+
+
+def _convert(hint: Any, value: Any, where: str, full: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, where=where, path=full)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(hint):
+            try:
+                return _convert(option, value, where, full)
+            except ConfigError as exc:
+                errors.append(str(exc).rsplit(": ", 1)[-1])
+        raise ConfigError(f"{where}: {full} = {value!r} is not valid: {' or '.join(errors)}")
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint_text = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: {full} = {value!r}: expected one of {', '.join(map(repr, choices))}{hint_text}")
+        return value
+    if origin in (Mapping, dict) or hint is Any:
+        if origin and not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: {full} must be a table")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {full} = {value!r}: expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {full} = {value!r}: expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: {full} = {value!r}: expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {full} = {value!r}: expected a string")
+        return value
+    raise ConfigError(f"{where}: {full}: unsupported setting type {hint!r}")  # a programming error, named

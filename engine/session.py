@@ -1,0 +1,163 @@
+"""Turns a checked ``Config`` into everything a backtest needs: data, instruments, costs and the
+strategy. The CLI, the cross-check and the tests share it, so they all run the same thing."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.backtest import BacktestResult, run_backtest
+from engine.config import Config, build
+from engine.costs import ConstantFunding, CostModels, FixedBps, FundingModel, InstrumentFees
+from engine.domain import DEFAULT_FEES, ContractType, Instrument, News
+from engine.errors import ConfigError, DataError
+from engine.feeds.series import BarSeries
+from engine.timeutil import iso, parse_instant, parse_timeframe
+
+
+@dataclass
+class BacktestPlan:
+    config: Config
+    series: list[BarSeries]
+    news: list[News]
+    instruments: dict[str, Instrument]
+    costs: CostModels
+    make_strategy: Callable[[], Any]
+    data_label: str
+    notes: list[str] = field(default_factory=list)
+
+    def run(self, *, progress: bool = False, check_invariants: bool = False) -> BacktestResult:
+        return run_backtest(self.make_strategy(), self.series, self.instruments, news=self.news,
+                            starting_cash=self.config.run.starting_cash, costs=self.costs,
+                            fill_mode=self.config.run.fill_mode, progress=progress,
+                            check_invariants=check_invariants)
+
+    def describe(self) -> dict[str, Any]:
+        s = self.series[0]
+        return {
+            "data": self.data_label,
+            "timeframe": s.timeframe,
+            "start": iso(int(s.ts_open[0])) if len(s) else None,
+            "end": iso(int(s.ts_close[-1])) if len(s) else None,
+            "contract": self.config.instrument.contract,
+            "notes": self.notes,
+        }
+
+
+def prepare_backtest(config: Config) -> BacktestPlan:
+    notes: list[str] = []
+    series, news, label = _load_market(config, notes)
+    series = _slice(series, config)
+    instrument = make_instrument(config, series.symbol)
+    return BacktestPlan(
+        config=config, series=[series], news=news, instruments={series.symbol: instrument},
+        costs=make_costs(config), make_strategy=strategy_factory(config), data_label=label, notes=notes,
+    )
+
+
+def strategy_factory(config: Config) -> Callable[[], Any]:
+    """Check the chosen strategy and every ``[strategies.*]`` table now, build instances later."""
+    from strategies import STRATEGIES, get_strategy
+
+    for name in config.strategies:
+        if name not in STRATEGIES:
+            close = difflib.get_close_matches(name, STRATEGIES, n=1)
+            hint = f" (did you mean 'strategies.{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown strategy table 'strategies.{name}'{hint}; strategies: {', '.join(STRATEGIES)}")
+    try:
+        cls = get_strategy(config.run.strategy)
+    except KeyError as exc:
+        raise ConfigError(f"run.strategy: {exc.args[0]}") from None
+    params = build(cls.Params, config.strategies.get(cls.name, {}), where="config", path=f"strategies.{cls.name}")
+    return lambda: cls(params)
+
+
+def make_instrument(config: Config, symbol: str) -> Instrument:
+    ic, cc = config.instrument, config.costs
+    contract = ContractType(ic.contract)
+    maker, taker = DEFAULT_FEES[contract]
+    return Instrument(
+        symbol=symbol, contract=contract, tick_size=ic.tick_size, lot_step=ic.lot_step,
+        min_quantity=ic.min_quantity, min_notional=ic.min_notional,
+        maker_fee=maker if cc.maker_fee == "vip0" else float(cc.maker_fee),
+        taker_fee=taker if cc.taker_fee == "vip0" else float(cc.taker_fee),
+        max_leverage=ic.max_leverage,
+    )
+
+
+def make_costs(config: Config) -> CostModels:
+    cc = config.costs
+    funding: FundingModel = ConstantFunding(cc.funding_rate)
+    if cc.funding_file:
+        from engine.feeds.funding_files import load_funding
+
+        funding = load_funding(cc.funding_file)
+    return CostModels(fees=InstrumentFees(), spread=FixedBps(cc.half_spread_bps), slippage=FixedBps(cc.slippage_bps),
+                      funding=funding)
+
+
+def _load_market(config: Config, notes: list[str]) -> tuple[BarSeries, list[News], str]:
+    data = config.data
+    timeframe_ms = _timeframe(data.timeframe)
+    if not data.bars:
+        from engine.feeds.sample import generate_sample_market
+
+        try:
+            market = generate_sample_market(config.sample)
+        except ValueError as exc:
+            raise ConfigError(f"[sample] {exc}") from None
+        notes.append(f"data: SYNTHETIC sample market (seed {config.sample.seed}, {config.sample.bars} bars of "
+                     f"{config.sample.timeframe}, {len(market.news)} synthetic headlines); pass --data for real bars")
+        news = list(market.news)
+        if data.news:
+            news = _load_news(config, market.bars.symbol, notes)
+        return market.bars, news, f"synthetic:seed={config.sample.seed}"
+    from engine.feeds.bar_files import load_bars
+
+    loaded = load_bars(data.bars, symbol=data.symbol or None, timeframe_ms=timeframe_ms,
+                       drop_bad_rows=data.drop_bad_rows, adjusted=data.adjusted)
+    if loaded.dropped_rows:
+        notes.append(f"data: dropped {loaded.dropped_rows} malformed rows from {data.bars} "
+                     f"(first: {loaded.problems[0]})")
+    news = _load_news(config, loaded.series.symbol, notes) if data.news else []
+    return loaded.series, news, str(data.bars)
+
+
+def _load_news(config: Config, symbol: str, notes: list[str]) -> list[News]:
+    from engine.feeds.news_files import load_news
+
+    loaded = load_news(config.data.news, symbol=None, tz=config.data.news_timezone)
+    # Headlines about another asset are not this run's; market-wide ones (symbol None) are kept.
+    items = [n if n.symbol is not None else News(n.ts_event, n.headline, symbol, n.source) for n in loaded.items
+             if n.symbol in (None, symbol)]
+    notes.append(f"news: {len(items)} headlines from {config.data.news} "
+                 f"({loaded.duplicates_removed} duplicates removed, {loaded.empty_rows_skipped} empty rows skipped)")
+    return items
+
+
+def _timeframe(text: str) -> int | None:
+    if not text:
+        return None
+    try:
+        return parse_timeframe(text)
+    except ValueError as exc:
+        raise ConfigError(f"data.timeframe: {exc}") from None
+
+
+def _slice(series: BarSeries, config: Config) -> BarSeries:
+    try:
+        start = parse_instant(config.run.start) if config.run.start else None
+        end = parse_instant(config.run.end) if config.run.end else None
+    except ValueError as exc:
+        raise ConfigError(f"run.start/run.end: {exc}") from None
+    if start is not None and end is not None and end <= start:
+        raise ConfigError(f"run.end ({config.run.end}) must be after run.start ({config.run.start})")
+    sliced = series.between(start, end)
+    if len(sliced) < 2:
+        raise DataError(f"{Path(series.source).name or series.symbol}: only {len(sliced)} bars between "
+                        f"{config.run.start or 'the start'} and {config.run.end or 'the end'} "
+                        f"(the data covers {iso(int(series.ts_open[0]))} to {iso(int(series.ts_close[-1]))})")
+    return sliced

@@ -1,0 +1,47 @@
+"""The strategy base class: override the hooks you need; the engine calls them in time order.
+
+Hooks are named for what happened. ``ctx`` (``engine.context.StrategyContext``) gives the
+portfolio, history up to now and the order methods. The same class runs in backtests, the paper
+daemon and live trading.
+
+Parameters: a strategy declares a frozen dataclass ``Params``; ``config.toml``'s
+``[strategies.<name>]`` table is checked against it (unknown keys are refused).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from engine.context import StrategyContext
+    from engine.domain import Bar, Fill, News, Rejection
+
+
+class Strategy:
+    name: ClassVar[str] = "strategy"
+
+    @dataclass(frozen=True)
+    class Params:
+        pass
+
+    def __init__(self, params: Any = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    def on_start(self, ctx: StrategyContext) -> None:
+        """Before the first event."""
+
+    def on_bar(self, ctx: StrategyContext, bar: Bar) -> None:
+        """A bar closed; ``ctx.history`` now includes it."""
+
+    def on_news(self, ctx: StrategyContext, news: News) -> None:
+        """A headline was published."""
+
+    def on_fill(self, ctx: StrategyContext, fill: Fill) -> None:
+        """One of this strategy's orders (partly) filled."""
+
+    def on_order_rejected(self, ctx: StrategyContext, rejection: Rejection) -> None:
+        """An order was refused; ``rejection.reason`` says why."""
+
+    def on_stop(self, ctx: StrategyContext) -> None:
+        """After the last event."""
