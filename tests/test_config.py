@@ -1,0 +1,81 @@
+"""config.toml is loaded into typed objects; unknown keys and bad values name the key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.config import Config, load_config
+from engine.errors import ConfigError
+from engine.session import prepare_backtest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_config_loads_and_matches_defaults():
+    config = load_config(ROOT / "config.toml")
+    defaults = Config()
+    # Every section in the file equals the code's defaults, so the file documents what runs.
+    for section in ("run", "data", "sample", "instrument", "costs", "logging"):
+        assert getattr(config, section) == getattr(defaults, section), section
+    assert config.strategies["sma_cross"] == {"fast": 10, "slow": 30, "fraction": 0.95, "allow_short": False}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["costs.taker_fe=0.001"], "unknown key 'costs.taker_fe' (did you mean 'costs.taker_fee'?)"),
+    (["cost.taker_fee=0.001"], "unknown key 'cost' (did you mean 'costs'?)"),
+    (["run.fill_mode=clse"], "expected one of 'next_open', 'close' (did you mean 'close'?)"),
+    (["costs.slippage_bps=fast"], "costs.slippage_bps = 'fast': expected a number"),
+    (["costs.slippage_bps=-1"], "slippage_bps and half_spread_bps must be >= 0"),
+    (["costs.taker_fee=5"], "outside [-0.01, 0.05]"),
+    (["costs.taker_fee=vipp0"], "costs.taker_fee = 'vipp0' is not valid"),
+    (["run.starting_cash=0"], "[run] must be positive"),
+    (["instrument.max_leverage=5"], "max_leverage must be 1 for spot"),
+    (["sample.bars=true"], "sample.bars = True: expected an integer"),
+    (["data.drop_bad_rows=1"], "expected true or false"),
+    (["run"], "expected section.key=value"),
+])
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(ROOT / "config.toml", overrides)
+    assert message in str(info.value)
+
+
+def test_overrides_are_typed_and_win_over_the_file():
+    config = load_config(ROOT / "config.toml", ["costs.slippage_bps=5", "run.strategy=buy_and_hold",
+                                               "strategies.sma_cross.fast=20"])
+    assert config.costs.slippage_bps == 5.0 and isinstance(config.costs.slippage_bps, float)
+    assert config.run.strategy == "buy_and_hold"
+    assert config.strategies["sma_cross"]["fast"] == 20
+
+
+def test_strategy_parameters_are_checked_against_the_strategy(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'strategies.sma_cross.fsat' \(did you mean 'strategies.sma_cross.fast'\?\)"):
+        prepare_backtest(load_config(None, ["strategies.sma_cross.fsat=3"]))
+    with pytest.raises(ConfigError, match="need 1 <= fast < slow"):
+        prepare_backtest(load_config(None, ["strategies.sma_cross.fast=50"]))
+    with pytest.raises(ConfigError, match="did you mean 'strategies.sma_cross'"):
+        prepare_backtest(load_config(None, ["strategies.sma_crosss.fast=3"]))
+    with pytest.raises(ConfigError, match="unknown strategy 'sma'; available: buy_and_hold, sma_cross"):
+        prepare_backtest(load_config(None, ["run.strategy=sma"]))
+    with pytest.raises(ConfigError, match=r"unknown strategy 'sma_crss' \(did you mean 'sma_cross'\?\)"):
+        prepare_backtest(load_config(None, ["run.strategy=sma_crss"]))
+
+
+def test_malformed_file_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run\nstrategy = 'x'\n")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+    wrong_type = tmp_path / "wrong.toml"
+    wrong_type.write_text("run = 3\n")
+    with pytest.raises(ConfigError, match="run must be a table"):
+        load_config(wrong_type)
+
+
+def test_sample_market_settings_are_validated():
+    with pytest.raises(ConfigError, match=r"\[sample\].*bars"):
+        prepare_backtest(load_config(None, ["sample.bars=0"]))
