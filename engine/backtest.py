@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import repeat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,18 @@ def merge_order(series: Sequence[BarSeries], news: Sequence[News]) -> tuple[list
     return src[order].tolist(), r[order].tolist()
 
 
+def iter_bars(series: BarSeries, chunk: int = 65_536) -> Iterator[Bar]:
+    """The series as ``Bar`` values, converted a chunk at a time so a million bars never exist
+    as Python objects at once."""
+    make, tf, sym = Bar._make, series.timeframe_ms, series.symbol
+    for a in range(0, len(series), chunk):
+        b = a + chunk
+        ts_open = series.ts_open[a:b]
+        yield from map(make, zip(repeat(sym), ts_open.tolist(), (ts_open + tf).tolist(), series.open[a:b].tolist(),
+                                 series.high[a:b].tolist(), series.low[a:b].tolist(), series.close[a:b].tolist(),
+                                 series.volume[a:b].tolist()))
+
+
 def buy_and_hold_return(series: Sequence[BarSeries]) -> float | None:
     """Equal-weight price return of holding every symbol from the first close to the last, no costs."""
     rets = [s.close[-1] / s.close[0] - 1.0 for s in series if len(s) > 1]
@@ -124,8 +137,7 @@ def run_backtest(strategy: Any, series: Sequence[BarSeries], instruments: Mappin
     costs = costs or CostModels()
     run_id = run_id or new_run_id()
     portfolio = Portfolio(starting_cash)
-    loop = EventLoop(portfolio, instruments, costs.funding, check_invariants=check_invariants,
-                     capacity=max(16, max(len(s) for s in series)))
+    loop = EventLoop(portfolio, instruments, costs.funding, check_invariants=check_invariants)
     broker = SimulatedBroker(portfolio, instruments, costs, emit=loop.on_broker_event, fill_mode=fill_mode)
     by_symbol = {s.symbol: s for s in series}
     ctx = StrategyContext(run_id=run_id, portfolio=portfolio, broker=broker, instruments=instruments,
@@ -133,8 +145,7 @@ def run_backtest(strategy: Any, series: Sequence[BarSeries], instruments: Mappin
     loop.bind(strategy, ctx, broker)
     news = sorted(news, key=lambda n: n.ts_event)
     sources, rows = merge_order(series, news)
-    columns = [(s.symbol, s.ts_open.tolist(), s.ts_close.tolist(), s.open.tolist(), s.high.tolist(),
-                s.low.tolist(), s.close.tolist(), s.volume.tolist()) for s in series]
+    next_bar = [iter_bars(s).__next__ for s in series]  # events of one series come in row order
 
     started = time.perf_counter()
     if series[0].ts_open.size:
@@ -148,8 +159,7 @@ def run_backtest(strategy: Any, series: Sequence[BarSeries], instruments: Mappin
                 if src < 0:
                     process_news(news[row])
                     continue
-                sym, ts_o, ts_c, o, h, low, c, v = columns[src]
-                process_bar(Bar(sym, ts_o[row], ts_c[row], o[row], h[row], low[row], c[row], v[row]), row)
+                process_bar(next_bar[src](), row)
             bar_progress.update(min(chunk, len(sources) - first))
     loop.stop()
     elapsed = time.perf_counter() - started

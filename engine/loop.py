@@ -9,11 +9,12 @@ paper and live daemons (which feed it events as they arrive). Per bar, in this o
 3. positions are marked at the close;
 4. fill and rejection notices go to the strategy (``on_fill``, ``on_order_rejected``);
 5. the strategy's ``on_bar`` runs, then any notices it caused;
-6. equity is recorded at the bar's close time.
+6. equity (cash + position values) is recorded at the bar's close time.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -29,7 +30,7 @@ from engine.portfolio import Portfolio
 
 class EventLoop:
     def __init__(self, portfolio: Portfolio, instruments: Mapping[str, Instrument], funding: FundingModel,
-                 *, check_invariants: bool = False, capacity: int = 1024) -> None:
+                 *, check_invariants: bool = False) -> None:
         self.portfolio = portfolio
         self.instruments = instruments
         self._funding = funding
@@ -42,17 +43,21 @@ class EventLoop:
         self.funding_payments: list[FundingPayment] = []
         self.bars_seen = 0
         self.news_seen = 0
-        # Equity curve: one point per distinct bar-close time, in growable numpy buffers.
-        self._eq_ts = np.empty(capacity, dtype=np.int64)
-        self._eq = np.empty(capacity, dtype=np.float64)
-        self._eq_gross = np.empty(capacity, dtype=np.float64)
-        self._eq_n = 0
+        # Equity curve: one point per distinct bar-close time, in compact typed arrays.
+        self._eq_ts = array("q")
+        self._eq = array("d")
+        self._eq_gross = array("d")
+        self._positions = portfolio.positions  # the portfolio's own dict: read on every bar
         self.strategy: Any = None
         self.ctx: StrategyContext | None = None
         self.broker: Broker | None = None
 
     def bind(self, strategy: Any, ctx: StrategyContext, broker: Broker) -> None:
         self.strategy, self.ctx, self.broker = strategy, ctx, broker
+        # Bound once: process_bar runs a million times in a long backtest.
+        self._broker_on_bar = broker.on_bar
+        self._strategy_on_bar = strategy.on_bar
+        self._index = ctx.index
 
     # -- broker events -------------------------------------------------------------------------
     def on_broker_event(self, event: BrokerEvent) -> None:
@@ -96,19 +101,33 @@ class EventLoop:
         """``row`` is the bar's index in its series (what ``ctx.history`` may read up to)."""
         ctx = self.ctx
         symbol = bar.symbol
-        ctx.time = bar.ts_event
+        ts = bar.ts_event
+        ctx.time = ts
         self.bars_seen += 1
-        self.broker.on_bar(bar)
+        self._broker_on_bar(bar)
         if symbol in self._perpetuals:
             self._settle_funding(bar)
-        self.portfolio.position(symbol).last_price = bar.close
-        ctx.index[symbol] = row
+        pos = self._positions.get(symbol) or self.portfolio.position(symbol)
+        pos.last_price = bar.close
+        self._index[symbol] = row
         if self._notices:
             self._notify()
-        self.strategy.on_bar(ctx, bar)
+        self._strategy_on_bar(ctx, bar)
         if self._notices:
             self._notify()
-        self._record(bar.ts_event)
+        # Record equity at this close (inline: this runs once per bar).
+        value = gross = 0.0
+        for p in self._positions.values():
+            v = p.quantity * p.last_price
+            value += v
+            gross += v if v >= 0.0 else -v
+        if self._eq_ts and self._eq_ts[-1] == ts:  # several symbols closed at this instant: keep the last state
+            self._eq[-1] = self.portfolio.cash + value
+            self._eq_gross[-1] = gross
+        else:
+            self._eq_ts.append(ts)
+            self._eq.append(self.portfolio.cash + value)
+            self._eq_gross.append(gross)
         if self._check:
             self.portfolio.check_invariants()
 
@@ -130,26 +149,7 @@ class EventLoop:
             due = next_funding_time(due)
         self._next_funding[symbol] = due
 
-    def _record(self, ts: int) -> None:
-        n = self._eq_n
-        if n and self._eq_ts[n - 1] == ts:
-            n -= 1  # several symbols closed at this instant: keep the last state
-        elif n == len(self._eq_ts):
-            self._eq_ts = np.resize(self._eq_ts, 2 * n)
-            self._eq = np.resize(self._eq, 2 * n)
-            self._eq_gross = np.resize(self._eq_gross, 2 * n)
-        cash = self.portfolio.cash
-        value = gross = 0.0
-        for pos in self.portfolio.positions.values():
-            v = pos.quantity * pos.last_price
-            value += v
-            gross += abs(v)
-        self._eq_ts[n] = ts
-        self._eq[n] = cash + value
-        self._eq_gross[n] = gross
-        self._eq_n = n + 1
-
     def equity_curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(close times, equity, gross exposure) recorded so far."""
-        n = self._eq_n
-        return self._eq_ts[:n].copy(), self._eq[:n].copy(), self._eq_gross[:n].copy()
+        return (np.array(self._eq_ts, dtype=np.int64), np.array(self._eq, dtype=np.float64),
+                np.array(self._eq_gross, dtype=np.float64))

@@ -66,7 +66,8 @@ class SimulatedBroker:
         return [o for orders in self._open.values() for o in orders]
 
     def on_bar(self, bar: Bar) -> None:
-        self._last_bar[bar.symbol] = bar
+        if self.fill_mode == "close":
+            self._last_bar[bar.symbol] = bar  # the close that market orders decided now will fill at
         orders = self._open.get(bar.symbol)
         if not orders:
             return
