@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.config import Config, build, load_config
+from engine.config import Config, load_config
 from engine.errors import ConfigError, DataError, EngineError
 
 log = logging.getLogger("engine")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 
 
 class Side(IntEnum):
@@ -16,13 +16,13 @@ class Side(IntEnum):
         return cls.BUY if signed_quantity > 0 else cls.SELL
 
 
-class OrderType(str, Enum):
+class OrderType(StrEnum):
     MARKET = "market"
     LIMIT = "limit"
     STOP = "stop"  # stop-market: becomes a market order when the price trades through it
 
 
-class OrderStatus(str, Enum):
+class OrderStatus(StrEnum):
     """Life cycle shared by the simulated and the live brokers."""
 
     ACCEPTED = "accepted"
@@ -32,11 +32,11 @@ class OrderStatus(str, Enum):
     EXPIRED = "expired"
 
 
-class Liquidity(str, Enum):
+class Liquidity(StrEnum):
     MAKER = "maker"
     TAKER = "taker"
 
 
-class ContractType(str, Enum):
+class ContractType(StrEnum):
     SPOT = "spot"
     LINEAR_PERP = "linear_perp"  # USDT-margined perpetual swap: shortable, leveraged, pays funding
