@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.errors import ConfigError
 from engine.indicators import SMA
 from strategies.base import Strategy
 
@@ -29,7 +30,7 @@ class SmaCross(Strategy):
         if self.params.allow_short:
             spot = [s for s in ctx.symbols if not ctx.instruments[s].can_short]
             if spot:
-                raise ValueError(f"sma_cross allow_short=true needs shortable instruments; {spot} are spot")
+                raise ConfigError(f"strategies.sma_cross.allow_short = true needs shortable instruments; {spot} are spot")
         self._fast = {s: SMA(self.params.fast) for s in ctx.symbols}
         self._slow = {s: SMA(self.params.slow) for s in ctx.symbols}
         self._above: dict[str, bool | None] = dict.fromkeys(ctx.symbols)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from engine.backtest import BacktestResult, run_backtest
 from engine.costs import CostModels
@@ -71,3 +73,15 @@ def run(rows, actions=None, *, inst: Instrument | None = None, costs: CostModels
     result = run_backtest(strategy, [series], {inst.symbol: inst}, news=news, starting_cash=cash,
                           costs=costs, fill_mode=fill_mode, check_invariants=True)  # type: ignore[arg-type]
     return result, strategy
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    """Write ``text`` (each line stripped of indentation) as ``tmp_path/name``, gzipped for .gz."""
+    body = "\n".join(line.strip() for line in text.strip().splitlines()) + "\n"
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        with gzip.open(path, "wt") as handle:
+            handle.write(body)
+    else:
+        path.write_text(body)
+    return path

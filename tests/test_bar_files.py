@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import time
 from pathlib import Path
 
@@ -13,21 +12,10 @@ import pytest
 from engine.errors import DataError
 from engine.feeds.bar_files import MAX_PROBLEMS, load_bars, symbol_from_path
 from engine.timeutil import MS_PER_DAY, MS_PER_HOUR, parse_instant
+from tests.helpers import write
 
 H = MS_PER_HOUR
 T0 = 1_600_000_000_000 - 1_600_000_000_000 % H  # a whole hour
-
-
-def write(tmp_path: Path, name: str, text: str) -> Path:
-    """Write ``text`` (lines without their common indentation) as ``tmp_path/name``, gzipped for .gz."""
-    body = "\n".join(line.strip() for line in text.strip().splitlines()) + "\n"
-    path = tmp_path / name
-    if name.endswith(".gz"):
-        with gzip.open(path, "wt") as handle:
-            handle.write(body)
-    else:
-        path.write_text(body)
-    return path
 
 
 def hourly(rows: int = 3, start: int = T0) -> str:

@@ -3,7 +3,6 @@ dedupe and ticker filtering, errors, and the real headline files."""
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import pandas as pd
@@ -13,18 +12,7 @@ from engine.domain.values import News
 from engine.errors import DataError
 from engine.feeds.news_files import load_news
 from engine.timeutil import parse_instant
-
-
-def write(tmp_path: Path, name: str, text: str) -> Path:
-    """Write ``text`` (lines stripped of indentation) as ``tmp_path/name``, gzipped for .gz."""
-    body = "\n".join(line.strip() for line in text.strip().splitlines()) + "\n"
-    path = tmp_path / name
-    if name.endswith(".gz"):
-        with gzip.open(path, "wt") as handle:
-            handle.write(body)
-    else:
-        path.write_text(body)
-    return path
+from tests.helpers import write
 
 
 def stamp(tmp_path: Path, value: str, tz: str = "UTC") -> int:
