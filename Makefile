@@ -11,7 +11,9 @@ setup: $(STAMP)
 # Re-installs only when pyproject.toml changes (idempotent).
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@echo "Installing the project and its dependencies into $(VENV) (first run only; log: $(VENV)/install.log)"
+	@$(PY) -m pip install --disable-pip-version-check -e '.[dev]' > $(VENV)/install.log 2>&1 \
+		|| { tail -n 30 $(VENV)/install.log; echo "error: installation failed; full log in $(VENV)/install.log"; exit 1; }
 	@touch $(STAMP)
 
 backtest: $(STAMP)
