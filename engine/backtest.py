@@ -21,8 +21,9 @@ from tqdm import tqdm
 from engine.brokers.simulated import FillMode, SimulatedBroker
 from engine.context import StrategyContext
 from engine.costs import CostModels
-from engine.domain import Bar, Fill, FundingPayment, Instrument, News, Rejection
+from engine.domain import Bar, Fill, FundingPayment, Instrument, News, Order, Rejection
 from engine.feeds.series import BarSeries
+from engine.journal import Journal
 from engine.loop import EventLoop
 from engine.metrics import Metrics, compute_metrics
 from engine.portfolio import Ledgers, Portfolio
@@ -38,7 +39,7 @@ class BacktestResult:
     timeframe_ms: int
     bars: int
     news: int
-    orders: int
+    orders: tuple[Order, ...]
     fills: tuple[Fill, ...]
     rejections: tuple[Rejection, ...]
     funding_payments: tuple[FundingPayment, ...]
@@ -66,7 +67,7 @@ class BacktestResult:
             "symbols": list(self.symbols),
             "bars": self.bars,
             "news": self.news,
-            "orders": self.orders,
+            "orders": len(self.orders),
             "fills": len(self.fills),
             "rejected_orders": len(self.rejections),
             "starting_cash": self.starting_cash,
@@ -124,7 +125,7 @@ def buy_and_hold_return(series: Sequence[BarSeries]) -> float | None:
 def run_backtest(strategy: Any, series: Sequence[BarSeries], instruments: Mapping[str, Instrument], *,
                  news: Sequence[News] = (), starting_cash: float = 10_000.0, costs: CostModels | None = None,
                  fill_mode: FillMode = "next_open", run_id: str | None = None, progress: bool = False,
-                 check_invariants: bool = False) -> BacktestResult:
+                 check_invariants: bool = False, journal: Journal | None = None) -> BacktestResult:
     """Run ``strategy`` over ``series`` (and ``news``) with a simulated broker."""
     if not series:
         raise ValueError("a backtest needs at least one bar series")
@@ -137,11 +138,12 @@ def run_backtest(strategy: Any, series: Sequence[BarSeries], instruments: Mappin
     costs = costs or CostModels()
     run_id = run_id or new_run_id()
     portfolio = Portfolio(starting_cash)
-    loop = EventLoop(portfolio, instruments, costs.funding, check_invariants=check_invariants)
+    loop = EventLoop(portfolio, instruments, costs.funding, check_invariants=check_invariants, journal=journal)
     broker = SimulatedBroker(portfolio, instruments, costs, emit=loop.on_broker_event, fill_mode=fill_mode)
     by_symbol = {s.symbol: s for s in series}
     ctx = StrategyContext(run_id=run_id, portfolio=portfolio, broker=broker, instruments=instruments,
-                          series=by_symbol, emit=loop.on_broker_event)
+                          series=by_symbol, emit=loop.on_broker_event, on_order=loop.on_order,
+                          on_cancel=loop.on_cancel)
     loop.bind(strategy, ctx, broker)
     news = sorted(news, key=lambda n: n.ts_event)
     sources, rows = merge_order(series, news)
@@ -161,7 +163,9 @@ def run_backtest(strategy: Any, series: Sequence[BarSeries], instruments: Mappin
                     continue
                 process_bar(next_bar[src](), row)
             bar_progress.update(min(chunk, len(sources) - first))
+            loop.checkpoint()
     loop.stop()
+    loop.checkpoint()
     elapsed = time.perf_counter() - started
 
     ts, equity, gross = loop.equity_curve()
@@ -171,7 +175,7 @@ def run_backtest(strategy: Any, series: Sequence[BarSeries], instruments: Mappin
     return BacktestResult(
         run_id=run_id, strategy=getattr(strategy, "name", type(strategy).__name__), symbols=tuple(symbols),
         timeframe_ms=series[0].timeframe_ms, bars=loop.bars_seen, news=loop.news_seen,
-        orders=ctx.orders_submitted, fills=tuple(loop.fills), rejections=tuple(loop.rejections),
+        orders=tuple(loop.orders), fills=tuple(loop.fills), rejections=tuple(loop.rejections),
         funding_payments=tuple(loop.funding_payments), starting_cash=starting_cash,
         final_equity=float(equity[-1]) if len(equity) else starting_cash, ledgers=portfolio.ledgers,
         equity_ts=ts, equity=equity, gross_exposure=gross, metrics=metrics, elapsed_seconds=elapsed,

@@ -20,15 +20,17 @@ from engine.risk import check_new_order
 
 class StrategyContext:
     def __init__(self, *, run_id: str, portfolio: Portfolio, broker: Broker, instruments: Mapping[str, Instrument],
-                 series: Mapping[str, BarSeries], emit: Callable[[BrokerEvent], None]) -> None:
+                 series: Mapping[str, BarSeries], emit: Callable[[BrokerEvent], None],
+                 on_order: Callable[[Order], None], on_cancel: Callable[[str, int], None]) -> None:
         self.run_id = run_id
         self.portfolio = portfolio
         self.instruments = instruments
         self._broker = broker
         self._series = series
         self._emit = emit
+        self._on_order = on_order
+        self._on_cancel = on_cancel
         self._order_seq = 0
-        self.orders_submitted = 0
         self.time = 0  # epoch ms of the event being handled
         self.index: dict[str, int] = dict.fromkeys(series, -1)  # last bar seen per symbol
 
@@ -96,14 +98,16 @@ class StrategyContext:
         return self.target_quantity(symbol, 0.0, tag)
 
     def cancel(self, client_order_id: str) -> bool:
-        return self._broker.cancel(client_order_id)
+        cancelled = self._broker.cancel(client_order_id)
+        if cancelled:
+            self._on_cancel(client_order_id, self.time)
+        return cancelled
 
     def _submit(self, symbol: str, quantity: float, type_: OrderType, price: float | None, tag: str) -> Order | None:
         inst = self.instruments.get(symbol)
         if inst is None:
             raise KeyError(f"unknown symbol {symbol!r}; this run trades {', '.join(self.instruments)}")
         self._order_seq += 1
-        self.orders_submitted += 1
         order_id = f"{self.run_id}-{self._order_seq}"
         requested = abs(quantity) if math.isfinite(quantity) else quantity
         rounded = inst.round_quantity(requested) if math.isfinite(requested) and requested > 0 else 0.0
@@ -111,13 +115,14 @@ class StrategyContext:
             price = inst.round_price(price)
         notional_price = price if price is not None else (self.last_price(symbol) if self.index[symbol] >= 0 else None)
         reason = check_new_order(inst, requested, rounded, notional_price)
-        if reason is not None:
-            self._emit(Rejection(order_id, symbol, reason, self.time))
-            return None
         order = Order(
             client_order_id=order_id, symbol=symbol, side=Side.of(quantity), type=type_, quantity=rounded,
             ts_init=self.time, limit_price=price if type_ is OrderType.LIMIT else None,
             stop_price=price if type_ is OrderType.STOP else None, tag=tag,
         )
+        self._on_order(order)  # recorded before its outcome, whatever that is
+        if reason is not None:
+            self._emit(Rejection(order_id, symbol, reason, self.time))
+            return None
         self._broker.submit(order)
         return order

@@ -24,20 +24,23 @@ import numpy as np
 from engine.broker import Broker, BrokerEvent
 from engine.context import StrategyContext
 from engine.costs import FundingModel, next_funding_time
-from engine.domain import Bar, Fill, FundingPayment, Instrument, News, Rejection
+from engine.domain import Bar, Fill, FundingPayment, Instrument, News, Order, Rejection
+from engine.journal import Journal
 from engine.portfolio import Portfolio
 
 
 class EventLoop:
     def __init__(self, portfolio: Portfolio, instruments: Mapping[str, Instrument], funding: FundingModel,
-                 *, check_invariants: bool = False) -> None:
+                 *, check_invariants: bool = False, journal: Journal | None = None) -> None:
         self.portfolio = portfolio
         self.instruments = instruments
         self._funding = funding
         self._check = check_invariants
+        self.journal = journal
         self._notices: deque[BrokerEvent] = deque()
         self._next_funding: dict[str, int] = {}
         self._perpetuals = frozenset(s for s, inst in instruments.items() if inst.pays_funding)
+        self.orders: list[Order] = []
         self.fills: list[Fill] = []
         self.rejections: list[Rejection] = []
         self.funding_payments: list[FundingPayment] = []
@@ -59,15 +62,29 @@ class EventLoop:
         self._strategy_on_bar = strategy.on_bar
         self._index = ctx.index
 
-    # -- broker events -------------------------------------------------------------------------
+    # -- order and broker events ---------------------------------------------------------------
+    def on_order(self, order: Order) -> None:
+        """Called by the context for every order a strategy makes, before its outcome."""
+        self.orders.append(order)
+        if self.journal is not None:
+            self.journal.order_submitted(order)
+
+    def on_cancel(self, client_order_id: str, ts: int) -> None:
+        if self.journal is not None:
+            self.journal.order_cancelled(client_order_id, ts)
+
     def on_broker_event(self, event: BrokerEvent) -> None:
         """Called by the broker and the context. Fills are applied at once (so the next fill's
         cash check sees them); the strategy hears of them after the current step."""
         if type(event) is Fill:
             self.portfolio.apply_fill(event)
             self.fills.append(event)
+            if self.journal is not None:
+                self.journal.fill(event)
         else:
             self.rejections.append(event)
+            if self.journal is not None:
+                self.journal.rejection(event)
         self._notices.append(event)
 
     def _notify(self) -> None:
@@ -93,6 +110,8 @@ class EventLoop:
         ctx = self.ctx
         ctx.time = news.ts_event
         self.news_seen += 1
+        if self.journal is not None:
+            self.journal.news(news)
         self.strategy.on_news(ctx, news)
         if self._notices:
             self._notify()
@@ -146,8 +165,21 @@ class EventLoop:
                 payment = FundingPayment(symbol, due, rate, mark, qty, qty * mark * rate)
                 self.portfolio.apply_funding(payment)
                 self.funding_payments.append(payment)
+                if self.journal is not None:
+                    self.journal.funding(payment)
             due = next_funding_time(due)
         self._next_funding[symbol] = due
+
+    def checkpoint(self) -> None:
+        """A safe point to persist what the journal buffered."""
+        if self.journal is not None:
+            self.journal.checkpoint(self)
+
+    def equity_since(self, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(close times, equity, gross exposure) of the points recorded from index ``start`` on.
+        The last point may still change while bars of other symbols close at the same instant."""
+        return (np.array(self._eq_ts[start:], dtype=np.int64), np.array(self._eq[start:], dtype=np.float64),
+                np.array(self._eq_gross[start:], dtype=np.float64))
 
     def equity_curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(close times, equity, gross exposure) recorded so far."""

@@ -141,4 +141,4 @@ def test_invariants_hold_after_every_event(rows, actions, contract, leverage, fe
         for f in result.fills:
             running += f.signed_quantity
             assert running >= -1e-9
-    assert len(result.fills) + len(result.rejections) <= result.orders
+    assert len(result.fills) + len(result.rejections) <= len(result.orders)

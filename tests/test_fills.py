@@ -140,7 +140,7 @@ def test_minimum_notional_and_lot_rounding_are_rejections_not_resizes():
     reasons = [r.reason for r in result.rejections]
     assert any("below the minimum 5" in r for r in reasons) and any("rounds to 0" in r for r in reasons)
     assert [f.quantity for f in result.fills] == [0.05]  # 0.057 rounded down to the lot step
-    assert result.orders == 3
+    assert len(result.orders) == 3
 
 
 def test_target_percent_and_close():
