@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import islice, repeat
 from typing import Any
 
 import numpy as np
@@ -93,15 +93,29 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def merge_order(series: Sequence[BarSeries], news: Sequence[News]) -> tuple[list[int], list[int]]:
-    """The event stream as two parallel lists: source (series index, or -1 for news) and row."""
+def merge_order(series: Sequence[BarSeries], news: Sequence[News]) -> tuple[np.ndarray, np.ndarray]:
+    """The event stream as two parallel arrays: source (series index, or -1 for news) and row."""
     times = [s.ts_close for s in series] + [np.fromiter((n.ts_event for n in news), np.int64, len(news))]
     prio = [np.full(len(s), _BAR, np.int8) for s in series] + [np.full(len(news), _NEWS, np.int8)]
     source = [np.full(len(s), k, np.int32) for k, s in enumerate(series)] + [np.full(len(news), -1, np.int32)]
     rows = [np.arange(len(s), dtype=np.int64) for s in series] + [np.arange(len(news), dtype=np.int64)]
     t, p, src, r = (np.concatenate(x) for x in (times, prio, source, rows))
     order = np.lexsort((r, src, p, t))  # primary key last: time, then news first, then feed order
-    return src[order].tolist(), r[order].tolist()
+    return src[order], r[order]
+
+
+def event_runs(series: Sequence[BarSeries], news: Sequence[News], max_run: int = 20_000) -> list[tuple[int, int, int]]:
+    """The merged stream as runs of consecutive events from one source, ``(source, first row, count)``,
+    none longer than ``max_run``. Rows within a run are consecutive, so the loop can walk a run
+    without looking anything up per event."""
+    src, rows = merge_order(series, news)
+    n = len(src)
+    if n == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(src)) + 1
+    starts = np.unique(np.concatenate(([0], breaks, np.arange(0, n, max_run))))
+    counts = np.diff(np.append(starts, n))
+    return list(zip(src[starts].tolist(), rows[starts].tolist(), counts.tolist()))
 
 
 def iter_bars(series: BarSeries, chunk: int = 65_536) -> Iterator[Bar]:
@@ -146,24 +160,29 @@ def run_backtest(strategy: Any, series: Sequence[BarSeries], instruments: Mappin
                           on_cancel=loop.on_cancel)
     loop.bind(strategy, ctx, broker)
     news = sorted(news, key=lambda n: n.ts_event)
-    sources, rows = merge_order(series, news)
-    next_bar = [iter_bars(s).__next__ for s in series]  # events of one series come in row order
+    runs = event_runs(series, news)
+    bar_iters = [iter_bars(s) for s in series]  # a series' bars come in row order, run after run
 
     started = time.perf_counter()
     if series[0].ts_open.size:
         ctx.time = int(min(s.ts_open[0] for s in series if len(s)))
     loop.start()
     process_bar, process_news = loop.process_bar, loop.process_news
-    chunk = 20_000
-    with tqdm(total=len(sources), disable=not progress, unit="ev", mininterval=0.5, leave=False) as bar_progress:
-        for first in range(0, len(sources), chunk):
-            for src, row in zip(sources[first:first + chunk], rows[first:first + chunk]):
-                if src < 0:
+    total = sum(count for _, _, count in runs)
+    since_checkpoint = 0
+    with tqdm(total=total, disable=not progress, unit="ev", mininterval=0.5, leave=False) as bar_progress:
+        for src, first, count in runs:
+            if src < 0:
+                for row in range(first, first + count):
                     process_news(news[row])
-                    continue
-                process_bar(next_bar[src](), row)
-            bar_progress.update(min(chunk, len(sources) - first))
-            loop.checkpoint()
+            else:
+                for row, bar in zip(range(first, first + count), islice(bar_iters[src], count)):
+                    process_bar(bar, row)
+            since_checkpoint += count
+            if since_checkpoint >= 20_000:
+                loop.checkpoint()
+                bar_progress.update(since_checkpoint)
+                since_checkpoint = 0
     loop.stop()
     loop.checkpoint()
     elapsed = time.perf_counter() - started

@@ -70,8 +70,7 @@ class _Account:
     """The part of ``Portfolio`` a strategy reads through its context, answered by backtrader."""
 
     def __init__(self, host: _Host, starting_cash: float) -> None:
-        self._host = host
-        self.starting_cash = starting_cash
+        self._host, self.starting_cash = host, starting_cash
 
     @property
     def cash(self) -> float:
@@ -92,12 +91,8 @@ class _Relay:
     backtrader fills an order on the bar after the one it was placed on, so an order decided on a
     headline inside bar ``k`` is held back and placed during bar ``k``'s ``next``."""
 
-    def __init__(self, host: _Host, ts_open: np.ndarray, perc: float, equal_fees: bool) -> None:
+    def __init__(self, host: _Host) -> None:
         self._host = host
-        self._ts_open = ts_open
-        self._limit_problem = ((["maker and taker fees differ"] if not equal_fees else [])
-                               + ([f"spread + slippage {perc:g} (backtrader slips limit fills at a gap open)"]
-                                  if perc else []))
         self.open: dict[str, Order] = {}  # every order accepted and not done, in submission order
         self.sent: dict[int, Order] = {}  # backtrader order ref -> ours
         self._bt: dict[str, bt.Order] = {}
@@ -105,9 +100,9 @@ class _Relay:
 
     def submit(self, order: Order) -> None:
         self.open[order.client_order_id] = order
-        if order.type is OrderType.LIMIT and self._limit_problem:
-            self._host.unsupported.add("limit orders with " + " and ".join(self._limit_problem))
-        place_on = int(np.searchsorted(self._ts_open, order.ts_init, side="left")) - 1
+        if order.type is OrderType.LIMIT and self._host.limit_problem:
+            self._host.unsupported.add(f"limit orders with {self._host.limit_problem}")
+        place_on = int(np.searchsorted(self._host.bars.ts_open, order.ts_init, side="left")) - 1
         now = len(self._host.data) - 1
         if place_on < now or (place_on == now and now < 0):
             self._host.unsupported.add("orders decided before the first bar opens (backtrader fills them a bar late)")
@@ -161,12 +156,15 @@ class _Host(bt.Strategy):
 
     def __init__(self) -> None:
         plan: BacktestPlan = self.p.plan
-        self.series = plan.series[0]
-        self.symbol = self.series.symbol
-        self.instrument = plan.instruments[self.symbol]
+        self.bars = plan.series[0]
+        self.symbol = self.bars.symbol
+        self.instrument = inst = plan.instruments[self.symbol]
         self.costs = plan.costs
         self.coc = plan.config.run.fill_mode == "close"
-        self.ts_open, self.ts_close = self.series.ts_open.tolist(), self.series.ts_close.tolist()
+        self.ts_open, self.ts_close = self.bars.ts_open.tolist(), self.bars.ts_close.tolist()
+        slips = f"spread + slippage {self.p.perc:g} (backtrader slips limit fills at a gap open)"
+        self.limit_problem = " and ".join(
+            ["maker and taker fees differ"] * (inst.maker_fee != inst.taker_fee) + [slips] * bool(self.p.perc))
         self.news = sorted(plan.news, key=lambda n: n.ts_event)
         self.news_next = 0
         self.strategy = plan.make_strategy()
@@ -174,12 +172,12 @@ class _Host(bt.Strategy):
         self.rejections: list[Rejection] = []
         self.unsupported: set[str] = set()
         self.notices: list[Fill | Rejection] = []
-        self.relay = _Relay(self, self.series.ts_open, self.p.perc,
-                            self.instrument.maker_fee == self.instrument.taker_fee)
+        self.relay = _Relay(self)
         self.ctx = StrategyContext(
             run_id=self.p.run_id, portfolio=_Account(self, plan.config.run.starting_cash),  # type: ignore[arg-type]
-            broker=self.relay, instruments=plan.instruments, series={self.symbol: self.series},
-            emit=self._emit)
+            broker=self.relay, instruments=plan.instruments, series={self.symbol: self.bars},
+            emit=self._emit,
+            on_order=lambda order: None, on_cancel=lambda order_id, ts: None)  # compared, not journaled
 
     # -- strategy hooks, in the order of engine.loop ----------------------------------------------
     def start(self) -> None:
@@ -249,7 +247,7 @@ class _Host(bt.Strategy):
         filled at the open, else the bar's close time."""
         coc = self.coc and order.type is OrderType.MARKET
         i = len(self.data) - 1 - coc  # cheat-on-close fills belong to the bar the order was placed on
-        s = self.series
+        s = self.bars
         opening, closing = float(s.open[i]), float(s.close[i])
         if order.type is OrderType.MARKET:
             reference = closing if coc else opening
@@ -298,9 +296,8 @@ def _run_backtrader(plan: BacktestPlan, run_id: str) -> _Host:
     """Run a fresh instance of the plan's strategy through backtrader; the host holds the results."""
     s = plan.series[0]
     inst = plan.instruments[s.symbol]
-    spread, slippage = plan.costs.spread, plan.costs.slippage
-    perc = (spread.bps if isinstance(spread, FixedBps) else 0.0) / 10_000.0 + (
-        slippage.bps if isinstance(slippage, FixedBps) else 0.0) / 10_000.0
+    # Our taker price is reference * (1 + side * (spread_f + slip_f)); backtrader's is price * (1 ± perc).
+    perc = getattr(plan.costs.spread, "bps", 0.0) / 10_000.0 + getattr(plan.costs.slippage, "bps", 0.0) / 10_000.0
     frame = pd.DataFrame({"open": s.open, "high": s.high, "low": s.low, "close": s.close, "volume": s.volume},
                          index=pd.to_datetime(s.ts_open, unit="ms"))
     cerebro = bt.Cerebro(stdstats=False)
@@ -312,11 +309,6 @@ def _run_backtrader(plan: BacktestPlan, run_id: str) -> _Host:
     cerebro.broker.set_coc(plan.config.run.fill_mode == "close")
     cerebro.addstrategy(_Host, plan=plan, run_id=f"{run_id}-bt", perc=perc)
     return cerebro.run(maxcpus=1)[0]
-
-
-def _same(a: Fill, b: Fill) -> bool:
-    return (a.ts_event == b.ts_event and a.side == b.side and math.isclose(a.quantity, b.quantity, rel_tol=REL_TOL)
-            and math.isclose(a.price, b.price, rel_tol=REL_TOL))
 
 
 def _describe(fill: Fill | None) -> str:
@@ -331,7 +323,8 @@ def _mismatches(ours: tuple[Fill, ...], theirs: list[Fill]) -> tuple[int, list[s
     for k in range(max(len(ours), len(theirs))):
         a = ours[k] if k < len(ours) else None
         b = theirs[k] if k < len(theirs) else None
-        if a is None or b is None or not _same(a, b):
+        if a is None or b is None or (a.ts_event, a.side) != (b.ts_event, b.side) or not (
+                math.isclose(a.quantity, b.quantity, rel_tol=REL_TOL) and math.isclose(a.price, b.price, rel_tol=REL_TOL)):
             count += 1
             if len(described) < MAX_MISMATCHES:
                 described.append(f"trade {k + 1}: ours {_describe(a)} vs backtrader {_describe(b)}")
@@ -341,12 +334,9 @@ def _mismatches(ours: tuple[Fill, ...], theirs: list[Fill]) -> tuple[int, list[s
 def crosscheck_backtrader(plan: BacktestPlan, ours: BacktestResult) -> CrosscheckReport:
     """Rerun ``plan`` through backtrader with a fresh strategy and compare it with ``ours``."""
     unsupported = _static_unsupported(plan, ours)
-    if len(plan.series) != 1:
-        return CrosscheckReport(
-            verdict=f"NOT RUN: unsupported: {'; '.join(unsupported)}", agree=False,
-            final_equity_ours=ours.final_equity, final_equity_backtrader=None, equity_difference=None,
-            trades_ours=len(ours.fills), trades_backtrader=0, rejections_ours=len(ours.rejections),
-            rejections_backtrader=0, first_mismatches=(), unsupported=tuple(unsupported))
+    if len(plan.series) != 1:  # the host runs one data feed
+        return CrosscheckReport(f"NOT RUN ({'; '.join(unsupported)})", False, ours.final_equity, None, None,
+                                len(ours.fills), 0, len(ours.rejections), 0, (), tuple(unsupported))
     host = _run_backtrader(plan, ours.run_id)
     unsupported += sorted(host.unsupported)
     theirs = float(host.broker.getvalue())

@@ -50,6 +50,7 @@ class EventLoop:
         self._eq_ts = array("q")
         self._eq = array("d")
         self._eq_gross = array("d")
+        self._last_ts = -1
         self._positions = portfolio.positions  # the portfolio's own dict: read on every bar
         self.strategy: Any = None
         self.ctx: StrategyContext | None = None
@@ -119,15 +120,15 @@ class EventLoop:
     def process_bar(self, bar: Bar, row: int) -> None:
         """``row`` is the bar's index in its series (what ``ctx.history`` may read up to)."""
         ctx = self.ctx
-        symbol = bar.symbol
-        ts = bar.ts_event
+        symbol, _, ts, _, _, _, close, _ = bar
         ctx.time = ts
         self.bars_seen += 1
         self._broker_on_bar(bar)
         if symbol in self._perpetuals:
             self._settle_funding(bar)
-        pos = self._positions.get(symbol) or self.portfolio.position(symbol)
-        pos.last_price = bar.close
+        positions = self._positions
+        pos = positions.get(symbol) or self.portfolio.position(symbol)
+        pos.last_price = close
         self._index[symbol] = row
         if self._notices:
             self._notify()
@@ -136,16 +137,18 @@ class EventLoop:
             self._notify()
         # Record equity at this close (inline: this runs once per bar).
         value = gross = 0.0
-        for p in self._positions.values():
+        for p in positions.values():
             v = p.quantity * p.last_price
             value += v
             gross += v if v >= 0.0 else -v
-        if self._eq_ts and self._eq_ts[-1] == ts:  # several symbols closed at this instant: keep the last state
-            self._eq[-1] = self.portfolio.cash + value
+        equity = self.portfolio.cash + value
+        if ts == self._last_ts:  # several symbols closed at this instant: keep the last state
+            self._eq[-1] = equity
             self._eq_gross[-1] = gross
         else:
+            self._last_ts = ts
             self._eq_ts.append(ts)
-            self._eq.append(self.portfolio.cash + value)
+            self._eq.append(equity)
             self._eq_gross.append(gross)
         if self._check:
             self.portfolio.check_invariants()

@@ -42,6 +42,7 @@ def _assert_agree(report: CrosscheckReport) -> None:
     assert not report.unsupported
 
 
+@pytest.mark.slow
 def test_btc_hourly_sma_cross_with_default_costs_agrees_to_the_cent(shared_data):
     plan = _plan(bars=shared_data / BTC)
     assert len(plan.series[0]) == 33_412
@@ -128,6 +129,7 @@ def test_unsupported_features_are_named_not_claimed_as_agreement(shared_data, ov
     assert any(word in " ".join(report.unsupported) for word in ("funding", "fill_mode close"))
 
 
+@pytest.mark.slow
 def test_cli_crosscheck_prints_agreement_in_json(shared_data, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no config.toml here; the CLI's log file goes to tmp_path/logs
     code = main(["backtest", "--data", str(shared_data / BTC), "--strategy", "sma_cross", "--crosscheck",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.backtest import merge_order, run_backtest
+from engine.backtest import event_runs, merge_order, run_backtest
 from engine.costs import FundingSeries
 from engine.domain import News
 from engine.timeutil import MS_PER_HOUR
@@ -54,7 +54,15 @@ def test_two_symbols_of_different_timeframes_and_news_merge_in_time_order():
 def test_merge_order_is_stable_for_equal_times():
     a, b = candles([(1, 1, 1, 1)] * 3, symbol="A"), candles([(1, 1, 1, 1)] * 3, symbol="B")
     sources, rows = merge_order([a, b], [])
-    assert sources == [0, 1, 0, 1, 0, 1] and rows == [0, 0, 1, 1, 2, 2]
+    assert sources.tolist() == [0, 1, 0, 1, 0, 1] and rows.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_event_runs_group_consecutive_events_and_cap_their_length():
+    a = candles([(1, 1, 1, 1)] * 5, symbol="A")
+    news = [News(T0 + 2 * MS_PER_HOUR, "x"), News(T0 + 2 * MS_PER_HOUR + 1, "y")]
+    # bar 0 closes 01:00; news "x" at 02:00 precedes bar 1 closing then; "y" comes 1 ms later
+    assert event_runs([a], news) == [(0, 0, 1), (-1, 0, 1), (0, 1, 1), (-1, 1, 1), (0, 2, 3)]
+    assert event_runs([a], [], max_run=2) == [(0, 0, 2), (0, 2, 2), (0, 4, 1)]
 
 
 def test_buy_and_hold_splits_equity_across_symbols_and_tracks_the_benchmark():
