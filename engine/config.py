@@ -89,6 +89,20 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    enabled: bool = True  # record every backtest in the store
+    url: str = "sqlite:///logs/engine.db"  # SQLAlchemy URL; a relative SQLite path is relative to the working directory
+    reports_dir: str = "logs/reports"  # where `python -m engine report` writes HTML and PNG files
+    busy_timeout: float = 5.0  # seconds to wait for a lock held by another process before giving up
+
+    def __post_init__(self) -> None:
+        if not self.url:
+            raise ValueError("url must not be empty (set enabled = false to record nothing)")
+        if not self.busy_timeout >= 0:
+            raise ValueError("busy_timeout must be >= 0")
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -96,6 +110,7 @@ class Config:
     instrument: InstrumentConfig = field(default_factory=InstrumentConfig)
     costs: CostsConfig = field(default_factory=CostsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     # Per-strategy parameter tables, checked against the chosen strategy's Params by ``build``.
     strategies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 

@@ -15,6 +15,7 @@ from engine.costs import ConstantFunding, CostModels, FixedBps, FundingModel, In
 from engine.domain import DEFAULT_FEES, ContractType, Instrument, News
 from engine.errors import ConfigError, DataError
 from engine.feeds.series import BarSeries
+from engine.journal import Journal
 from engine.timeutil import iso, parse_instant, parse_timeframe
 
 
@@ -29,11 +30,12 @@ class BacktestPlan:
     data_label: str
     notes: list[str] = field(default_factory=list)
 
-    def run(self, *, progress: bool = False, check_invariants: bool = False) -> BacktestResult:
+    def run(self, *, progress: bool = False, check_invariants: bool = False, journal: Journal | None = None,
+            run_id: str | None = None) -> BacktestResult:
         return run_backtest(self.make_strategy(), self.series, self.instruments, news=self.news,
                             starting_cash=self.config.run.starting_cash, costs=self.costs,
                             fill_mode=self.config.run.fill_mode, progress=progress,
-                            check_invariants=check_invariants)
+                            check_invariants=check_invariants, journal=journal, run_id=run_id)
 
     def describe(self) -> dict[str, Any]:
         s = self.series[0]
