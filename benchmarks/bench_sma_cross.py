@@ -26,6 +26,7 @@ import multiprocessing
 import resource
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -156,12 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data file not found: {DATA}", file=sys.stderr)
         return 2
     spawn = multiprocessing.get_context("spawn")
+    executor = ProcessPoolExecutor  # one fresh interpreter per engine: peak RSS is that engine's own
     results = {}
     for name, target, note in (("ours", run_ours, "a few seconds"),
                                ("backtrader", run_backtrader, "a couple of minutes on a million bars")):
         print(f"running {name} on {args.bars:,} stitched bars in its own process ({note}) ...", flush=True)
-        with spawn.Pool(1) as pool:
-            results[name] = pool.apply(target, (args.bars,))
+        with executor(max_workers=1, mp_context=spawn) as pool:
+            results[name] = pool.submit(target, args.bars).result()
     ours, theirs = results["ours"], results["backtrader"]
     print(f"{'engine':<12}{'bars':>11}{'trades':>9}{'seconds':>10}{'bars/s':>12}{'peak RSS MB':>13}")
     for name, r in results.items():
