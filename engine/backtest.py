@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice, repeat
 from typing import Any
 
@@ -121,7 +122,8 @@ def event_runs(series: Sequence[BarSeries], news: Sequence[News], max_run: int =
 def iter_bars(series: BarSeries, chunk: int = 65_536) -> Iterator[Bar]:
     """The series as ``Bar`` values, converted a chunk at a time so a million bars never exist
     as Python objects at once."""
-    make, tf, sym = Bar._make, series.timeframe_ms, series.symbol
+    make = partial(tuple.__new__, Bar)  # Bar._make without its Python frame: this runs once per bar
+    tf, sym = series.timeframe_ms, series.symbol
     for a in range(0, len(series), chunk):
         b = a + chunk
         ts_open = series.ts_open[a:b]
