@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  python -m engine backtest\n"
         "  python -m engine backtest --data ../shared/data/ohlcv/crypto/binance_BTCUSDT_1h.csv --strategy sma_cross --json\n"
-        "  python -m engine backtest --data bars.csv --set strategies.sma_cross.fast=20 --crosscheck backtrader",
+        "  python -m engine backtest --data bars.csv --set strategies.sma_cross.fast=20 --crosscheck backtrader\n"
+        "  python -m engine backtest --source bybit --symbol BTC/USDT:USDT --timeframe 1h --start 2024-01-01 --end 2024-02-01",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bt.add_argument("--config", type=Path, help="TOML config file (default: ./config.toml if present)")
@@ -41,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a config value; repeatable, e.g. --set costs.slippage_bps=5")
     bt.add_argument("--data", help="CSV of bars (epoch ms/s, ISO or M/D/YYYY dates; any column order)")
+    bt.add_argument("--source", choices=["auto", "csv", "sample", "yfinance", "bybit"],
+                    help="where bars come from: auto (default: --data if given, else the synthetic sample), or "
+                    "yfinance / bybit: the local cache, fetching only missing ranges (needs --symbol, --timeframe, "
+                    "--start, --end; see `python -m engine data --help`)")
     bt.add_argument("--news", help="CSV of headlines (title/headline + date/published columns)")
     bt.add_argument("--symbol", help="symbol name (default: derived from the file name)")
     bt.add_argument("--timeframe", help="bar length such as 1h or 1d (default: inferred)")
@@ -58,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     from engine.store.commands import add_parsers  # light: the store itself is imported on use
 
     add_parsers(sub)
+
+    from engine.feeds.commands import add_data_parser  # light: ccxt and yfinance are imported on use
+
+    add_data_parser(sub)
     return parser
 
 
@@ -70,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from engine.store import commands
 
             return commands.main(args, _config)
+        if args.command == "data":
+            from engine.feeds import commands as data_commands
+
+            return data_commands.main(args, _config)
         return _backtest(args)
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -83,6 +96,7 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
     mapping = {
         "strategy": "run.strategy", "data": "data.bars", "news": "data.news", "symbol": "data.symbol",
         "timeframe": "data.timeframe", "start": "run.start", "end": "run.end", "fill_mode": "run.fill_mode",
+        "source": "data.source",
     }
     out = [f"{key}={json.dumps(getattr(args, attr))}" for attr, key in mapping.items() if getattr(args, attr)]
     if args.drop_bad_rows:

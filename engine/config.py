@@ -45,6 +45,19 @@ class DataConfig:
     drop_bad_rows: bool = False
     adjusted: bool = False
     news_timezone: str = "UTC"
+    # Where bars come from: "auto" = the CSV in ``bars`` when set, else the synthetic sample market;
+    # "yfinance" / "bybit" = fetched into the local cache (only missing ranges) and read from it.
+    source: Literal["auto", "csv", "sample", "yfinance", "bybit"] = "auto"
+    cache_dir: str = ".cache/market"  # the fetched-data cache (git-ignored)
+    gap_policy: Literal["keep", "ffill", "refuse"] = "keep"  # what a backtest does with missing bars
+    timeout_s: float = 10.0  # seconds to wait for one answer from a data source
+    retries: int = 5  # retries (with back-off) of a request that failed on network trouble
+
+    def __post_init__(self) -> None:
+        if not self.timeout_s > 0:
+            raise ValueError("timeout_s must be positive")
+        if not 0 <= self.retries <= 20:
+            raise ValueError("retries must be between 0 and 20")
 
 
 @dataclass(frozen=True)

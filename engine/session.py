@@ -3,6 +3,7 @@ strategy. The CLI, the cross-check and the tests share it, so they all run the s
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,19 +45,29 @@ class BacktestPlan:
             "timeframe": s.timeframe,
             "start": iso(int(s.ts_open[0])) if len(s) else None,
             "end": iso(int(s.ts_close[-1])) if len(s) else None,
-            "contract": self.config.instrument.contract,
+            "contract": self.instruments[s.symbol].contract.value,
             "notes": self.notes,
         }
 
 
 def prepare_backtest(config: Config) -> BacktestPlan:
+    from engine.feeds.market_data import bar_quality, remote_market
+
     notes: list[str] = []
-    series, news, label = _load_market(config, notes)
-    series = _slice(series, config)
-    instrument = make_instrument(config, series.symbol)
+    remote = remote_market(config, notes)  # None unless data.source is "yfinance" or "bybit" (cache + fetch)
+    if remote is None:
+        series, news, label = _load_market(config, notes)
+    else:
+        series, label = remote.series, remote.label
+        news = _load_news(config, series.symbol, notes) if config.data.news else []
+    series = bar_quality(_slice(series, config), config, notes)  # gaps reported; data.gap_policy applied
+    instrument = remote.instrument if remote is not None and remote.instrument else make_instrument(config, series.symbol)
+    costs = make_costs(config)
+    if remote is not None and remote.funding is not None:
+        costs = dataclasses.replace(costs, funding=remote.funding)
     return BacktestPlan(
         config=config, series=[series], news=news, instruments={series.symbol: instrument},
-        costs=make_costs(config), make_strategy=strategy_factory(config), data_label=label, notes=notes,
+        costs=costs, make_strategy=strategy_factory(config), data_label=label, notes=notes,
     )
 
 

@@ -2,7 +2,8 @@
 
 Headline files carry their publish time in many forms: ISO with an offset, naive local times, CNBC's
 ``" 7:51  PM ET Fri, 17 July 2020"``, Guardian's ``17-Jul-20`` and month-only ``Jul-20``, dates such as
-``Jun 6, 2017``. A headline must never be visible before it existed, so a value without a time of day
+``Jun 6, 2017``, epoch seconds or milliseconds. CSV files and JSON lines files (one object per line,
+``.jsonl`` / ``.ndjson``, optionally gzipped) are read. A headline must never be visible before it existed, so a value without a time of day
 is stamped at the last millisecond of its day (or month) in the file's time zone. Parsing is
 vectorised with pandas, one known format at a time; only the rows no format fits go through dateutil.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -64,7 +66,8 @@ class LoadedNews:
 
 
 def load_news(path: str | Path, *, symbol: str | None = None, tz: str = "UTC") -> LoadedNews:
-    """Read a headline file (``.csv`` or ``.csv.gz``) into ``News`` sorted by time, then headline.
+    """Read a headline file (``.csv``, ``.jsonl`` / ``.ndjson``, each maybe ``.gz``) into ``News`` sorted
+    by time, then headline. In a JSON lines file each line is one object whose keys act as the columns.
 
     The headline column may be called title, headline(s), text or tweet; the time column published,
     published date / published_at, date, time, datetime, created_at or timestamp (any case, any order).
@@ -105,6 +108,8 @@ def _zone(tz: str, name: str) -> ZoneInfo:
 
 def _read_frame(path: Path) -> pd.DataFrame:
     """Every cell as text ("" for empty), so headlines such as "NA" stay what they are."""
+    if _is_json_lines(path):
+        return _read_json_lines(path)
     try:
         frame = pd.read_csv(
             path, sep=sniff_delimiter(path), dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False,
@@ -159,6 +164,8 @@ def _parse_times(raw: pd.Series, zone: ZoneInfo, path: Path, column: str) -> np.
     aware = text.str.match(_WITH_OFFSET).to_numpy()
     parsed = pd.to_datetime(text[aware], format="ISO8601", utc=True, errors="coerce")
     _store(ms, ok, np.flatnonzero(aware), (parsed - _EPOCH) // _MS)
+    epoch = np.flatnonzero(~ok & text.str.fullmatch(r"\d{9,19}(?:\.\d+)?").to_numpy())
+    _store(ms, ok, epoch, _epoch_ms(text.iloc[epoch]))
     for fmt, granularity in _FORMATS:
         rows = np.flatnonzero(~ok & (text != "").to_numpy())
         if not len(rows):
@@ -217,6 +224,8 @@ def _line_of(path: Path, row: int) -> int:
 
     Blank lines are skipped as pandas skips them. Used only to report an error, so speed is no concern.
     """
+    if _is_json_lines(path):
+        return _json_lines(path)[row][0]
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, delimiter=sniff_delimiter(path))
@@ -229,3 +238,60 @@ def _line_of(path: Path, row: int) -> int:
                 return start
             record += 1
     return row + 2
+
+
+_JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
+
+
+def _is_json_lines(path: Path) -> bool:
+    return path.name.lower().endswith(_JSON_LINES_SUFFIXES)
+
+
+def _json_lines(path: Path) -> list[tuple[int, dict]]:
+    """(1-based line, object) for every non-blank line of a JSON lines file."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    records = []
+    try:
+        with opener(path, "rt", encoding="utf-8-sig") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path.name}: line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                if not isinstance(value, dict):
+                    raise DataError(f"{path.name}: line {number}: expected one JSON object per line, got {type(value).__name__}")
+                records.append((number, value))
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path.name}: cannot read the file: {exc}") from exc
+    return records
+
+
+def _read_json_lines(path: Path) -> pd.DataFrame:
+    """A JSON lines file as a frame of text cells, one row per object (keys are the columns)."""
+    records = _json_lines(path)
+    if not records:
+        raise DataError(f"{path.name}: file is empty")
+    rows = [{str(k): _cell(v) for k, v in value.items()} for _, value in records]
+    return pd.DataFrame(rows, dtype=str).fillna("")
+
+
+def _cell(value: object) -> str:
+    """A JSON value as the text a CSV cell would hold; integral numbers without a decimal point."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
+
+
+def _epoch_ms(cells: pd.Series) -> pd.Series:
+    """Epoch numbers to ms by magnitude: < 1e11 seconds, < 1e14 ms, < 1e17 us, else ns."""
+    values = pd.to_numeric(cells, errors="coerce").to_numpy(np.float64)
+    scale = np.select([values < 1e11, values < 1e14, values < 1e17], [1e3, 1.0, 1e-3], 1e-6)
+    return pd.Series(np.round(values * scale).astype(np.int64))
