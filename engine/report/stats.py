@@ -4,31 +4,15 @@ monthly returns. A run that did not finish is measured over what it recorded."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
 from engine.metrics import Metrics, compute_metrics
+from engine.portfolio import Ledgers
 from engine.store.queries import RunData
 
 
-@dataclass(frozen=True)
-class CostTotals:
-    fees: float
-    spread: float
-    slippage: float
-    funding: float
-
-    @property
-    def total(self) -> float:
-        return self.fees + self.spread + self.slippage + self.funding
-
-    def as_dict(self) -> dict[str, float]:
-        return {"fees": self.fees, "spread": self.spread, "slippage": self.slippage, "funding": self.funding}
-
-
-def cost_totals(data: RunData) -> CostTotals:
+def cost_totals(data: RunData) -> Ledgers:
     """Summed in the order the portfolio summed them, so they equal its ledgers to the last bit."""
     fees = spread = slippage = funding = 0.0
     for f in data.fills:
@@ -37,7 +21,7 @@ def cost_totals(data: RunData) -> CostTotals:
         slippage += f.slippage_cost
     for p in data.funding:
         funding += p.amount
-    return CostTotals(fees, spread, slippage, funding)
+    return Ledgers(fees, spread, slippage, funding)
 
 
 def buy_and_hold_return(data: RunData) -> float | None:
