@@ -1,0 +1,421 @@
+"""One frozen backbone, two named LoRA adapters (``regressor``, ``sentiment``), a head per adapter.
+
+``Predictor.states(task, ...)`` is the only way to get hidden states for a head: it switches peft
+to the task's adapter first (``set_adapter``) and tags the result with the task, so a head can
+never be fed states made under the other adapter (see ``heads.AdapterMismatch``).
+
+Two forward paths give the same numbers (to float rounding; ``tests/test_predictor.py`` pins it):
+
+- per sample (``use_prefix_cache=False``): the whole prompt, prefix and suffix, through the model;
+- shared prefix: the prompt's fixed prefix goes through the model once per adapter (and per
+  training step, since the adapter changes), its key/value cache is expanded to the batch, and only
+  the right-padded suffixes are run, with positions continuing after the prefix.
+
+Batched inference (``predict_regression`` / ``predict_sentiment``) runs under
+``torch.inference_mode``, sorts samples by length to cut padding, uses the shared prefix, runs the
+backbone with the task's LoRA update merged into the weights (``W + scale * B A``, computed once per
+adapter version and passed through ``torch.func.functional_call``: the model itself is never
+modified, so switching adapters stays exact), and can read and fill a ``PredictionCache`` keyed by
+the task's fingerprint and the input text. Merging costs one extra copy of the adapted weights per
+task in memory (~0.4 GB for SmolLM2-135M); ``Predictor(merge_for_inference=False)`` turns it off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.backbone import Backbone, seeded
+from models.heads import RegressionHead, SentimentHead, TaskState, last_token_state, make_head
+from models.prompts import REGRESSION_TEMPLATE, SENTIMENT_TEMPLATE, PromptEncoder, PromptTemplate
+
+TASKS = ("regressor", "sentiment")
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+HEAD_FILE = "head.safetensors"
+HEAD_CONFIG = "head.json"
+
+
+@dataclass(frozen=True, slots=True)
+class LoraSettings:
+    """LoRA hyper-parameters of one adapter (peft ``LoraConfig``)."""
+
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+
+    def __post_init__(self) -> None:
+        if self.rank <= 0 or self.alpha <= 0:
+            raise ValueError(f"LoRA rank and alpha must be positive, got rank={self.rank}, alpha={self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("LoRA target_modules must name at least one module")
+
+    def to_peft(self) -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=list(self.target_modules), bias="none")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoraSettings:
+        data = dict(data)
+        if "target_modules" in data:
+            data["target_modules"] = tuple(data["target_modules"])
+        return cls(**data)
+
+
+@dataclass(slots=True)
+class Batch:
+    """Right-padded suffix ids with their mask (the prefix is added by the forward path)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device))
+
+
+def collate(sequences: Sequence[Sequence[int]], pad_id: int, *, left: bool = False) -> Batch:
+    """Pad id lists into one batch (right padding unless ``left``)."""
+    if not sequences:
+        raise ValueError("an empty batch")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if not seq:
+            raise ValueError(f"sample {row} has no tokens")
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, span] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, span] = 1
+    return Batch(ids, mask)
+
+
+def positions_from_mask(attention_mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Position ids counting only real tokens, so left padding does not shift positions."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0) + offset
+
+
+class Predictor:
+    """The backbone with its task adapters and heads. Build with ``add_task`` or ``load_task``."""
+
+    def __init__(self, backbone: Backbone, *, merge_for_inference: bool = True) -> None:
+        self.backbone = backbone
+        # k-bit (bitsandbytes) weights cannot simply be added to; they run the LoRA path as it is
+        self.merge_for_inference = merge_for_inference and backbone.config.precision in ("fp32", "bf16")
+        self.tokenizer = backbone.tokenizer
+        self.model: Any = None  # a peft PeftModel once the first adapter exists
+        self.heads: dict[str, RegressionHead | SentimentHead] = {}
+        self.lora: dict[str, LoraSettings] = {}
+        self.encoders = {
+            "regressor": PromptEncoder(self.tokenizer, REGRESSION_TEMPLATE),
+            "sentiment": PromptEncoder(self.tokenizer, SENTIMENT_TEMPLATE),
+        }
+        self._prefix_kv: dict[tuple[str, bool], tuple[torch.Tensor, ...]] = {}
+        self._merged: dict[str, dict[str, torch.Tensor]] = {}
+        self._fingerprints: dict[str, str] = {}
+        self.device = next(backbone.model.parameters()).device
+
+    # ------------------------------------------------------------------------------- adapters
+
+    def add_task(self, task: str, lora: LoraSettings = LoraSettings(), head_settings: dict | None = None,
+                 seed: int = 0) -> None:
+        """Create the task's adapter (B = 0, so the backbone is unchanged at first) and its head."""
+        _check_task(task)
+        if task in self.heads:
+            raise ValueError(f"task {task!r} already has an adapter")
+        with seeded(seed):
+            self._add_adapter(task, lora.to_peft())
+            head = make_head(task, self.backbone.hidden_size, head_settings)
+        self.heads[task] = head.to(self.device).eval()  # inference by default; fit() turns training on
+        self.lora[task] = lora
+        self.changed(task)
+
+    def _add_adapter(self, task: str, peft_config: Any) -> None:
+        if self.model is None:
+            from peft import get_peft_model
+
+            self.model = get_peft_model(self.backbone.model, peft_config, adapter_name=task)
+        else:
+            self.model.add_adapter(task, peft_config)
+        for name, param in self.model.named_parameters():  # only LoRA weights can ever train
+            if "lora_" not in name:
+                param.requires_grad_(False)
+        self.model.eval()  # no LoRA dropout outside fit(), which switches training on and off
+
+    def set_template(self, task: str, template: PromptTemplate) -> None:
+        """Use ``template`` for the task's prompts (it is saved with the adapter)."""
+        _check_task(task)
+        self.encoders[task] = PromptEncoder(self.tokenizer, template)
+        if task in self.heads:
+            self.changed(task)
+
+    def set_task(self, task: str) -> None:
+        """Make ``task``'s adapter the active one."""
+        self._require(task)
+        if self.active_task != task:
+            self.model.set_adapter(task)
+
+    @property
+    def active_task(self) -> str | None:
+        if self.model is None:
+            return None
+        active = self.model.active_adapter
+        return active if isinstance(active, str) else active[0]
+
+    def _require(self, task: str) -> None:
+        _check_task(task)
+        if task not in self.heads:
+            raise KeyError(f"the predictor has no {task!r} adapter; train one or load a checkpoint")
+
+    def changed(self, task: str) -> None:
+        """Forget what depends on the task's weights (prefix caches, merged weights, fingerprint):
+        call after every change of the adapter or head."""
+        self._prefix_kv.pop((task, False), None)
+        self._prefix_kv.pop((task, True), None)
+        self._merged.pop(task, None)
+        self._fingerprints.pop(task, None)
+
+    def lora_parameters(self, task: str) -> list[torch.nn.Parameter]:
+        self._require(task)
+        return [p for n, p in self.model.named_parameters() if "lora_" in n and f".{task}." in n]
+
+    def train_mode(self, task: str, training: bool) -> None:
+        """LoRA and head dropout on (training) or off; the frozen backbone has no dropout of its own."""
+        self.set_task(task)
+        self.model.train(training)
+        self.heads[task].train(training)
+
+    # -------------------------------------------------------------------------------- forward
+
+    def _decoder(self) -> Any:
+        """The transformer body (no LM head) with the LoRA layers injected."""
+        return self.model.get_base_model().base_model
+
+    def merged_weights(self, task: str) -> dict[str, torch.Tensor]:
+        """The adapted weights ``W + scale * B A`` of every LoRA-wrapped layer, by parameter name
+        inside the decoder; cached until ``changed(task)``."""
+        self._require(task)
+        if task not in self._merged:
+            merged = {}
+            with torch.no_grad():
+                for name, module in self._decoder().named_modules():
+                    if task in getattr(module, "lora_A", {}) and hasattr(module, "get_delta_weight"):
+                        base = module.get_base_layer().weight
+                        merged[f"{name}.base_layer.weight"] = base + module.get_delta_weight(task).to(base.dtype)
+            self._merged[task] = merged
+        return self._merged[task]
+
+    def _run(self, task: str, merged: bool, **inputs: Any) -> Any:
+        """The decoder on ``inputs``, through the LoRA layers or with the merged weights."""
+        decoder = self._decoder()
+        if not merged:
+            return decoder(**inputs)
+        weights = self.merged_weights(task)
+        with self.model.disable_adapter():
+            return torch.func.functional_call(decoder, weights, args=(), kwargs=inputs, strict=False)
+
+    def prefix_cache(self, task: str, *, grad: bool = False, merged: bool = False) -> tuple[torch.Tensor, ...]:
+        """Per-layer (key, value) tensors of the task's prompt prefix under its adapter, batch 1.
+
+        Inference reuses one computation until the adapter changes; training (``grad=True``)
+        recomputes it at every call, since the adapter moves every step.
+        """
+        self.set_task(task)
+        key = (task, merged)
+        if not grad and key in self._prefix_kv:
+            return self._prefix_kv[key]
+        ids = torch.tensor([self.encoders[task].prefix_ids], dtype=torch.long, device=self.device)
+        with torch.set_grad_enabled(grad):
+            out = self._run(task, merged, input_ids=ids, use_cache=True)
+        kv = tuple(t for layer in out.past_key_values.layers for t in (layer.keys, layer.values))
+        if not grad:
+            self._prefix_kv[key] = kv
+        return kv
+
+    def states(self, task: str, suffixes: Sequence[Sequence[int]], *, use_prefix_cache: bool = True,
+               grad: bool = False, left_padding: bool = False, merged: bool = False) -> TaskState:
+        """Last-token final hidden states for the task's prompts (``suffixes`` from its encoder).
+        ``merged`` runs the adapter merged into the weights (inference only, see ``merged_weights``)."""
+        self.set_task(task)
+        if merged and grad:
+            raise ValueError("merged weights are for inference; training runs through the LoRA layers")
+        pad = self.tokenizer.pad_token_id
+        with torch.set_grad_enabled(grad):
+            if not use_prefix_cache:
+                prefix = self.encoders[task].prefix_ids
+                batch = collate([prefix + list(s) for s in suffixes], pad, left=left_padding).to(self.device)
+                hidden = self._run(task, merged, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                   position_ids=positions_from_mask(batch.attention_mask), use_cache=False)
+                return TaskState(task, last_token_state(hidden.last_hidden_state, batch.attention_mask))
+            from transformers import DynamicCache
+
+            kv = self.prefix_cache(task, grad=grad, merged=merged)
+            batch = collate(suffixes, pad).to(self.device)
+            size, length = batch.input_ids.shape[0], kv[0].shape[2]
+            cache = DynamicCache(
+                ddp_cache_data=[(kv[i].expand(size, -1, -1, -1), kv[i + 1].expand(size, -1, -1, -1))
+                                for i in range(0, len(kv), 2)],
+                config=self.model.get_base_model().config,
+            )
+            mask = torch.cat([batch.attention_mask.new_ones(size, length), batch.attention_mask], dim=1)
+            hidden = self._run(task, merged, input_ids=batch.input_ids, attention_mask=mask, past_key_values=cache,
+                               position_ids=positions_from_mask(batch.attention_mask, offset=length), use_cache=True)
+            return TaskState(task, last_token_state(hidden.last_hidden_state, batch.attention_mask))
+
+    def regress(self, suffixes: Sequence[Sequence[int]], **kw: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log-variance) of the normalised next-period return."""
+        self._require("regressor")
+        return self.heads["regressor"](self.states("regressor", suffixes, **kw))
+
+    def classify(self, suffixes: Sequence[Sequence[int]], **kw: Any) -> torch.Tensor:
+        """Raw (uncalibrated) sentiment logits."""
+        self._require("sentiment")
+        return self.heads["sentiment"](self.states("sentiment", suffixes, **kw))
+
+    # ------------------------------------------------------------------------------ inference
+
+    def predict_regression(self, texts: Sequence[str], *, batch_size: int = 32, use_prefix_cache: bool = True,
+                           cache: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) of the normalised next-period return per sample text (``prompts.regression_text``)."""
+        out = self._predict("regressor", texts, batch_size, use_prefix_cache, cache)
+        return out[:, 0], np.exp(0.5 * out[:, 1])
+
+    def predict_sentiment(self, texts: Sequence[str], *, batch_size: int = 32, use_prefix_cache: bool = True,
+                          cache: Any = None) -> np.ndarray:
+        """Calibrated class probabilities (n, 3) in ``SENTIMENT_LABELS`` order, per headline text."""
+        return self._predict("sentiment", texts, batch_size, use_prefix_cache, cache)
+
+    def _predict(self, task: str, texts: Sequence[str], batch_size: int, use_prefix_cache: bool,
+                 cache: Any) -> np.ndarray:
+        self._require(task)
+        width = 2 if task == "regressor" else self.heads[task].config.classes
+        result = np.full((len(texts), width), np.nan, dtype=np.float64)
+        todo = list(range(len(texts)))
+        fingerprint = self.fingerprint(task)
+        if cache is not None and texts:
+            found = cache.get_many(fingerprint, texts)
+            for i, value in enumerate(found):
+                if value is not None:
+                    result[i] = value
+            todo = [i for i, value in enumerate(found) if value is None]
+        if todo:
+            self.train_mode(task, False)
+            suffixes = self.encoders[task].encode([texts[i] for i in todo])
+            order = sorted(range(len(todo)), key=lambda k: len(suffixes[k]))  # similar lengths together
+            with torch.inference_mode():
+                for start in range(0, len(order), batch_size):
+                    chunk = order[start:start + batch_size]
+                    rows = self._rows(task, [suffixes[k] for k in chunk], use_prefix_cache, self.merge_for_inference)
+                    for k, row in zip(chunk, rows):
+                        result[todo[k]] = row
+            if cache is not None:
+                cache.put_many(fingerprint, [texts[i] for i in todo], result[todo])
+        return result
+
+    def _rows(self, task: str, suffixes: list[list[int]], use_prefix_cache: bool, merged: bool = False) -> np.ndarray:
+        if task == "regressor":
+            mean, logvar = self.regress(suffixes, use_prefix_cache=use_prefix_cache, merged=merged)
+            return torch.stack([mean, logvar], dim=1).double().cpu().numpy()
+        head = self.heads["sentiment"]
+        logits = self.classify(suffixes, use_prefix_cache=use_prefix_cache, merged=merged)
+        return head.probabilities(logits).double().cpu().numpy()
+
+    def predict_naive(self, task: str, texts: Sequence[str]) -> np.ndarray:
+        """The reference path: one sample at a time, the whole prompt, plain ``no_grad``. Rows as
+        ``_predict`` returns them (regressor: mean, log-variance; sentiment: probabilities); the
+        adapter runs through peft's LoRA layers, unmerged."""
+        self.train_mode(task, False)
+        rows = []
+        with torch.no_grad():
+            for ids in self.encoders[task].encode(texts):
+                rows.append(self._rows(task, [ids], use_prefix_cache=False)[0])
+        return np.array(rows)
+
+    # ------------------------------------------------------------------------- save and load
+
+    def fingerprint(self, task: str) -> str:
+        """Identity of what produces the task's predictions: backbone, adapter, head, prompt."""
+        self._require(task)
+        if task not in self._fingerprints:
+            digest = hashlib.sha256(self.backbone.fingerprint.encode())
+            encoder = self.encoders[task]
+            digest.update(json.dumps([encoder.prefix, encoder.closing, encoder.template.max_sample_tokens]).encode())
+            tensors = {**{n: p for n, p in self.model.named_parameters() if f".{task}." in n and "lora_" in n},
+                       **{f"head.{n}": t for n, t in self.heads[task].state_dict().items()}}
+            for name in sorted(tensors):
+                digest.update(name.encode())
+                digest.update(tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
+            self._fingerprints[task] = digest.hexdigest()[:24]
+        return self._fingerprints[task]
+
+    def save_task(self, task: str, folder: str | Path) -> Path:
+        """Write the adapter (peft format), the head (safetensors) and ``head.json`` (head, LoRA and
+        prompt template settings) into ``folder``."""
+        from safetensors.torch import save_file
+
+        self._require(task)
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder, selected_adapters=[task])
+        nested = folder / task  # peft writes non-"default" adapters into a sub-folder
+        if nested.is_dir():
+            for item in nested.iterdir():
+                shutil.move(str(item), folder / item.name)
+            nested.rmdir()
+        head = self.heads[task]
+        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(folder / HEAD_FILE))
+        (folder / HEAD_CONFIG).write_text(json.dumps(
+            {"task": task, "head": head.describe(), "lora": asdict(self.lora[task]),
+             "template": asdict(self.encoders[task].template)}, indent=1))
+        return folder
+
+    def load_task(self, task: str, folder: str | Path) -> None:
+        """Load an adapter and head saved by ``save_task`` (replacing the task's current ones)."""
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        _check_task(task)
+        folder = Path(folder)
+        meta_path = folder / HEAD_CONFIG
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{folder} holds no {HEAD_CONFIG}: not a saved {task} adapter")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("task") != task:
+            raise ValueError(f"{folder} holds a {meta.get('task')!r} adapter, not {task!r}")
+        head_meta = meta["head"]
+        if head_meta["hidden_size"] != self.backbone.hidden_size:
+            raise ValueError(f"{folder}: the head expects hidden size {head_meta['hidden_size']}, "
+                             f"the backbone has {self.backbone.hidden_size} (a different backbone?)")
+        if task in self.heads:
+            self.model.delete_adapter(task)
+            del self.heads[task]
+        lora = LoraSettings.from_dict(meta["lora"])
+        self._add_adapter(task, lora.to_peft())
+        weights = load_file(str(folder / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(self.model, weights, adapter_name=task)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"{folder}: adapter weights do not fit this backbone: {unexpected[:3]}")
+        if "template" in meta:  # the prompt is part of the model: use the one it was trained with
+            self.set_template(task, PromptTemplate(**meta["template"]))
+        head = make_head(task, self.backbone.hidden_size, head_meta)
+        head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+        self.heads[task] = head.to(self.device).eval()
+        self.lora[task] = lora
+        self.changed(task)
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
