@@ -1,0 +1,162 @@
+"""The optimisation loop both trainers share: AdamW on the task's LoRA weights and head, linear
+warm-up then a cosine / linear / constant schedule, gradient clipping, periodic validation with
+early stopping (the best weights are restored at the end), seed control and a tqdm progress bar."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.predictor import Predictor
+
+log = logging.getLogger(__name__)
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass(frozen=True, slots=True)
+class OptimSettings:
+    """How long and how fast to train one adapter."""
+
+    epochs: float = 3.0
+    max_steps: int = 0  # > 0: stop after this many steps whatever ``epochs`` says
+    batch_size: int = 16
+    lr: float = 3e-4  # LoRA weights
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    schedule: str = "cosine"
+    grad_clip: float = 1.0
+    eval_every: int = 0  # steps between validations; 0: once per epoch
+    patience: int = 3  # validations without improvement before stopping early; 0: never stop early
+    seed: int = 0
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.batch_size <= 0 or self.eval_batch_size <= 0:
+            raise ValueError("batch sizes must be positive")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("set epochs > 0 or max_steps > 0")
+        if self.lr <= 0 or self.head_lr <= 0 or not 0 <= self.warmup_ratio < 1 or self.grad_clip < 0:
+            raise ValueError("learning rates must be positive, warmup_ratio in [0, 1), grad_clip >= 0")
+
+    def total_steps(self, n_train: int) -> int:
+        per_epoch = math.ceil(n_train / self.batch_size)
+        steps = math.ceil(self.epochs * per_epoch) if self.epochs > 0 else self.max_steps
+        return max(1, min(steps, self.max_steps) if self.max_steps > 0 else steps)
+
+
+@dataclass(slots=True)
+class FitResult:
+    steps: int
+    best_step: int
+    best_score: float
+    stopped_early: bool
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def schedule_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """Learning-rate multiplier at ``step`` (0-based): linear warm-up, then the chosen decay."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant" or total <= warmup:
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else max(0.0, 1.0 - progress)
+
+
+def fit(predictor: Predictor, task: str, n_train: int, batch_loss: Callable[[np.ndarray], torch.Tensor],
+        validate: Callable[[], dict[str, float]], score_key: str, settings: OptimSettings, *,
+        higher_is_better: bool, progress: bool = False) -> FitResult:
+    """Train ``task``'s adapter and head. ``batch_loss(indices)`` returns the loss of those training
+    samples (with grad); ``validate()`` returns metrics whose ``score_key`` drives early stopping."""
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    lora, head = predictor.lora_parameters(task), list(predictor.heads[task].parameters())
+    optimiser = torch.optim.AdamW([
+        {"params": lora, "lr": settings.lr}, {"params": head, "lr": settings.head_lr},
+    ], weight_decay=settings.weight_decay)
+    total = settings.total_steps(n_train)
+    warmup = int(settings.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: schedule_factor(s, total, warmup, settings.schedule))
+    per_epoch = math.ceil(n_train / settings.batch_size)
+    eval_every = settings.eval_every or per_epoch
+    best = (-math.inf, 0, _snapshot(predictor, task))
+    history: list[dict[str, Any]] = []
+    bad_evals, stopped, started = 0, False, time.perf_counter()
+    order = np.empty(0, dtype=np.int64)
+    bar = _progress(total, task, progress)
+    running = 0.0
+    step = 0
+    for step in range(1, total + 1):
+        if len(order) < settings.batch_size:
+            order = np.concatenate([order, rng.permutation(n_train)])
+        index, order = order[:settings.batch_size], order[settings.batch_size:]
+        predictor.train_mode(task, True)
+        loss = batch_loss(index)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(lora + head, settings.grad_clip)
+        optimiser.step()
+        scheduler.step()
+        predictor.changed(task)
+        running = loss.item() if step == 1 else 0.95 * running + 0.05 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+        if step % eval_every == 0 or step == total:
+            predictor.train_mode(task, False)
+            metrics = validate()
+            score = metrics[score_key] if higher_is_better else -metrics[score_key]
+            history.append({"step": step, "train_loss": running, **metrics})
+            line = f"{task} step {step}/{total}: train loss {running:.4f}, " + ", ".join(
+                f"val {k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            log.info(line)
+            if progress:
+                bar.write(line)
+            if score > best[0]:
+                best, bad_evals = (score, step, _snapshot(predictor, task)), 0
+            else:
+                bad_evals += 1
+                if settings.patience and bad_evals >= settings.patience:
+                    stopped = True
+                    break
+    bar.close()
+    _restore(predictor, task, best[2])
+    predictor.train_mode(task, False)
+    best_score = best[0] if higher_is_better else -best[0]
+    return FitResult(step, best[1], float(best_score), stopped, time.perf_counter() - started, history)
+
+
+def _snapshot(predictor: Predictor, task: str) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in predictor.lora_parameters(task)] + [
+        t.detach().clone() for t in predictor.heads[task].state_dict().values()]
+
+
+def _restore(predictor: Predictor, task: str, saved: list[torch.Tensor]) -> None:
+    lora = predictor.lora_parameters(task)
+    with torch.no_grad():
+        for param, value in zip(lora, saved[:len(lora)]):
+            param.copy_(value)
+        head = predictor.heads[task]
+        head.load_state_dict(dict(zip(head.state_dict().keys(), saved[len(lora):])))
+    predictor.changed(task)
+
+
+def _progress(total: int, task: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"training {task}", unit="step", disable=not enabled, leave=False)

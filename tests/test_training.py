@@ -1,0 +1,159 @@
+"""Training loop, trainers, checkpoints and evaluation metrics (tiny random Llamas, toy data)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from models.backbone import BackboneConfig
+from models.datasets import sample_headlines
+from models.prompts import PromptTemplate
+from models.training.checkpoint import CheckpointError, read_checkpoint
+from models.training.evaluation import (
+    classification_metrics,
+    fit_ridge,
+    predict_ridge,
+    regression_metrics,
+    ridge_baseline,
+    spearman,
+)
+from models.training.loop import OptimSettings, schedule_factor
+from models.training.regressor_config import RegressorTrainingConfig
+from models.training.regressor_trainer import (
+    BarArrays,
+    RegressorTrainer,
+    evaluate_regressor,
+    prepare_regression_data,
+)
+from models.training.sentiment_config import SentimentTrainingConfig
+from models.training.sentiment_trainer import (
+    SentimentTrainer,
+    evaluate_sentiment,
+    load_sentiment,
+    prepare_sentiment_data,
+)
+from tests.llm_helpers import TINY, torch
+
+TINY_BACKBONE = BackboneConfig(source="tiny", tiny=TINY)
+
+
+def test_schedule_warms_up_then_decays():
+    assert [schedule_factor(s, 10, 2, "cosine") for s in (0, 1)] == [0.5, 1.0]
+    assert schedule_factor(2, 10, 2, "cosine") == pytest.approx(1.0)
+    assert schedule_factor(6, 10, 2, "cosine") == pytest.approx(0.5)
+    assert schedule_factor(6, 10, 2, "linear") == pytest.approx(0.5)
+    assert schedule_factor(9, 10, 2, "constant") == 1.0
+    assert OptimSettings(epochs=2, batch_size=10).total_steps(95) == 20
+    assert OptimSettings(epochs=2, batch_size=10, max_steps=7).total_steps(95) == 7
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        OptimSettings(schedule="step")
+
+
+def test_classification_metrics_on_a_known_confusion():
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    probs = np.eye(3)[[0, 1, 1, 1, 2, 2]]
+    m = classification_metrics(probs, labels)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 1], [0, 0, 1]]
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    f1 = [2 / 3, 2 / 3, 2 / 3]  # bearish: p 1, r .5; neutral: p 2/3, r 2/3; bullish: p .5, r 1
+    assert m["macro_f1"] == pytest.approx(np.mean(f1))
+    assert m["weighted_f1"] == pytest.approx(np.dot(f1, [2, 3, 1]) / 6)
+
+
+def test_regression_metrics_and_ridge():
+    target = np.array([1.0, -1.0, 2.0, -2.0])
+    m = regression_metrics(np.array([0.5, -0.5, -1.0, -1.0]), np.array([1.0, 1.0, 1.0, 1.0]), target)
+    assert m["hit_rate"] == pytest.approx(0.75)
+    assert m["mse"] == pytest.approx((0.25 + 0.25 + 9 + 1) / 4)
+    assert m["coverage_50"] == pytest.approx(0.5) and m["coverage_90"] == pytest.approx(0.75)
+    assert np.isnan(regression_metrics(np.zeros(4), None, target)["hit_rate"])
+    assert spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 45])) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 3))
+    y = 0.5 + x @ np.array([1.0, -2.0, 0.0]) + rng.normal(0, 0.1, 500)
+    np.testing.assert_allclose(fit_ridge(x, y, 1e-6), [0.5, 1.0, -2.0, 0.0], atol=0.02)
+    report = ridge_baseline(x[:300], y[:300], x[300:400], y[300:400], x[400:], y[400:])
+    assert report["ic"] > 0.95 and report["penalty"] <= 10
+    assert predict_ridge(np.array([1.0, 2.0]), np.array([[3.0]]))[0] == 7.0
+
+
+def _toy_headlines(n: int = 300, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    words = {-1: ["crash", "plunge", "fraud", "loss"], 0: ["meeting", "report", "update", "notes"],
+             1: ["surge", "record", "soar", "profit"]}
+    tones = rng.integers(-1, 2, n)
+    return sample_headlines([(f"{rng.choice(words[t])} {rng.choice(words[t])}", int(t)) for t in tones], source="toy")
+
+
+def test_sentiment_trainer_learns_a_separable_task_and_round_trips(tmp_path):
+    config = SentimentTrainingConfig(
+        backbone=TINY_BACKBONE, template=PromptTemplate("Be brief.", "Classify."), optim=OptimSettings(epochs=10, max_steps=60, batch_size=16, lr=5e-3, head_lr=1e-2,
+                                                    eval_every=30, warmup_ratio=0.1, patience=0))
+    data = prepare_sentiment_data(_toy_headlines(), config)
+    assert len(data.test) == 75 and set(data.test.texts) - set(data.train.texts)  # held out
+    metrics = SentimentTrainer(config).train(data, tmp_path / "ckpt", describe={"path": "toy"})
+    assert metrics["validation"]["accuracy"] > 0.8
+    assert metrics["temperature"] > 0 and len(metrics["fit"]["history"]) == 2
+    checkpoint = read_checkpoint(tmp_path / "ckpt", "sentiment")
+    assert checkpoint.data_fingerprint["test_size"] == 75
+    assert checkpoint.config["data"] == {"path": "toy"}
+    assert checkpoint.config["config"]["template"]["instruction"] == "Classify."
+    assert (tmp_path / "ckpt" / "sentiment" / "adapter_model.safetensors").is_file()
+    report = evaluate_sentiment(tmp_path / "ckpt", _toy_headlines(), baselines=("majority",))
+    assert report["model"]["accuracy"] > 0.8 > report["baselines"]["majority"]["accuracy"]
+    assert json.loads((tmp_path / "ckpt" / "evaluation.json").read_text())["model"]["accuracy"] == report["model"]["accuracy"]
+    predictor, _ = load_sentiment(tmp_path / "ckpt")
+    assert predictor.fingerprint("sentiment") == checkpoint.config["predictor_fingerprint"]
+    with pytest.raises(CheckpointError, match="not what"):
+        evaluate_sentiment(tmp_path / "ckpt", _toy_headlines(seed=1))
+    with pytest.raises(CheckpointError, match="holds a 'sentiment' checkpoint, not a 'regressor'"):
+        read_checkpoint(tmp_path / "ckpt", "regressor")
+
+
+def _bars(n: int = 420, seed: int = 0) -> BarArrays:
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    open_ = np.concatenate([[100.0], close[:-1]])
+    high, low = np.maximum(open_, close) * 1.002, np.minimum(open_, close) * 0.998
+    ts = 1_704_067_200_000 + np.arange(n) * 3_600_000
+    return BarArrays("TOY/USDT", "1h", 3_600_000, ts, open_, high, low, close, rng.uniform(1, 2, n), source="toy")
+
+
+def test_regression_data_is_split_in_time_with_a_purge_and_train_only_scaling():
+    config = RegressorTrainingConfig(backbone=TINY_BACKBONE)
+    data = prepare_regression_data(_bars(900), config)
+    bars_of = {k: data.samples.bar_index[v] for k, v in data.splits.items()}
+    assert bars_of["train"].max() + config.purge < bars_of["val"].min()
+    assert bars_of["val"].max() + config.purge < bars_of["test"].min()
+    assert data.texts[0].startswith("Asset: TOY/USDT, 1h bars.\nFeatures: ")
+    assert len(data.weights) == len(data.splits["train"]) and data.weights.mean() == pytest.approx(1.0)
+    median = np.median(data.samples.features[data.splits["train"]], axis=0)
+    np.testing.assert_allclose(data.scaler.center, median)
+
+
+def test_regressor_trainer_writes_a_checkpoint_and_evaluates_against_baselines(tmp_path):
+    config = RegressorTrainingConfig(backbone=TINY_BACKBONE, splits=(0.5, 0.25, 0.25), purge=21,
+                                     max_val_samples=32, optim=OptimSettings(max_steps=3, epochs=1, batch_size=8))
+    bars = _bars(460)
+    metrics = RegressorTrainer(config).train(bars, tmp_path / "reg", describe={"path": "toy.csv"})
+    assert metrics["fit"]["steps"] == 3 and np.isfinite(metrics["validation"]["nll"])
+    names = {p.name for p in (tmp_path / "reg").iterdir()}
+    assert {"config.json", "data_fingerprint.json", "feature_scaler.json", "metrics.json", "regressor"} <= names
+    report = evaluate_regressor(tmp_path / "reg", bars, max_samples=24, baseline_train_samples=24)
+    assert set(report["baselines"]) == {"ridge", "zero", "random_backbone"}
+    for metrics in (report["model"], *report["baselines"].values()):
+        assert {"mse", "mae", "hit_rate", "ic", "coverage_50", "coverage_90"} <= set(metrics)
+    with pytest.raises(CheckpointError, match="not the ones"):
+        evaluate_regressor(tmp_path / "reg", _bars(460, seed=1), baselines=())
+
+
+def test_training_is_reproducible_with_a_seed(tmp_path):
+    config = SentimentTrainingConfig(backbone=TINY_BACKBONE, optim=OptimSettings(max_steps=4, epochs=1, batch_size=8))
+    data = prepare_sentiment_data(_toy_headlines(120), config)
+    runs = [SentimentTrainer(config).train(data, tmp_path / f"run{k}") for k in range(2)]
+    assert runs[0]["fit"]["history"] == runs[1]["fit"]["history"]
+    prints = [json.loads((tmp_path / f"run{k}" / "config.json").read_text())["predictor_fingerprint"] for k in range(2)]
+    assert prints[0] == prints[1]
+    assert torch.get_num_threads() >= 1
