@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     from engine.feeds.commands import add_data_parser  # light: ccxt and yfinance are imported on use
 
     add_data_parser(sub)
+
+    from engine import ml_commands  # light too: torch and the models are imported on use
+
+    ml_commands.add_parsers(sub)
     return parser
 
 
@@ -83,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from engine.feeds import commands as data_commands
 
             return data_commands.main(args, _config)
+        if args.command in ("train", "evaluate"):
+            from engine import ml_commands
+
+            return ml_commands.main(args)
         return _backtest(args)
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
