@@ -238,7 +238,7 @@ class Predictor:
         ids = torch.tensor([self.encoders[task].prefix_ids], dtype=torch.long, device=self.device)
         with torch.set_grad_enabled(grad):
             out = self._run(task, merged, input_ids=ids, use_cache=True)
-        kv = tuple(t for layer in out.past_key_values.layers for t in (layer.keys, layer.values))
+        kv = tuple(t for layer in out.cache.layers for t in (layer.keys, layer.values))
         if not grad:
             self._prefix_kv[key] = kv
         return kv
@@ -269,7 +269,7 @@ class Predictor:
                 config=self.model.get_base_model().config,
             )
             mask = torch.cat([batch.attention_mask.new_ones(size, length), batch.attention_mask], dim=1)
-            hidden = self._run(task, merged, input_ids=batch.input_ids, attention_mask=mask, past_key_values=cache,
+            hidden = self._run(task, merged, input_ids=batch.input_ids, attention_mask=mask, cache=cache,
                                position_ids=positions_from_mask(batch.attention_mask, offset=length), use_cache=True)
             return TaskState(task, last_token_state(hidden.last_hidden_state, batch.attention_mask))
 
