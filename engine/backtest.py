@@ -159,7 +159,7 @@ def run_backtest(strategy: Any, series: Sequence[BarSeries], instruments: Mappin
     by_symbol = {s.symbol: s for s in series}
     ctx = StrategyContext(run_id=run_id, portfolio=portfolio, broker=broker, instruments=instruments,
                           series=by_symbol, emit=loop.on_broker_event, on_order=loop.on_order,
-                          on_cancel=loop.on_cancel)
+                          on_cancel=loop.on_cancel, costs=costs, journal=journal)
     loop.bind(strategy, ctx, broker)
     news = sorted(news, key=lambda n: n.ts_event)
     runs = event_runs(series, news)
@@ -189,6 +189,7 @@ def run_backtest(strategy: Any, series: Sequence[BarSeries], instruments: Mappin
     loop.checkpoint()
     elapsed = time.perf_counter() - started
 
+    strategy_summary = getattr(strategy, "summary", None)  # figures the strategy adds (Strategy.summary)
     ts, equity, gross = loop.equity_curve()
     metrics = compute_metrics(ts=ts, equity=equity, gross_exposure=gross, fills=loop.fills,
                               starting_equity=starting_cash, costs=portfolio.ledgers.as_dict(),
@@ -200,5 +201,5 @@ def run_backtest(strategy: Any, series: Sequence[BarSeries], instruments: Mappin
         funding_payments=tuple(loop.funding_payments), starting_cash=starting_cash,
         final_equity=float(equity[-1]) if len(equity) else starting_cash, ledgers=portfolio.ledgers,
         equity_ts=ts, equity=equity, gross_exposure=gross, metrics=metrics, elapsed_seconds=elapsed,
-        fill_mode=fill_mode,
+        fill_mode=fill_mode, extra=dict(strategy_summary()) if strategy_summary is not None else {},
     )

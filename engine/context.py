@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from engine.broker import Broker, BrokerEvent
+from engine.costs import CostModels
 from engine.domain import Instrument, Order, OrderType, Rejection, Side
 from engine.feeds.series import BarSeries
+from engine.journal import Journal
 from engine.portfolio import Portfolio
 from engine.risk import check_new_order
 
@@ -21,10 +24,15 @@ from engine.risk import check_new_order
 class StrategyContext:
     def __init__(self, *, run_id: str, portfolio: Portfolio, broker: Broker, instruments: Mapping[str, Instrument],
                  series: Mapping[str, BarSeries], emit: Callable[[BrokerEvent], None],
-                 on_order: Callable[[Order], None], on_cancel: Callable[[str, int], None]) -> None:
+                 on_order: Callable[[Order], None], on_cancel: Callable[[str, int], None],
+                 costs: CostModels | None = None, journal: Journal | None = None) -> None:
         self.run_id = run_id
         self.portfolio = portfolio
         self.instruments = instruments
+        # The run's spread, slippage and funding models (fees come from the instrument), for strategies
+        # that weigh an expected move against what a trade costs; None where the host has none.
+        self.costs = costs
+        self._journal = journal
         self._broker = broker
         self._series = series
         self._emit = emit
@@ -67,6 +75,25 @@ class StrategyContext:
 
     def open_orders(self, symbol: str | None = None) -> list[Order]:
         return self._broker.open_orders(symbol)
+
+    # -- recording -----------------------------------------------------------------------------
+    def record_signal(self, symbol: str, value: float, *, confidence: float | None = None,
+                      components: Mapping[str, Any] | None = None, model: str = "") -> None:
+        """Record a signal this strategy acted on, stamped with the current event time, in the run's
+        store (``components``: JSON-ready values that explain it). A no-op when nothing is recorded."""
+        if self._journal is not None:
+            self._journal.signal(self.time, symbol, value, confidence=confidence, components=components, model=model)
+
+    def record_prediction(self, symbol: str, kind: str, *, value: float | None = None,
+                          uncertainty: float | None = None, probabilities: Mapping[str, float] | None = None,
+                          confidence: float | None = None, model: str = "", horizon_ms: int | None = None,
+                          input_text: str | None = None) -> None:
+        """Record one model output (``kind``: "regression" or "sentiment"), stamped with the current
+        event time (its inputs end there), in the run's store. A no-op when nothing is recorded."""
+        if self._journal is not None:
+            self._journal.prediction(self.time, symbol, kind, value=value, uncertainty=uncertainty,
+                                     probabilities=probabilities, confidence=confidence, model=model,
+                                     horizon_ms=horizon_ms, input_text=input_text)
 
     # -- ordering ------------------------------------------------------------------------------
     def market(self, symbol: str, quantity: float, tag: str = "") -> Order | None:

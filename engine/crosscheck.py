@@ -176,7 +176,7 @@ class _Host(bt.Strategy):
         self.ctx = StrategyContext(
             run_id=self.p.run_id, portfolio=_Account(self, plan.config.run.starting_cash),  # type: ignore[arg-type]
             broker=self.relay, instruments=plan.instruments, series={self.symbol: self.bars},
-            emit=self._emit,
+            emit=self._emit, costs=plan.costs,
             on_order=lambda order: None, on_cancel=lambda order_id, ts: None)  # compared, not journaled
 
     # -- strategy hooks, in the order of engine.loop ----------------------------------------------

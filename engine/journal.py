@@ -7,7 +7,8 @@ event in the paper and live daemons). The SQLite store implements it; ``None`` m
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.domain import Fill, FundingPayment, News, Order, Rejection
 
@@ -27,6 +28,16 @@ class Journal(Protocol):
     def funding(self, payment: FundingPayment) -> None: ...
 
     def news(self, news: News) -> None: ...
+
+    def signal(self, ts_event: int, symbol: str, value: float, *, confidence: float | None = None,
+               components: Mapping[str, Any] | None = None, model: str = "") -> None:
+        """A signal a strategy acted on (``StrategyContext.record_signal``)."""
+
+    def prediction(self, ts_event: int, symbol: str, kind: str, *, value: float | None = None,
+                   uncertainty: float | None = None, probabilities: Mapping[str, float] | None = None,
+                   confidence: float | None = None, model: str = "", horizon_ms: int | None = None,
+                   input_text: str | None = None) -> None:
+        """A model output a strategy used (``StrategyContext.record_prediction``)."""
 
     def checkpoint(self, loop: EventLoop) -> None:
         """Write what is buffered; equity points since the last checkpoint are

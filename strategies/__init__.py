@@ -6,9 +6,10 @@ import difflib
 
 from strategies.base import Strategy
 from strategies.buy_and_hold import BuyAndHold
+from strategies.llm_signal import LlmSignal
 from strategies.sma_cross import SmaCross
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (BuyAndHold, SmaCross)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (BuyAndHold, SmaCross, LlmSignal)}
 
 
 def get_strategy(name: str) -> type[Strategy]:

@@ -45,3 +45,7 @@ class Strategy:
 
     def on_stop(self, ctx: StrategyContext) -> None:
         """After the last event."""
+
+    def summary(self) -> dict[str, Any]:
+        """Figures this strategy adds to the run's JSON summary, read after ``on_stop``; none by default."""
+        return {}

@@ -20,6 +20,9 @@ def test_shipped_config_loads_and_matches_defaults():
     for section in ("run", "data", "sample", "instrument", "costs", "logging", "store"):
         assert getattr(config, section) == getattr(defaults, section), section
     assert config.strategies["sma_cross"] == {"fast": 10, "slow": 30, "fraction": 0.95, "allow_short": False}
+    from strategies.llm_signal import LlmSignal
+
+    assert LlmSignal.Params(**config.strategies["llm_signal"]) == LlmSignal.Params()
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -57,7 +60,7 @@ def test_strategy_parameters_are_checked_against_the_strategy(tmp_path):
         prepare_backtest(load_config(None, ["strategies.sma_cross.fast=50"]))
     with pytest.raises(ConfigError, match="did you mean 'strategies.sma_cross'"):
         prepare_backtest(load_config(None, ["strategies.sma_crosss.fast=3"]))
-    with pytest.raises(ConfigError, match="unknown strategy 'sma'; available: buy_and_hold, sma_cross"):
+    with pytest.raises(ConfigError, match="unknown strategy 'sma'; available: buy_and_hold, llm_signal, sma_cross"):
         prepare_backtest(load_config(None, ["run.strategy=sma"]))
     with pytest.raises(ConfigError, match=r"unknown strategy 'sma_crss' \(did you mean 'sma_cross'\?\)"):
         prepare_backtest(load_config(None, ["run.strategy=sma_crss"]))

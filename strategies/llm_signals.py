@@ -1,0 +1,265 @@
+"""Where the LLM strategy's signals come from: one interface (``SignalSource``), two implementations.
+
+A source answers two questions while the event loop runs, for one symbol:
+
+- ``on_news(news)``: the headline's classification, a ``models.aggregation.ScoredHeadline``
+  (publish time, calibrated bearish / neutral / bullish probabilities, confidence = the largest
+  probability). From its publish time on, the headline counts in every later signal.
+- ``on_bar(bar)``: the ``BarPrediction`` at the bar's close: the regressor's mean and log-variance
+  of the next bar's log return divided by realised volatility (see
+  ``models.training.regressor_trainer``), the bar's realised volatility, and the aggregated
+  ``models.aggregation.Signal`` of that regression and of the headlines published up to the close
+  (within ``AggregationConfig.news_lookback_ms``, none later). ``None`` while the features warm up
+  (their first ``models.features.WARMUP_BARS`` bars).
+
+``PrecomputedSignals`` computes everything before the loop, in batches: the features of the whole
+history (``compute_features``; row t uses bars up to t only), the regressions of the traded bars and
+the classes of all headlines, each through the ``PredictionCache`` when one is given, so a rerun
+computes nothing. During the loop it only looks answers up. ``OnlineSignals`` computes them as
+the events arrive, as the paper and live daemons will: ``IncrementalFeatures`` bar by bar, one
+regression per bar, one classification per headline in ``on_news``.
+
+Given the same predictor and inputs, the two give bit-identical answers when
+``SignalModel.batch_size`` is 1 (each prompt alone through the model): ``tests/test_llm_signal.py``
+runs a history both ways and compares every decision. With larger batches the precomputed path
+pads prompts of different lengths together, which changes float rounding (~1e-7) and so, in rare
+edge cases, a decision; use them where speed matters more than that identity (a GPU).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from engine.domain import Bar, News
+from engine.feeds.series import BarSeries
+from models.aggregation import AggregationConfig, ScoredHeadline, Signal, signal_from
+from models.features import FEATURE_NAMES, FeatureScaler, IncrementalFeatures, compute_features
+from models.prompts import headline_text, regression_text
+
+RVOL_WINDOW = 20
+"""Bars in the ``rvol20`` feature: the regressor must normalise its target by the same window."""
+_RVOL = FEATURE_NAMES.index("rvol20")
+_SAMPLE_STD = math.sqrt(RVOL_WINDOW / (RVOL_WINDOW - 1))  # rvol20 is a population std; the target's is ddof=1
+_CHUNK = 32  # prompts per predictor call in the precomputation (the unit of progress reports)
+
+Progress = Callable[[str, int, int], None]
+"""Called as ``progress(what, done, total)`` while a source computes predictions."""
+
+
+@dataclass(frozen=True, slots=True)
+class BarPrediction:
+    """The predictor's view at one bar close ``ts``: ``mean`` and ``log_variance`` of the next bar's
+    log return divided by ``volatility`` (the realised volatility of the last 20 log returns, as
+    the regressor's target was normalised), and the aggregated ``signal``."""
+
+    ts: int
+    mean: float
+    log_variance: float
+    volatility: float
+    signal: Signal
+
+    @property
+    def std(self) -> float:
+        """Predicted standard deviation of the volatility-normalised return."""
+        return math.exp(0.5 * self.log_variance)
+
+
+class SignalSource(Protocol):
+    """What ``strategies.llm_signal.LlmSignal`` asks for; see the module docstring."""
+
+    symbol: str
+    timeframe_ms: int
+    aggregation: AggregationConfig
+    regressor_model: str  # identities of the two adapters, for the records
+    sentiment_model: str
+
+    def on_news(self, news: News) -> ScoredHeadline: ...
+
+    def on_bar(self, bar: Bar) -> BarPrediction | None: ...
+
+
+@dataclass(frozen=True)
+class SignalModel:
+    """The trained predictor and how to prompt it: everything both sources share.
+
+    ``predictor`` is a ``models.predictor.Predictor`` holding both adapters; ``scaler`` and
+    ``feature_digits`` are the regressor checkpoint's (prompts must be written as in training);
+    ``asset`` and ``timeframe`` name the traded series in the prompt. ``cache`` is an optional
+    ``models.cache.PredictionCache``; ``batch_size`` is the number of prompts per forward pass
+    (1: bit-identical to the online path, see the module docstring)."""
+
+    predictor: Any
+    scaler: FeatureScaler
+    aggregation: AggregationConfig
+    asset: str
+    timeframe: str
+    timeframe_ms: int
+    feature_digits: int = 2
+    batch_size: int = 1
+    cache: Any = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def regressor_model(self) -> str:
+        return self.predictor.fingerprint("regressor")
+
+    @property
+    def sentiment_model(self) -> str:
+        """"" when the predictor has no sentiment adapter (a run without headlines)."""
+        return self.predictor.fingerprint("sentiment") if "sentiment" in self.predictor.heads else ""
+
+    def regression_texts(self, features: np.ndarray) -> list[str]:
+        """Prompt texts of raw feature rows (n, 16)."""
+        scaled = self.scaler.transform(np.atleast_2d(features))
+        return [regression_text(self.asset, self.timeframe, row, self.feature_digits) for row in scaled]
+
+    def regress(self, texts: Sequence[str], cache: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, log-variance) per prompt text."""
+        mean, std = self.predictor.predict_regression(list(texts), batch_size=self.batch_size, cache=cache)
+        return mean, 2.0 * np.log(std)
+
+    def classify(self, headlines: Sequence[str], cache: Any = None) -> np.ndarray:
+        """Calibrated class probabilities (n, 3) per headline."""
+        return self.predictor.predict_sentiment([headline_text(h) for h in headlines], batch_size=self.batch_size,
+                                                cache=cache)
+
+    def signal(self, ts: int, mean: float, log_variance: float, volatility: float,
+               headlines: Iterable[ScoredHeadline]) -> BarPrediction:
+        return BarPrediction(ts, mean, log_variance, volatility,
+                             signal_from(self.aggregation, ts, (mean, log_variance), list(headlines)))
+
+
+def score_headline(publish_ms: int, probabilities: np.ndarray) -> ScoredHeadline:
+    """A classified headline; its confidence is the calibrated probability of its likeliest class."""
+    probs = tuple(float(p) for p in probabilities)
+    return ScoredHeadline(int(publish_ms), probs, max(probs))
+
+
+def _volatility(features: np.ndarray) -> float:
+    return float(features[_RVOL]) * _SAMPLE_STD
+
+
+class PrecomputedSignals:
+    """Answers computed before the loop (``compute``), looked up during it."""
+
+    def __init__(self, model: SignalModel, symbol: str, rows: dict[int, tuple[float, float, float] | None],
+                 headlines: Sequence[ScoredHeadline], classes: dict[str, tuple[float, ...]],
+                 stats: dict[str, int]) -> None:
+        self._model = model
+        self.symbol = symbol
+        self.timeframe_ms = model.timeframe_ms
+        self.aggregation = model.aggregation
+        self.regressor_model = model.regressor_model
+        self.sentiment_model = model.sentiment_model
+        self._rows = rows  # bar close -> (mean, log-variance, volatility); None during warm-up
+        self._headlines = list(headlines)  # sorted by publish time
+        self._times = [h.publish_ms for h in self._headlines]
+        self._classes = classes  # headline text -> probabilities
+        self.stats = stats  # what was predicted and how much came from the cache
+
+    @classmethod
+    def compute(cls, model: SignalModel, bars: BarSeries, news: Sequence[News], *, start_ms: int,
+                progress: Progress | None = None) -> PrecomputedSignals:
+        """Predictions for the bars of ``bars`` that open at or after ``start_ms`` (the earlier bars
+        only feed the features), and classes for every headline in ``news`` (give those published
+        up to the look-back before ``start_ms`` as well: they still count in the first signals)."""
+        features = compute_features(bars.ts_open, bars.open, bars.high, bars.low, bars.close, bars.volume,
+                                    bars.timeframe_ms)
+        first = int(np.searchsorted(bars.ts_open, start_ms, side="left"))
+        closes = bars.ts_close.tolist()
+        ready = [i for i in range(first, len(bars)) if np.isfinite(features[i]).all()]
+        rows: dict[int, tuple[float, float, float] | None] = dict.fromkeys(closes[first:])
+        texts = model.regression_texts(features[ready]) if ready else []
+        cache = model.cache
+        hits = cache.hits if cache is not None else 0
+        for a in range(0, len(texts), _CHUNK):
+            mean, log_variance = model.regress(texts[a:a + _CHUNK], cache)
+            for i, m, v in zip(ready[a:a + _CHUNK], mean.tolist(), log_variance.tolist()):
+                rows[closes[i]] = (m, v, _volatility(features[i]))
+            if progress is not None:
+                progress("bars", min(a + _CHUNK, len(texts)), len(texts))
+        regression_hits = (cache.hits - hits) if cache is not None else 0
+        ordered = sorted(news, key=lambda n: n.ts_event)
+        unique = list(dict.fromkeys(n.headline for n in ordered))
+        classes: dict[str, tuple[float, ...]] = {}
+        hits = cache.hits if cache is not None else 0
+        for a in range(0, len(unique), _CHUNK):
+            chunk = unique[a:a + _CHUNK]
+            for text, probs in zip(chunk, model.classify(chunk, cache)):
+                classes[text] = tuple(float(p) for p in probs)
+            if progress is not None:
+                progress("headlines", min(a + _CHUNK, len(unique)), len(unique))
+        headlines = [score_headline(n.ts_event, np.array(classes[n.headline])) for n in ordered]
+        stats = {"bars": len(texts), "headlines": len(ordered), "distinct_headlines": len(unique),
+                 "regression_cached": regression_hits,
+                 "sentiment_cached": (cache.hits - hits) if cache is not None else 0}
+        return cls(model, bars.symbol, rows, headlines, classes, stats)
+
+    def on_news(self, news: News) -> ScoredHeadline:
+        probs = self._classes.get(news.headline)
+        if probs is None:
+            raise LookupError(f"headline {news.headline[:60]!r} was not among the precomputed ones; "
+                              "compute the source with every headline the backtest delivers")
+        return score_headline(news.ts_event, np.array(probs))
+
+    def on_bar(self, bar: Bar) -> BarPrediction | None:
+        ts = bar.ts_event
+        if ts not in self._rows:
+            raise LookupError(f"no precomputed prediction for the {bar.symbol} bar closing at {ts}; the source "
+                              "covers the bars it was computed for (PrecomputedSignals.compute start_ms)")
+        row = self._rows[ts]
+        if row is None:
+            return None
+        lookback = self.aggregation.news_lookback_ms
+        lo, hi = bisect.bisect_left(self._times, ts - lookback), bisect.bisect_right(self._times, ts)
+        return self._model.signal(ts, *row, self._headlines[lo:hi])
+
+
+class OnlineSignals:
+    """Answers computed as events arrive. Call ``warm_up`` with the history before the first
+    traded bar: the features start where the precomputed ones start, and recent headlines count."""
+
+    def __init__(self, model: SignalModel, symbol: str) -> None:
+        self._model = model
+        self.symbol = symbol
+        self.timeframe_ms = model.timeframe_ms
+        self.aggregation = model.aggregation
+        self.regressor_model = model.regressor_model
+        self.sentiment_model = model.sentiment_model
+        self._features = IncrementalFeatures(model.timeframe_ms)
+        self._headlines: deque[ScoredHeadline] = deque()  # in arrival order (time order), pruned past the look-back
+
+    def warm_up(self, bars: BarSeries, news: Sequence[News] = ()) -> None:
+        """Feed bars (features only, no predictions) and classify headlines that precede trading."""
+        for bar in zip(bars.ts_open.tolist(), bars.open.tolist(), bars.high.tolist(), bars.low.tolist(),
+                       bars.close.tolist(), bars.volume.tolist()):
+            self._features.update(*bar)
+        for item in sorted(news, key=lambda n: n.ts_event):
+            self.on_news(item)
+
+    def on_news(self, news: News) -> ScoredHeadline:
+        scored = score_headline(news.ts_event, self._model.classify([news.headline], self._model.cache)[0])
+        self._headlines.append(scored)
+        return scored
+
+    def on_bar(self, bar: Bar) -> BarPrediction | None:
+        row = self._features.update(bar.ts_open, bar.open, bar.high, bar.low, bar.close, bar.volume)
+        if row is None or not np.isfinite(row).all():
+            return None
+        ts = bar.ts_event
+        oldest = ts - self.aggregation.news_lookback_ms
+        while self._headlines and self._headlines[0].publish_ms < oldest:
+            self._headlines.popleft()
+        mean, log_variance = self._model.regress(self._model.regression_texts(row), self._model.cache)
+        known = [h for h in self._headlines if h.publish_ms <= ts]
+        return self._model.signal(ts, float(mean[0]), float(log_variance[0]), _volatility(row), known)
