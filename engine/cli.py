@@ -122,12 +122,12 @@ def _backtest(args: argparse.Namespace) -> int:
 
     config = _config(args, _flag_overrides(args))
     _setup_logging(config)
-    plan = prepare_backtest(config)
+    progress = not args.json and not args.no_progress and sys.stderr.isatty()
+    plan = prepare_backtest(config, progress=progress, say=_stderr)  # the LLM strategy trains and predicts here
     for note in plan.notes:
         log.info(note)
         if not args.json:
             print(note, file=sys.stderr)
-    progress = not args.json and not args.no_progress and sys.stderr.isatty()
     recording = None
     if config.store.enabled:  # the run's row exists (status "running") before its first event
         from engine.store.commands import open_recording
@@ -155,6 +155,10 @@ def _backtest(args: argparse.Namespace) -> int:
     else:
         print(format_summary(summary))
     return 0
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _list_strategies() -> int:

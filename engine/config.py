@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 
 from engine.errors import ConfigError
 from engine.feeds.sample import SampleMarketConfig
+from models.aggregation import AggregationConfig  # plain Python, no torch
 
 T = TypeVar("T")
 
@@ -116,6 +117,79 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class RegressorSettings:
+    """Fine-tuning of the regressor adapter in an ``llm_signal`` run (``models.training``)."""
+
+    max_train_samples: int = 192  # the most recent samples of the training part's train split
+    max_val_samples: int = 32  # validation (early stopping, reported metrics) on the most recent this many
+    epochs: float = 1.0  # passes over the training samples
+    max_steps: int = 0  # > 0: stop after this many optimiser steps whatever epochs says
+    batch_size: int = 16
+    lr: float = 3e-4  # LoRA weights (the head learns at the trainer's head_lr)
+    lora_rank: int = 16
+    feature_digits: int = 1  # decimals of the scaled features in the prompt (fewer: shorter prompts, faster)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_train_samples < 1 or self.max_val_samples < 1:
+            raise ValueError("max_train_samples and max_val_samples must be >= 1")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("set epochs > 0 or max_steps > 0")
+        if self.batch_size < 1 or self.lora_rank < 1 or not self.lr > 0:
+            raise ValueError("batch_size and lora_rank must be >= 1 and lr > 0")
+        if not 0 <= self.feature_digits <= 6:
+            raise ValueError("feature_digits must be between 0 and 6")
+
+
+@dataclass(frozen=True)
+class SentimentSettings:
+    """Fine-tuning of the sentiment adapter in an ``llm_signal`` run (``models.training``)."""
+
+    max_train_samples: int = 192  # a stratified subsample of the training part's headlines
+    epochs: float = 1.0
+    max_steps: int = 0
+    batch_size: int = 16
+    lr: float = 3e-4
+    lora_rank: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_train_samples < 1:
+            raise ValueError("max_train_samples must be >= 1")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("set epochs > 0 or max_steps > 0")
+        if self.batch_size < 1 or self.lora_rank < 1 or not self.lr > 0:
+            raise ValueError("batch_size and lora_rank must be >= 1 and lr > 0")
+
+
+@dataclass(frozen=True)
+class LlmConfig:
+    """The predictor behind the ``llm_signal`` strategy: backbone, the train / trade split,
+    fine-tuning, inference and signal aggregation (see ``engine.llm_backtest``)."""
+
+    backbone: str = "smollm2"  # smollm2, tiny (random, for tests), a model folder, a .gguf file or a hub id
+    precision: Literal["fp32", "bf16", "int8", "nf4"] = "fp32"
+    train_fraction: float = 0.8  # the first 80% of the bars (and their headlines) train, the rest is traded
+    cache_dir: str = ".cache/llm"  # trained checkpoints and the prediction cache (git-ignored)
+    model_cache_dir: str = ".cache/models"  # converted GGUF backbones
+    signal_source: Literal["precomputed", "online"] = "precomputed"
+    batch_size: int = 1  # prompts per forward pass at inference; 1 = exactly what the online path computes
+    regressor_checkpoint: str = ""  # "" = train or reuse automatically; a folder = use it (no training)
+    sentiment_checkpoint: str = ""
+    regressor: RegressorSettings = field(default_factory=RegressorSettings)
+    sentiment: SentimentSettings = field(default_factory=SentimentSettings)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.train_fraction < 1:
+            raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not self.backbone:
+            raise ValueError("backbone must not be empty (smollm2, tiny, a folder, a .gguf file or a hub id)")
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -124,6 +198,7 @@ class Config:
     costs: CostsConfig = field(default_factory=CostsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    llm: LlmConfig = field(default_factory=LlmConfig)
     # Per-strategy parameter tables, checked against the chosen strategy's Params by ``build``.
     strategies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 

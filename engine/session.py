@@ -30,6 +30,7 @@ class BacktestPlan:
     make_strategy: Callable[[], Any]
     data_label: str
     notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # more summary keys (the LLM strategy's periods, checkpoints)
 
     def run(self, *, progress: bool = False, check_invariants: bool = False, journal: Journal | None = None,
             run_id: str | None = None) -> BacktestResult:
@@ -47,10 +48,14 @@ class BacktestPlan:
             "end": iso(int(s.ts_close[-1])) if len(s) else None,
             "contract": self.instruments[s.symbol].contract.value,
             "notes": self.notes,
+            **self.extra,
         }
 
 
-def prepare_backtest(config: Config) -> BacktestPlan:
+def prepare_backtest(config: Config, *, progress: bool = False, say: Callable[[str], None] | None = None) -> BacktestPlan:
+    """Everything a backtest of ``config`` needs. For the ``llm_signal`` strategy this also trains
+    or reuses the predictor and makes its predictions (``engine.llm_backtest``), reporting each
+    stage to ``say`` and, with ``progress``, drawing progress bars."""
     from engine.feeds.market_data import bar_quality, remote_market
 
     notes: list[str] = []
@@ -65,10 +70,15 @@ def prepare_backtest(config: Config) -> BacktestPlan:
     costs = make_costs(config)
     if remote is not None and remote.funding is not None:
         costs = dataclasses.replace(costs, funding=remote.funding)
-    return BacktestPlan(
+    plan = BacktestPlan(
         config=config, series=[series], news=news, instruments={series.symbol: instrument},
         costs=costs, make_strategy=strategy_factory(config), data_label=label, notes=notes,
     )
+    if config.run.strategy == "llm_signal":
+        from engine.llm_backtest import prepare_llm_backtest
+
+        plan = prepare_llm_backtest(plan, progress=progress, say=say)
+    return plan
 
 
 def strategy_factory(config: Config) -> Callable[[], Any]:

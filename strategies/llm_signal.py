@@ -44,11 +44,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from engine.costs import FUNDING_INTERVAL_MS
+from engine.domain import Instrument
 from engine.errors import ConfigError
 from engine.timeutil import MS_PER_DAY
 from models.datasets import SENTIMENT_LABELS
@@ -124,18 +125,22 @@ class LlmSignal(Strategy):
         if ctx.costs is None:
             raise ConfigError("strategies.llm_signal weighs moves against costs and needs the run's cost models "
                               "(StrategyContext.costs)")
-        for symbol in ctx.symbols:
-            inst = ctx.instruments[symbol]
-            if self.params.leverage > 1 and not inst.can_short:
-                raise ConfigError(f"strategies.llm_signal.leverage = {self.params.leverage:g} needs a perpetual; "
-                                  f"{symbol} is {inst.contract.value} (set instrument.contract = \"linear_perp\")")
-            if self.params.leverage > inst.max_leverage:
-                raise ConfigError(f"strategies.llm_signal.leverage = {self.params.leverage:g} exceeds {symbol}'s "
-                                  f"max_leverage {inst.max_leverage:g} (raise instrument.max_leverage or lower it)")
+        self.check_instruments(self.params, [ctx.instruments[s] for s in ctx.symbols])
         self._cap = self.params.max_position / len(ctx.symbols)
         self._day = -1
         self._day_start = ctx.equity
         self._halted = False
+
+    @staticmethod
+    def check_instruments(params: LlmSignal.Params, instruments: Iterable[Instrument]) -> None:
+        """Refuse leverage the instruments cannot take (a ``ConfigError`` naming the setting)."""
+        for inst in instruments:
+            if params.leverage > 1 and not inst.can_short:
+                raise ConfigError(f"strategies.llm_signal.leverage = {params.leverage:g} needs a perpetual; "
+                                  f"{inst.symbol} is {inst.contract.value} (set instrument.contract = \"linear_perp\")")
+            if params.leverage > inst.max_leverage:
+                raise ConfigError(f"strategies.llm_signal.leverage = {params.leverage:g} exceeds {inst.symbol}'s "
+                                  f"max_leverage {inst.max_leverage:g} (raise instrument.max_leverage or lower it)")
 
     def on_news(self, ctx, news) -> None:
         for symbol, source in self.sources.items():

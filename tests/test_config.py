@@ -17,7 +17,7 @@ def test_shipped_config_loads_and_matches_defaults():
     config = load_config(ROOT / "config.toml")
     defaults = Config()
     # Every section in the file equals the code's defaults, so the file documents what runs.
-    for section in ("run", "data", "sample", "instrument", "costs", "logging", "store"):
+    for section in ("run", "data", "sample", "instrument", "costs", "logging", "store", "llm"):
         assert getattr(config, section) == getattr(defaults, section), section
     assert config.strategies["sma_cross"] == {"fast": 10, "slow": 30, "fraction": 0.95, "allow_short": False}
     from strategies.llm_signal import LlmSignal

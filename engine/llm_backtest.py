@@ -1,0 +1,372 @@
+"""The LLM strategy's backtest: split the data, fine-tune (or reuse) the predictor, predict, and
+return a plan that trades only the later part.
+
+Out of sample by construction. The bars are cut at ``llm.train_fraction``: the regressor adapter is
+fine-tuned on the bars before the cut (``models.training.regressor_trainer``, which splits them
+again in time for its own validation) and the sentiment adapter on the headlines published before
+the cut, labelled with the sample market's known tones (``models.datasets.sample_headlines``).
+Only the bars from the cut on are traded and only their headlines are delivered; the earlier bars
+still feed the features (100 bars of look-back) and headlines within the aggregation's look-back
+before the cut still count in the first signals, as they would live. No label or price of the
+traded part reaches training.
+
+Checkpoints live in ``llm.cache_dir/checkpoints/<task>-<key>``, the key a hash of the training data's
+fingerprint, the training config and the backbone's fingerprint: an identical second run reuses
+them, and its predictions come from the ``PredictionCache`` (``llm.cache_dir/predictions.sqlite``),
+so it recomputes nothing. The trainers write checkpoints atomically (temporary folder, then
+rename), so a killed run leaves none half-written. ``llm.regressor_checkpoint`` /
+``llm.sentiment_checkpoint`` name a checkpoint to use instead (e.g. one from ``python -m engine
+train``); then nothing is trained.
+
+torch and transformers are imported here, on use; the engine's other paths never load them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.config import Config, LlmConfig
+from engine.domain import News
+from engine.errors import ConfigError, DataError
+from engine.feeds.series import BarSeries
+from engine.timeutil import iso
+
+if TYPE_CHECKING:
+    from engine.session import BacktestPlan
+
+log = logging.getLogger("engine.llm")
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class MarketSplit:
+    """The bars and headlines on each side of the cut at ``trade_start_ms`` (the first traded bar's open)."""
+
+    history: BarSeries  # every bar: features are computed over all of it
+    train: BarSeries
+    trade: BarSeries
+    train_news: list[News]  # published before the cut
+    trade_news: list[News]  # published at or after the cut: what the backtest delivers
+    context_news: list[News]  # before the cut, within the aggregation look-back: they count in the first signals
+    trade_start_ms: int
+
+
+def split_market(series: BarSeries, news: Sequence[News], train_fraction: float, lookback_ms: int) -> MarketSplit:
+    cut = round(train_fraction * len(series))
+    if cut < 2 or len(series) - cut < 2:
+        raise ConfigError(f"llm.train_fraction = {train_fraction:g} leaves {cut} bars to train on and "
+                          f"{len(series) - cut} to trade (of {len(series)}); both need more")
+    start = int(series.ts_open[cut])
+    ordered = sorted(news, key=lambda n: n.ts_event)
+    return MarketSplit(
+        history=series, train=series.between(None, start), trade=series.between(start, None),
+        train_news=[n for n in ordered if n.ts_event < start], trade_news=[n for n in ordered if n.ts_event >= start],
+        context_news=[n for n in ordered if start - lookback_ms <= n.ts_event < start], trade_start_ms=start)
+
+
+def prepare_llm_backtest(plan: BacktestPlan, *, progress: bool = False, say: Say | None = None) -> BacktestPlan:
+    """The plan of an ``llm_signal`` backtest: checkpoints trained or reused, predictions made,
+    the series cut to the traded part. ``say`` receives one line per stage (progress)."""
+    try:
+        from models.backbone import BackboneError
+        from models.datasets import DatasetError
+        from models.training.checkpoint import CheckpointError
+    except ImportError as exc:  # the llm extra is missing
+        raise ConfigError(f"strategies.llm_signal needs the llm extra ({exc.name} is missing): "
+                          "pip install -e '.[llm]'") from exc
+    try:
+        return _prepare(plan, progress, _Reporter(progress, say))
+    except BackboneError as exc:
+        raise ConfigError(f"llm.backbone = {plan.config.llm.backbone!r}: {exc}") from exc
+    except CheckpointError as exc:
+        raise ConfigError(f"llm: {exc}") from exc
+    except DatasetError as exc:
+        raise DataError(f"llm: {exc}") from exc
+
+
+def _prepare(plan: BacktestPlan, progress: bool, report: _Reporter) -> BacktestPlan:
+    from models.backbone import load_backbone
+    from strategies.llm_signal import LlmSignal
+
+    config = plan.config
+    llm = config.llm
+    if len(plan.series) != 1:
+        raise ConfigError("strategies.llm_signal trades one series at a time")
+    params = plan.make_strategy().params  # the checked [strategies.llm_signal] table
+    LlmSignal.check_instruments(params, plan.instruments.values())  # before minutes of training, not after
+    split = split_market(plan.series[0], plan.news, llm.train_fraction, llm.aggregation.news_lookback_ms)
+    report.say(f"training part: {len(split.train):,} bars {iso(int(split.train.ts_open[0]))} .. "
+               f"{iso(split.trade_start_ms)} and {len(split.train_news):,} headlines; traded part: {len(split.trade):,} "
+               f"bars {iso(split.trade_start_ms)} .. {iso(int(split.trade.ts_close[-1]))} (out of sample)")
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    backbone_config = _backbone_config(llm)
+    report.say(f"loading the backbone ({llm.backbone}, {llm.precision})")
+    backbone = load_backbone(backbone_config)
+    seconds["backbone"] = round(time.perf_counter() - started, 2)
+
+    checkpoints: dict[str, dict[str, Any]] = {}
+    regressor = _regressor_checkpoint(config, split, backbone.fingerprint, progress, report, checkpoints)
+    sentiment = _sentiment_checkpoint(config, split, plan, backbone.fingerprint, progress, report, checkpoints)
+    for task, info in checkpoints.items():
+        seconds[f"train_{task}"] = info["seconds"]
+
+    model = _signal_model(llm, backbone, regressor, sentiment, split.trade)
+    make_strategy, predictions = _strategy_factory(llm, model, split, params, report, seconds)
+    trade = split.trade
+    extra = {
+        "train_period": _period(split.train, split.train_news, split.train.ts_open[0], split.trade_start_ms),
+        "trade_period": _period(trade, split.trade_news, split.trade_start_ms, trade.ts_close[-1]),
+        "checkpoints": checkpoints,
+        "backbone": {"source": llm.backbone, "precision": llm.precision, "fingerprint": backbone.fingerprint},
+        "signal_source": llm.signal_source,
+        "predictions": predictions,
+        "llm_seconds": seconds,
+    }
+    notes = [*plan.notes, f"llm: trading {iso(split.trade_start_ms)} .. {iso(int(trade.ts_close[-1]))} only; "
+                          f"the adapters were trained on the data before it"]
+    return dataclasses.replace(plan, series=[trade], news=split.trade_news, make_strategy=make_strategy,
+                               notes=notes, extra={**plan.extra, **extra})
+
+
+def _signal_model(llm: LlmConfig, backbone: Any, regressor: Any, sentiment: Any, trade: BarSeries) -> Any:
+    """One predictor with both adapters, prompting as the regressor was trained."""
+    from models.cache import PredictionCache
+    from models.features import FeatureScaler
+    from models.predictor import Predictor
+    from models.training.checkpoint import load_into
+    from strategies.llm_signals import RVOL_WINDOW, SignalModel
+
+    predictor = Predictor(backbone)
+    load_into(predictor, regressor)
+    if sentiment is not None:
+        load_into(predictor, sentiment)
+    trained = regressor.config["config"]
+    if trained.get("vol_window") != RVOL_WINDOW or trained.get("horizon") != 1:
+        raise ConfigError(f"{regressor.folder}: strategies.llm_signal reads the regressor's target scale from the "
+                          f"rvol20 feature, so it needs a regressor trained with vol_window = {RVOL_WINDOW} and "
+                          f"horizon = 1 (this one: {trained.get('vol_window')}, {trained.get('horizon')})")
+    if regressor.scaler is None:
+        raise ConfigError(f"{regressor.folder}: the regressor checkpoint has no feature_scaler.json (incomplete)")
+    return SignalModel(predictor=predictor, scaler=FeatureScaler.from_dict(regressor.scaler),
+                       aggregation=llm.aggregation, asset=trade.symbol, timeframe=trade.timeframe,
+                       timeframe_ms=trade.timeframe_ms, feature_digits=int(trained["feature_digits"]),
+                       batch_size=llm.batch_size, cache=PredictionCache(Path(llm.cache_dir) / "predictions.sqlite"))
+
+
+def _strategy_factory(llm: LlmConfig, model: Any, split: MarketSplit, params: Any, report: _Reporter,
+                      seconds: dict[str, float]) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """(a factory of strategies with their signal source, what was predicted). Precomputed: every
+    prediction now; online: a fresh source per strategy, warmed up on the training part."""
+    from strategies.llm_signal import LlmSignal
+    from strategies.llm_signals import OnlineSignals, PrecomputedSignals
+
+    trade, symbol = split.trade, split.trade.symbol
+    if llm.signal_source == "online":
+        report.say(f"online signals: one prediction per bar and per headline during the loop ({len(trade):,} bars)")
+
+        def make_online() -> Any:
+            online = OnlineSignals(model, symbol)
+            online.warm_up(split.train, split.context_news)
+            return LlmSignal(params, {symbol: online})
+
+        return make_online, {}
+    started = time.perf_counter()
+    report.say(f"predicting {len(trade):,} bars and {len(split.context_news) + len(split.trade_news):,} "
+               f"headlines (batch size {llm.batch_size}; cached answers are reused)")
+    source = PrecomputedSignals.compute(model, split.history, split.context_news + split.trade_news,
+                                        start_ms=split.trade_start_ms, progress=report.progress)
+    seconds["predict"] = round(time.perf_counter() - started, 2)
+    stats = dict(source.stats)
+    report.say(f"predictions ready in {seconds['predict']:.1f} s ({stats['regression_cached']} of {stats['bars']} "
+               f"regressions and {stats['sentiment_cached']} of {stats['distinct_headlines']} distinct headlines "
+               "from the cache)")
+    return (lambda: LlmSignal(params, {symbol: source})), stats
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+def _backbone_config(llm: LlmConfig) -> Any:
+    from models.backbone import BackboneConfig
+
+    return BackboneConfig(source=llm.backbone, precision=llm.precision, cache_dir=llm.model_cache_dir)
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _bars_fingerprint(series: BarSeries) -> str:
+    digest = hashlib.sha256(f"{series.symbol}|{series.timeframe_ms}|{len(series)}|".encode())
+    for name in ("ts_open", "open", "high", "low", "close", "volume"):
+        digest.update(getattr(series, name).tobytes())
+    return digest.hexdigest()
+
+
+def _regressor_checkpoint(config: Config, split: MarketSplit, backbone_fingerprint: str, progress: bool,
+                          report: _Reporter, out: dict[str, dict[str, Any]]) -> Any:
+    from models.datasets import DatasetError
+    from models.training.checkpoint import read_checkpoint
+    from models.training.regressor_config import RegressorTrainingConfig
+    from models.training.regressor_trainer import BarArrays, RegressorTrainer
+
+    llm = config.llm
+    if llm.regressor_checkpoint:
+        return _given("regressor", llm.regressor_checkpoint, out)
+    s = llm.regressor
+    base = RegressorTrainingConfig()
+    training = dataclasses.replace(
+        base, backbone=_backbone_config(llm), lora=dataclasses.replace(base.lora, rank=s.lora_rank, alpha=2 * s.lora_rank),
+        optim=dataclasses.replace(base.optim, epochs=s.epochs, max_steps=s.max_steps, batch_size=s.batch_size,
+                                  lr=s.lr, seed=s.seed),
+        max_train_samples=s.max_train_samples, max_val_samples=s.max_val_samples, feature_digits=s.feature_digits)
+    train = split.train
+    folder = Path(llm.cache_dir) / "checkpoints" / (
+        "regressor-" + _key("regressor", _bars_fingerprint(train), training.to_dict(), backbone_fingerprint))
+    if (folder / "config.json").is_file():
+        report.say(f"reusing the regressor trained earlier on these bars with these settings ({folder})")
+        out["regressor"] = {"folder": str(folder), "trained": False, "seconds": 0.0}
+        return read_checkpoint(folder, "regressor")
+    steps = training.optim.total_steps(min(s.max_train_samples, len(train)))
+    report.say(f"fine-tuning the regressor on up to {s.max_train_samples} samples of the training bars "
+               f"(about {steps} steps; validation on {s.max_val_samples})")
+    bars = BarArrays(train.symbol, train.timeframe, train.timeframe_ms, train.ts_open, train.open, train.high,
+                     train.low, train.close, train.volume, source=train.source)
+    started = time.perf_counter()
+    try:
+        metrics = RegressorTrainer(training, progress=progress).train(
+            bars, folder, describe={"period": [iso(int(train.ts_open[0])), iso(split.trade_start_ms)]})
+    except DatasetError as exc:
+        raise DataError(f"llm: cannot train the regressor on the {len(train):,} bars before the cut: {exc}; give it "
+                        "more bars (sample.bars or --data) or a larger llm.train_fraction") from exc
+    elapsed = round(time.perf_counter() - started, 2)
+    report.say(f"regressor trained in {elapsed:.0f} s: {_validation(metrics, ('nll', 'hit_rate', 'ic'))}")
+    out["regressor"] = {"folder": str(folder), "trained": True, "seconds": elapsed,
+                        "train_samples": metrics["train_samples"], "validation": metrics["validation"]}
+    return read_checkpoint(folder, "regressor")
+
+
+def _sentiment_checkpoint(config: Config, split: MarketSplit, plan: BacktestPlan, backbone_fingerprint: str,
+                          progress: bool, report: _Reporter, out: dict[str, dict[str, Any]]) -> Any:
+    from models.training.checkpoint import read_checkpoint
+    from models.training.sentiment_config import SentimentTrainingConfig
+    from models.training.sentiment_trainer import SentimentTrainer, prepare_sentiment_data
+
+    llm = config.llm
+    if llm.sentiment_checkpoint:
+        return _given("sentiment", llm.sentiment_checkpoint, out)
+    if not split.train_news and not split.trade_news:
+        report.say("no headlines in this run: the signal is the regression alone")
+        return None
+    data = _labelled_headlines(plan, split.train_news)
+    s = llm.sentiment
+    base = SentimentTrainingConfig()
+    training = dataclasses.replace(
+        base, backbone=_backbone_config(llm), lora=dataclasses.replace(base.lora, rank=s.lora_rank, alpha=2 * s.lora_rank),
+        optim=dataclasses.replace(base.optim, epochs=s.epochs, max_steps=s.max_steps, batch_size=s.batch_size,
+                                  lr=s.lr, seed=s.seed),
+        max_train_samples=s.max_train_samples)
+    folder = Path(llm.cache_dir) / "checkpoints" / (
+        "sentiment-" + _key("sentiment", data.fingerprint(), training.to_dict(), backbone_fingerprint))
+    if (folder / "config.json").is_file():
+        report.say(f"reusing the sentiment adapter trained earlier on these headlines with these settings ({folder})")
+        out["sentiment"] = {"folder": str(folder), "trained": False, "seconds": 0.0}
+        return read_checkpoint(folder, "sentiment")
+    try:
+        prepared = prepare_sentiment_data(data, training)
+    except ValueError as exc:
+        raise DataError(f"llm: cannot split the {len(data)} training headlines for the sentiment adapter: {exc}; "
+                        "give it more (sample.bars, sample.headlines_per_day) or a larger llm.train_fraction") from exc
+    report.say(f"fine-tuning the sentiment adapter on {len(prepared.train)} of the {len(data)} training headlines "
+               f"(about {training.optim.total_steps(len(prepared.train))} steps; validation on {len(prepared.val)})")
+    started = time.perf_counter()
+    metrics = SentimentTrainer(training, progress=progress).train(
+        prepared, folder, describe={"format": "sample", "period_end": iso(split.trade_start_ms)})
+    elapsed = round(time.perf_counter() - started, 2)
+    report.say(f"sentiment adapter trained in {elapsed:.0f} s: {_validation(metrics, ('accuracy', 'macro_f1'))}")
+    out["sentiment"] = {"folder": str(folder), "trained": True, "seconds": elapsed,
+                        "train_samples": metrics["train_samples"], "validation": {
+                            k: v for k, v in metrics["validation"].items() if isinstance(v, float)}}
+    return read_checkpoint(folder, "sentiment")
+
+
+def _given(task: str, folder: str, out: dict[str, dict[str, Any]]) -> Any:
+    from models.training.checkpoint import CheckpointError, read_checkpoint
+
+    try:
+        checkpoint = read_checkpoint(folder, task)
+    except CheckpointError as exc:
+        raise ConfigError(f"llm.{task}_checkpoint = {folder!r}: {exc}. Train one with `python -m engine train {task} "
+                          f"--out {folder}`, or set llm.{task}_checkpoint = \"\" to train on this run's data") from None
+    out[task] = {"folder": folder, "trained": False, "seconds": 0.0, "given": True}
+    return checkpoint
+
+
+def _labelled_headlines(plan: BacktestPlan, news: Sequence[News]) -> Any:
+    """The training headlines with their tones: known for the synthetic sample market only."""
+    from engine.feeds.sample import generate_sample_market
+    from models.datasets import sample_headlines
+
+    config = plan.config
+    if not plan.data_label.startswith("synthetic:") or config.data.news:
+        raise ConfigError("llm: the sentiment adapter trains on labelled headlines, and only the synthetic sample "
+                          "market's are labelled; for these headlines set llm.sentiment_checkpoint to a checkpoint "
+                          "from `python -m engine train sentiment --data LABELLED.csv`")
+    market = generate_sample_market(config.sample)
+    tones = {(n.ts_event, n.headline): tone for n, tone in zip(market.news, market.tones)}
+    return sample_headlines([(n.headline, tones[(n.ts_event, n.headline)]) for n in news])
+
+
+# -- reporting -----------------------------------------------------------------------------------
+def _period(series: BarSeries, news: Sequence[News], start_ms: Any, end_ms: Any) -> dict[str, Any]:
+    return {"start": iso(int(start_ms)), "end": iso(int(end_ms)), "bars": len(series), "headlines": len(news)}
+
+
+def _validation(metrics: dict[str, Any], keys: Sequence[str]) -> str:
+    values = metrics.get("validation", {})
+    return ", ".join(f"validation {k} {values[k]:.3f}" for k in keys if isinstance(values.get(k), float))
+
+
+class _Reporter:
+    """Stage lines (to ``say`` and the log) and prediction progress: a tqdm bar when ``progress``,
+    else a line every 30 seconds."""
+
+    def __init__(self, bars: bool, say: Say | None) -> None:
+        self._bars = bars
+        self._say = say
+        self._tqdm: Any = None
+        self._what = ""
+        self._last = 0.0
+
+    def say(self, message: str) -> None:
+        log.info(message)
+        if self._say is not None:
+            self._say(f"llm: {message}")
+
+    def progress(self, what: str, done: int, total: int) -> None:
+        if self._bars:
+            if self._tqdm is None or self._what != what:
+                self._close()
+                from tqdm import tqdm
+
+                self._tqdm, self._what = tqdm(total=total, desc=f"predicting {what}", unit=what[:-1] or what,
+                                              file=sys.stderr, leave=False), what
+            self._tqdm.update(done - self._tqdm.n)
+            if done >= total:
+                self._close()
+        elif done >= total or time.monotonic() - self._last >= 30.0:
+            self._last = time.monotonic()
+            self.say(f"predicted {done:,} of {total:,} {what}")
+
+    def _close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+            self._tqdm = None
