@@ -166,7 +166,8 @@ def _signal_model(llm: LlmConfig, backbone: Any, regressor: Any, sentiment: Any,
 def _strategy_factory(llm: LlmConfig, model: Any, split: MarketSplit, params: Any, report: _Reporter,
                       seconds: dict[str, float]) -> tuple[Callable[[], Any], dict[str, Any]]:
     """(a factory of strategies with their signal source, what was predicted). Precomputed: every
-    prediction now; online: a fresh source per strategy, warmed up on the training part."""
+    prediction now, through the cache; online: a fresh source per strategy, warmed up on the
+    training part, computing every answer during the loop (no cache), as live."""
     from strategies.llm_signal import LlmSignal
     from strategies.llm_signals import OnlineSignals, PrecomputedSignals
 
@@ -174,8 +175,10 @@ def _strategy_factory(llm: LlmConfig, model: Any, split: MarketSplit, params: An
     if llm.signal_source == "online":
         report.say(f"online signals: one prediction per bar and per headline during the loop ({len(trade):,} bars)")
 
+        live = dataclasses.replace(model, cache=None)
+
         def make_online() -> Any:
-            online = OnlineSignals(model, symbol)
+            online = OnlineSignals(live, symbol)
             online.warm_up(split.train, split.context_news)
             return LlmSignal(params, {symbol: online})
 

@@ -18,7 +18,7 @@ from tests.llm_helpers import torch  # noqa: F401  (skips this module without th
 from tests.test_cli import REQUIRED
 
 ROOT = Path(__file__).resolve().parents[1]
-BARS, TRAIN_FRACTION = 1400, 0.85  # 1,190 bars to train on (the regressor's own time split needs ~800), 210 traded
+BARS, TRAIN_FRACTION = 1300, 0.9  # 1,170 bars to train on (the regressor's own time split needs ~800), 130 traded
 
 
 def pipeline_args(cache: Path, *more: str) -> list[str]:
@@ -37,10 +37,15 @@ def run_json(capsys, args: list[str]) -> tuple[dict, str]:
     return json.loads(captured.out), captured.err
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """One checkpoint and prediction cache for the module: later tests reuse what the first trained."""
+    return tmp_path_factory.mktemp("llm")
+
+
 def test_default_pipeline_trains_on_the_earlier_part_and_trades_only_the_later_one(
-        tmp_path, capsys, monkeypatch, isolated_store):
+        tmp_path, capsys, monkeypatch, isolated_store, cache):
     monkeypatch.chdir(tmp_path)
-    cache = tmp_path / "llm"
     first, err = run_json(capsys, pipeline_args(cache))
     assert "llm: fine-tuning the regressor" in err and "llm: predictions ready" in err  # progress on stderr
 
@@ -98,12 +103,10 @@ def test_default_pipeline_trains_on_the_earlier_part_and_trades_only_the_later_o
     assert third["checkpoints"]["regressor"]["folder"] != str(regressor)
 
 
-def test_online_source_on_the_cli_matches_the_precomputed_run(tmp_path, capsys, monkeypatch):
+def test_online_source_on_the_cli_matches_the_precomputed_run(tmp_path, capsys, monkeypatch, cache):
     monkeypatch.chdir(tmp_path)
-    cache = tmp_path / "llm"
-    short = ["--set", "sample.bars=1100", "--set", "llm.train_fraction=0.95"]  # 55 bars traded online
-    batch, _ = run_json(capsys, pipeline_args(cache, *short))
-    online, err = run_json(capsys, pipeline_args(cache, *short, "--set", 'llm.signal_source="online"'))
+    batch, _ = run_json(capsys, pipeline_args(cache))  # trained and predicted by the test above when it ran
+    online, err = run_json(capsys, pipeline_args(cache, "--set", 'llm.signal_source="online"'))  # no cache: computed
     assert "online signals" in err and online["signal_source"] == "online"
     for key in ("orders", "fills", "final_equity", "signals", "signal_actions"):
         assert online[key] == batch[key], key
