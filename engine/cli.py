@@ -191,6 +191,18 @@ def _num(x: Any, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:,.{digits}f}"
 
 
+def _llm_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """The LLM strategy's extra rows: what trained, what traded, the signals."""
+    if "trade_period" not in s:
+        return []
+    train = s["train_period"]
+    trained = ", ".join(f"{task} {'trained' if c['trained'] else 'reused'}" for task, c in s["checkpoints"].items())
+    actions = ", ".join(f"{k} {v}" for k, v in s.get("signal_actions", {}).items())
+    return [("trained on", f"{train['start']} -> {train['end']} ({train['bars']:,} bars, {train['headlines']:,} "
+                           f"headlines; {trained})"),
+            ("signals", f"{s.get('signals', 0):,} ({actions or 'none'})")]
+
+
 def format_summary(s: dict[str, Any]) -> str:
     """The human-readable table printed without ``--json``."""
     m = s["metrics"]
@@ -199,6 +211,7 @@ def format_summary(s: dict[str, Any]) -> str:
         ("run", s["run_id"]), ("strategy", s["strategy"]), ("data", s.get("data", "")),
         ("symbols", ", ".join(s["symbols"])), ("period", f"{s.get('start', '')} -> {s.get('end', '')}"),
         ("bars / news", f"{s['bars']:,} / {s['news']:,}"),
+        *_llm_rows(s),
         ("orders / fills / rejected", f"{s['orders']} / {s['fills']} / {s['rejected_orders']}"),
         ("", ""),
         ("starting cash", _num(s["starting_cash"])), ("final equity", _num(s["final_equity"])),

@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -253,7 +254,7 @@ def _regressor_checkpoint(config: Config, split: MarketSplit, backbone_fingerpri
     elapsed = round(time.perf_counter() - started, 2)
     report.say(f"regressor trained in {elapsed:.0f} s: {_validation(metrics, ('nll', 'hit_rate', 'ic'))}")
     out["regressor"] = {"folder": str(folder), "trained": True, "seconds": elapsed,
-                        "train_samples": metrics["train_samples"], "validation": metrics["validation"]}
+                        "train_samples": metrics["train_samples"], "validation": _finite(metrics["validation"])}
     return read_checkpoint(folder, "regressor")
 
 
@@ -296,8 +297,7 @@ def _sentiment_checkpoint(config: Config, split: MarketSplit, plan: BacktestPlan
     elapsed = round(time.perf_counter() - started, 2)
     report.say(f"sentiment adapter trained in {elapsed:.0f} s: {_validation(metrics, ('accuracy', 'macro_f1'))}")
     out["sentiment"] = {"folder": str(folder), "trained": True, "seconds": elapsed,
-                        "train_samples": metrics["train_samples"], "validation": {
-                            k: v for k, v in metrics["validation"].items() if isinstance(v, float)}}
+                        "train_samples": metrics["train_samples"], "validation": _finite(metrics["validation"])}
     return read_checkpoint(folder, "sentiment")
 
 
@@ -331,6 +331,12 @@ def _labelled_headlines(plan: BacktestPlan, news: Sequence[News]) -> Any:
 # -- reporting -----------------------------------------------------------------------------------
 def _period(series: BarSeries, news: Sequence[News], start_ms: Any, end_ms: Any) -> dict[str, Any]:
     return {"start": iso(int(start_ms)), "end": iso(int(end_ms)), "bars": len(series), "headlines": len(news)}
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, float | None]:
+    """The numeric metrics, NaN and infinities as None (the summary is strict JSON)."""
+    return {k: float(v) if math.isfinite(v) else None for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def _validation(metrics: dict[str, Any], keys: Sequence[str]) -> str:

@@ -110,6 +110,10 @@ def test_online_source_on_the_cli_matches_the_precomputed_run(tmp_path, capsys, 
     assert "online signals" in err and online["signal_source"] == "online"
     for key in ("orders", "fills", "final_equity", "signals", "signal_actions"):
         assert online[key] == batch[key], key
+    assert main([a for a in pipeline_args(cache) if a != "--json"]) == 0  # the table says what trained and traded
+    table = capsys.readouterr().out
+    assert f"trained on                   {batch['train_period']['start']} -> {batch['train_period']['end']}" in table
+    assert "regressor reused, sentiment reused" in table and f"signals                      {batch['signals']:,}" in table
 
 
 @pytest.mark.parametrize(("more", "message"), [
