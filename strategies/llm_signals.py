@@ -20,7 +20,7 @@ the events arrive, as the paper and live daemons will: ``IncrementalFeatures`` b
 regression per bar, one classification per headline in ``on_news``.
 
 Given the same predictor and inputs, the two give bit-identical answers when
-``SignalModel.batch_size`` is 1 (each prompt alone through the model): ``tests/test_llm_signal.py``
+``SignalModel.batch_size`` is 1 (each prompt alone through the model): ``tests/test_llm_sources.py``
 runs a history both ways and compares every decision. With larger batches the precomputed path
 pads prompts of different lengths together, which changes float rounding (~1e-7) and so, in rare
 edge cases, a decision; use them where speed matters more than that identity (a GPU).
