@@ -157,3 +157,19 @@ def test_training_is_reproducible_with_a_seed(tmp_path):
     prints = [json.loads((tmp_path / f"run{k}" / "config.json").read_text())["predictor_fingerprint"] for k in range(2)]
     assert prints[0] == prints[1]
     assert torch.get_num_threads() >= 1
+
+
+def test_without_a_progress_bar_training_logs_its_progress(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import models.training.loop as loop
+
+    monkeypatch.setattr(loop, "NOTE_EVERY_S", 0.0)  # a line after every step
+    config = SentimentTrainingConfig(
+        backbone=TINY_BACKBONE, template=PromptTemplate("Be brief.", "Classify."),
+        optim=OptimSettings(max_steps=3, epochs=0, batch_size=8, eval_every=3, patience=0))
+    with caplog.at_level(logging.INFO, logger="models.training.loop"):
+        SentimentTrainer(config, progress=False).train(prepare_sentiment_data(_toy_headlines(), config), tmp_path / "c")
+    notes = [r.getMessage() for r in caplog.records if "s/step" in r.getMessage()]
+    assert [n.split(":")[0] for n in notes] == ["sentiment step 1/3", "sentiment step 2/3", "sentiment step 3/3"]
+    assert "min to go" in notes[0]

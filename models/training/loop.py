@@ -18,6 +18,7 @@ from models.predictor import Predictor
 
 log = logging.getLogger(__name__)
 SCHEDULES = ("cosine", "linear", "constant")
+NOTE_EVERY_S = 60.0  # without a progress bar, a log line this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,7 @@ def fit(predictor: Predictor, task: str, n_train: int, batch_loss: Callable[[np.
     bar = _progress(total, task, progress)
     running = 0.0
     step = 0
+    last_note = started
     for step in range(1, total + 1):
         if len(order) < settings.batch_size:
             order = np.concatenate([order, rng.permutation(n_train)])
@@ -117,6 +119,11 @@ def fit(predictor: Predictor, task: str, n_train: int, batch_loss: Callable[[np.
         running = loss.item() if step == 1 else 0.95 * running + 0.05 * loss.item()
         bar.update(1)
         bar.set_postfix(loss=f"{running:.4f}")
+        if not progress and time.perf_counter() - last_note >= NOTE_EVERY_S:  # no bar (a log file): a line now and then
+            last_note = time.perf_counter()
+            per_step = (last_note - started) / step
+            log.info("%s step %d/%d: train loss %.4f, %.1f s/step, about %.0f min to go", task, step, total,
+                     running, per_step, per_step * (total - step) / 60)
         if step % eval_every == 0 or step == total:
             predictor.train_mode(task, False)
             metrics = validate()
