@@ -125,7 +125,8 @@ class RegressorSettings:
     epochs: float = 1.0  # passes over the training samples
     max_steps: int = 0  # > 0: stop after this many optimiser steps whatever epochs says
     batch_size: int = 16
-    lr: float = 3e-4  # LoRA weights (the head learns at the trainer's head_lr)
+    lr: float = 3e-4  # LoRA weights
+    head_lr: float = 1e-3  # the regression head
     lora_rank: int = 16
     feature_digits: int = 1  # decimals of the scaled features in the prompt (fewer: shorter prompts, faster)
     seed: int = 0
@@ -135,8 +136,8 @@ class RegressorSettings:
             raise ValueError("max_train_samples and max_val_samples must be >= 1")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ValueError("set epochs > 0 or max_steps > 0")
-        if self.batch_size < 1 or self.lora_rank < 1 or not self.lr > 0:
-            raise ValueError("batch_size and lora_rank must be >= 1 and lr > 0")
+        if self.batch_size < 1 or self.lora_rank < 1 or not self.lr > 0 or not self.head_lr > 0:
+            raise ValueError("batch_size and lora_rank must be >= 1, lr and head_lr > 0")
         if not 0 <= self.feature_digits <= 6:
             raise ValueError("feature_digits must be between 0 and 6")
 
@@ -145,11 +146,12 @@ class RegressorSettings:
 class SentimentSettings:
     """Fine-tuning of the sentiment adapter in an ``llm_signal`` run (``models.training``)."""
 
-    max_train_samples: int = 192  # a stratified subsample of the training part's headlines
-    epochs: float = 1.0
+    max_train_samples: int = 128  # a stratified subsample of the training part's headlines
+    epochs: float = 3.0
     max_steps: int = 0
     batch_size: int = 16
-    lr: float = 3e-4
+    lr: float = 1e-3  # LoRA weights
+    head_lr: float = 5e-3  # the classification head
     lora_rank: int = 16
     seed: int = 0
 
@@ -158,8 +160,8 @@ class SentimentSettings:
             raise ValueError("max_train_samples must be >= 1")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ValueError("set epochs > 0 or max_steps > 0")
-        if self.batch_size < 1 or self.lora_rank < 1 or not self.lr > 0:
-            raise ValueError("batch_size and lora_rank must be >= 1 and lr > 0")
+        if self.batch_size < 1 or self.lora_rank < 1 or not self.lr > 0 or not self.head_lr > 0:
+            raise ValueError("batch_size and lora_rank must be >= 1, lr and head_lr > 0")
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,7 @@ def _regressor_checkpoint(config: Config, split: MarketSplit, backbone_fingerpri
     training = dataclasses.replace(
         base, backbone=_backbone_config(llm), lora=dataclasses.replace(base.lora, rank=s.lora_rank, alpha=2 * s.lora_rank),
         optim=dataclasses.replace(base.optim, epochs=s.epochs, max_steps=s.max_steps, batch_size=s.batch_size,
-                                  lr=s.lr, seed=s.seed),
+                                  lr=s.lr, head_lr=s.head_lr, seed=s.seed),
         max_train_samples=s.max_train_samples, max_val_samples=s.max_val_samples, feature_digits=s.feature_digits)
     train = split.train
     folder = Path(llm.cache_dir) / "checkpoints" / (
@@ -276,7 +276,7 @@ def _sentiment_checkpoint(config: Config, split: MarketSplit, plan: BacktestPlan
     training = dataclasses.replace(
         base, backbone=_backbone_config(llm), lora=dataclasses.replace(base.lora, rank=s.lora_rank, alpha=2 * s.lora_rank),
         optim=dataclasses.replace(base.optim, epochs=s.epochs, max_steps=s.max_steps, batch_size=s.batch_size,
-                                  lr=s.lr, seed=s.seed),
+                                  lr=s.lr, head_lr=s.head_lr, seed=s.seed),
         max_train_samples=s.max_train_samples)
     folder = Path(llm.cache_dir) / "checkpoints" / (
         "sentiment-" + _key("sentiment", data.fingerprint(), training.to_dict(), backbone_fingerprint))
