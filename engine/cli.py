@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--drop-bad-rows", action="store_true", help="drop malformed rows (reporting how many) instead of stopping")
     bt.add_argument("--fill-mode", choices=["next_open", "close"],
                     help="next_open (default, realistic) or close (compatibility only)")
+    bt.add_argument("--report", action="store_true",
+                    help="after the run, write its HTML report and PNG charts (as `report RUN_ID` does) and print where")
     bt.add_argument("--crosscheck", choices=["backtrader"], help="rerun through backtrader and report the differences")
     bt.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     bt.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -121,6 +123,8 @@ def _backtest(args: argparse.Namespace) -> int:
     from engine.session import prepare_backtest  # imported here so `--help` stays instant
 
     config = _config(args, _flag_overrides(args))
+    if args.report and not config.store.enabled:  # refused before a long run, not after it
+        raise ConfigError("--report reads the recorded run, but store.enabled = false; drop one of them")
     _setup_logging(config)
     progress = not args.json and not args.no_progress and sys.stderr.isatty()
     plan = prepare_backtest(config, progress=progress, say=_stderr)  # the LLM strategy trains and predicts here
@@ -149,6 +153,10 @@ def _backtest(args: argparse.Namespace) -> int:
         raise
     if recording is not None:
         recording.complete(summary)
+    if args.report and recording is not None:
+        from engine.store.commands import write_run_report
+
+        summary["report"] = str(write_run_report(config, result.run_id))
     log.info("run %s finished: %s", result.run_id, json.dumps({k: summary[k] for k in ("bars", "fills", "final_equity")}))
     if args.json:
         print(json.dumps(summary, allow_nan=False, default=str))
@@ -232,6 +240,7 @@ def format_summary(s: dict[str, Any]) -> str:
         ("", ""),
         ("speed", f"{s['bars_per_second']:,.0f} bars/s ({s['elapsed_seconds']:.2f} s)"),
         ("recorded in", s.get("database") or "not recorded (store.enabled = false)"),
+        *([("report", s["report"])] if "report" in s else []),
     ]
     if "crosscheck" in s:
         cc = s["crosscheck"]

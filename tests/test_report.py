@@ -128,3 +128,13 @@ def test_report_of_a_real_btc_run(shared_data, tmp_path, monkeypatch):
     page = Path(json.loads(out)["html"]).read_text(encoding="utf-8")
     assert "BTCUSDT" in page and summary["run_id"] in page
     assert page.count("<tr>") > 40  # metrics, costs, orders, monthly data of several years
+
+
+def test_backtest_report_flag_writes_the_report_and_says_where(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    summary = record(tmp_path / "store.db", "--report", "--set", f"store.reports_dir='{tmp_path / 'reports'}'")
+    html = tmp_path / "reports" / summary["run_id"] / "report.html"
+    assert summary["report"] == str(html) and html.is_file()
+    assert all(png_size(html.parent / f"{name}.png")[0] > 300 for name in CHARTS)
+    code, _ = run_cli("backtest", "--report", "--set", "store.enabled=false", "--set", "logging.file=''")
+    assert code == 2  # refused up front: a report needs the recorded run

@@ -107,6 +107,22 @@ def open_recording(config: Config, plan: BacktestPlan) -> Recording:
     return Recording(store, journal)
 
 
+def write_run_report(config: Config, run_id: str) -> Path:
+    """Write the report of a recorded run into ``store.reports_dir/<run_id>`` (what
+    ``report RUN_ID`` writes); returns the HTML file's path."""
+    from engine.report import write_report
+    from engine.store.db import open_store
+    from engine.store.queries import find_run, load_run
+
+    store = open_store(config.store.url, create=False, busy_timeout=config.store.busy_timeout)
+    try:
+        info = find_run(store, run_id)
+        return write_report(load_run(store, info), Path(config.store.reports_dir) / info.run_id,
+                            database=store.name).html
+    finally:
+        store.close()
+
+
 # -- runs and report -----------------------------------------------------------------------------
 def add_parsers(sub: Any) -> None:
     """The ``runs`` and ``report`` subcommands."""
