@@ -182,3 +182,15 @@ def test_shorts_receive_funding_and_intrabar_settlement_uses_the_open():
     assert [p.mark_price for p in result.funding_payments] == [110, 110, 110, 120, 120, 120]
     assert all(p.amount == pytest.approx(-p.mark_price * 0.001) for p in result.funding_payments)
     assert result.ledgers.funding == pytest.approx(-(3 * 110 + 3 * 120) * 0.001)
+
+
+def test_closing_a_position_summed_from_fills_leaves_no_dust():
+    # 77.601457 + 52.828056 sums to 130.42951299999999: a fixed 1e-9-step tolerance rounded the
+    # close down to 130.429512 and left one lot behind for ever (the strategy then "closed" every bar)
+    inst = instrument(lot_step=0.000001)
+    assert inst.round_quantity(77.601457 + 52.828056) == 130.429513
+    assert inst.round_quantity(130.4295129) == 130.429512  # a real fraction of a step still rounds down
+    result, _ = run([FLAT, FLAT, FLAT, FLAT], {0: lambda c: c.market("TEST", 77.601457), 1: lambda c: c.market("TEST", 52.828056),
+                                               2: lambda c: c.close("TEST")}, inst=inst, cash=1e9)
+    assert [f.quantity for f in result.fills] == [77.601457, 52.828056, 130.429513]
+    assert result.fills[-1].side is Side.SELL

@@ -51,8 +51,12 @@ class Instrument:
         return self.contract is ContractType.LINEAR_PERP
 
     def round_quantity(self, quantity: float) -> float:
-        """Round a positive quantity down to the lot step (never up: that could overspend)."""
-        steps = math.floor(quantity / self.lot_step + 1e-9)
+        """Round a positive quantity down to the lot step (never up: that could overspend).
+
+        A quantity that is a whole number of steps up to float error (a position summed from fills,
+        77.601457 + 52.828056 = 130.42951299999999) keeps its last step: the tolerance is relative,
+        since a fixed one is below the rounding error once a quantity holds ~1e7 steps or more."""
+        steps = math.floor(quantity / self.lot_step * (1.0 + 1e-12) + 1e-9)
         return round(steps * self.lot_step, _decimals(self.lot_step))
 
     def round_price(self, price: float) -> float:
