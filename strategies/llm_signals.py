@@ -149,18 +149,25 @@ def _volatility(features: np.ndarray) -> float:
     return float(features[_RVOL]) * _SAMPLE_STD
 
 
-class PrecomputedSignals:
-    """Answers computed before the loop (``compute``), looked up during it."""
+class _Source:
+    """What both sources take from their ``SignalModel``: the ``SignalSource`` identity attributes."""
 
-    def __init__(self, model: SignalModel, symbol: str, rows: dict[int, tuple[float, float, float] | None],
-                 headlines: Sequence[ScoredHeadline], classes: dict[str, tuple[float, ...]],
-                 stats: dict[str, int]) -> None:
+    def __init__(self, model: SignalModel, symbol: str) -> None:
         self._model = model
         self.symbol = symbol
         self.timeframe_ms = model.timeframe_ms
         self.aggregation = model.aggregation
         self.regressor_model = model.regressor_model
         self.sentiment_model = model.sentiment_model
+
+
+class PrecomputedSignals(_Source):
+    """Answers computed before the loop (``compute``), looked up during it."""
+
+    def __init__(self, model: SignalModel, symbol: str, rows: dict[int, tuple[float, float, float] | None],
+                 headlines: Sequence[ScoredHeadline], classes: dict[str, tuple[float, ...]],
+                 stats: dict[str, int]) -> None:
+        super().__init__(model, symbol)
         self._rows = rows  # bar close -> (mean, log-variance, volatility); None during warm-up
         self._headlines = list(headlines)  # sorted by publish time
         self._times = [h.publish_ms for h in self._headlines]
@@ -225,17 +232,12 @@ class PrecomputedSignals:
         return self._model.signal(ts, *row, self._headlines[lo:hi])
 
 
-class OnlineSignals:
+class OnlineSignals(_Source):
     """Answers computed as events arrive. Call ``warm_up`` with the history before the first
     traded bar: the features start where the precomputed ones start, and recent headlines count."""
 
     def __init__(self, model: SignalModel, symbol: str) -> None:
-        self._model = model
-        self.symbol = symbol
-        self.timeframe_ms = model.timeframe_ms
-        self.aggregation = model.aggregation
-        self.regressor_model = model.regressor_model
-        self.sentiment_model = model.sentiment_model
+        super().__init__(model, symbol)
         self._features = IncrementalFeatures(model.timeframe_ms)
         self._headlines: deque[ScoredHeadline] = deque()  # in arrival order (time order), pruned past the look-back
 
