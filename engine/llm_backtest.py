@@ -198,6 +198,15 @@ def _strategy_factory(llm: LlmConfig, model: Any, split: MarketSplit, params: An
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
+def _training_config(base: Any, llm: LlmConfig, s: Any, **extra: Any) -> Any:
+    """A trainer's config (``base``: its defaults) with the ``[llm.<task>]`` settings ``s`` applied."""
+    return dataclasses.replace(
+        base, backbone=_backbone_config(llm), lora=dataclasses.replace(base.lora, rank=s.lora_rank, alpha=2 * s.lora_rank),
+        optim=dataclasses.replace(base.optim, epochs=s.epochs, max_steps=s.max_steps, batch_size=s.batch_size,
+                                  lr=s.lr, head_lr=s.head_lr, seed=s.seed),
+        max_train_samples=s.max_train_samples, **extra)
+
+
 def _backbone_config(llm: LlmConfig) -> Any:
     from models.backbone import BackboneConfig
 
@@ -226,12 +235,8 @@ def _regressor_checkpoint(config: Config, split: MarketSplit, backbone_fingerpri
     if llm.regressor_checkpoint:
         return _given("regressor", llm.regressor_checkpoint, out)
     s = llm.regressor
-    base = RegressorTrainingConfig()
-    training = dataclasses.replace(
-        base, backbone=_backbone_config(llm), lora=dataclasses.replace(base.lora, rank=s.lora_rank, alpha=2 * s.lora_rank),
-        optim=dataclasses.replace(base.optim, epochs=s.epochs, max_steps=s.max_steps, batch_size=s.batch_size,
-                                  lr=s.lr, head_lr=s.head_lr, seed=s.seed),
-        max_train_samples=s.max_train_samples, max_val_samples=s.max_val_samples, feature_digits=s.feature_digits)
+    training = _training_config(RegressorTrainingConfig(), llm, s, max_val_samples=s.max_val_samples,
+                                feature_digits=s.feature_digits)
     train = split.train
     folder = Path(llm.cache_dir) / "checkpoints" / (
         "regressor-" + _key("regressor", _bars_fingerprint(train), training.to_dict(), backbone_fingerprint))
@@ -272,12 +277,7 @@ def _sentiment_checkpoint(config: Config, split: MarketSplit, plan: BacktestPlan
         return None
     data = _labelled_headlines(plan, split.train_news)
     s = llm.sentiment
-    base = SentimentTrainingConfig()
-    training = dataclasses.replace(
-        base, backbone=_backbone_config(llm), lora=dataclasses.replace(base.lora, rank=s.lora_rank, alpha=2 * s.lora_rank),
-        optim=dataclasses.replace(base.optim, epochs=s.epochs, max_steps=s.max_steps, batch_size=s.batch_size,
-                                  lr=s.lr, head_lr=s.head_lr, seed=s.seed),
-        max_train_samples=s.max_train_samples)
+    training = _training_config(SentimentTrainingConfig(), llm, s)
     folder = Path(llm.cache_dir) / "checkpoints" / (
         "sentiment-" + _key("sentiment", data.fingerprint(), training.to_dict(), backbone_fingerprint))
     if (folder / "config.json").is_file():
