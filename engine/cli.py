@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="next_open (default, realistic) or close (compatibility only)")
     bt.add_argument("--report", action="store_true",
                     help="after the run, write its HTML report and PNG charts (as `report RUN_ID` does) and print where")
+    bt.add_argument("--walk-forward", action="store_true",
+                    help="llm_signal only: retrain on rolling windows ([llm.walk_forward]) and trade each following "
+                         "window; prints in-sample and out-of-sample results per fold and a chart")
     bt.add_argument("--crosscheck", choices=["backtrader"], help="rerun through backtrader and report the differences")
     bt.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     bt.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -120,48 +124,53 @@ def _config(args: argparse.Namespace, flags: Sequence[str] = ()) -> Config:
 
 
 def _backtest(args: argparse.Namespace) -> int:
-    from engine.session import prepare_backtest  # imported here so `--help` stays instant
+    from engine.session import prepare_backtest, run_recorded  # imported here so `--help` stays instant
 
     config = _config(args, _flag_overrides(args))
     if args.report and not config.store.enabled:  # refused before a long run, not after it
         raise ConfigError("--report reads the recorded run, but store.enabled = false; drop one of them")
+    if args.walk_forward and config.run.strategy != "llm_signal":
+        raise ConfigError(f"--walk-forward retrains the LLM predictor on rolling windows; it needs --strategy "
+                          f"llm_signal (this run: {config.run.strategy})")
+    if args.walk_forward and args.crosscheck:
+        raise ConfigError("--crosscheck compares one run with backtrader; drop it or --walk-forward")
     _setup_logging(config)
     progress = not args.json and not args.no_progress and sys.stderr.isatty()
-    plan = prepare_backtest(config, progress=progress, say=_stderr)  # the LLM strategy trains and predicts here
+    # The LLM strategy trains and predicts here (per fold later with --walk-forward).
+    plan = prepare_backtest(config, progress=progress, say=_stderr, train_llm=not args.walk_forward)
     for note in plan.notes:
         log.info(note)
         if not args.json:
             print(note, file=sys.stderr)
-    recording = None
-    if config.store.enabled:  # the run's row exists (status "running") before its first event
-        from engine.store.commands import open_recording
-
-        recording = open_recording(config, plan)
-    try:
-        result = plan.run(progress=progress, journal=recording and recording.journal,
-                          run_id=recording and recording.run_id)
-        summary = result.summary()
-        summary.update(plan.describe())
-        summary["database"] = recording and recording.database
-        if args.crosscheck:
-            from engine.crosscheck import crosscheck_backtrader
-
-            summary["crosscheck"] = crosscheck_backtrader(plan, result).as_dict()
-    except BaseException as exc:
-        if recording is not None:
-            recording.fail(exc)
-        raise
-    if recording is not None:
-        recording.complete(summary)
-    if args.report and recording is not None:
-        from engine.store.commands import write_run_report
-
-        summary["report"] = str(write_run_report(config, result.run_id))
-    log.info("run %s finished: %s", result.run_id, json.dumps({k: summary[k] for k in ("bars", "fills", "final_equity")}))
+    if args.walk_forward:
+        return _walk_forward(args, config, plan, progress)
+    _, summary = run_recorded(config, plan, progress=progress, crosscheck=args.crosscheck, report=args.report)
     if args.json:
         print(json.dumps(summary, allow_nan=False, default=str))
     else:
         print(format_summary(summary))
+    return 0
+
+
+def _walk_forward(args: argparse.Namespace, config: Config, plan: Any, progress: bool) -> int:
+    from engine.session import run_recorded
+    from engine.walk_forward import format_walk_forward, plot_walk_forward, run_walk_forward
+
+    def run_plan(sub: Any, label: str) -> dict[str, Any]:
+        _, summary = run_recorded(config, sub, progress=progress, report=args.report)
+        if not args.json:
+            _stderr(f"{label}: run {summary['run_id']}, return {_pct(summary['metrics']['total_return'])} "
+                    f"(buy & hold {_pct(summary['metrics']['buy_and_hold_return'])}), {summary['fills']} fills"
+                    + (f"; report {summary['report']}" if "report" in summary else ""))
+        return summary
+
+    result = run_walk_forward(plan, run_plan, progress=progress, say=_stderr)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    result["chart"] = str(plot_walk_forward(result, Path(config.store.reports_dir) / f"walk_forward-{stamp}.png"))
+    if args.json:
+        print(json.dumps(result, allow_nan=False, default=str))
+    else:
+        print(format_walk_forward(result))
     return 0
 
 

@@ -30,10 +30,13 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from engine.config import Config, LlmConfig
 from engine.domain import News
@@ -74,9 +77,76 @@ def split_market(series: BarSeries, news: Sequence[News], train_fraction: float,
         context_news=[n for n in ordered if start - lookback_ms <= n.ts_event < start], trade_start_ms=start)
 
 
+@dataclass
+class LlmSetup:
+    """A trained predictor ready to predict one market: what ``setup_llm`` returns."""
+
+    split: MarketSplit
+    model: Any  # strategies.llm_signals.SignalModel
+    params: Any  # the checked [strategies.llm_signal] table
+    backbone: Any  # models.backbone.Backbone; its model now carries this setup's adapters (peft wraps it in place)
+    checkpoints: dict[str, dict[str, Any]]
+    seconds: dict[str, float]
+    reporter: _Reporter
+
+    def precompute(self, start_ms: int | None = None, news: Sequence[News] | None = None,
+                   bars: BarSeries | None = None) -> Any:
+        """``PrecomputedSignals`` for the bars of ``bars`` (default: the whole history) opening at or
+        after ``start_ms`` (default: the traded part), classifying ``news`` (default: the traded
+        part's and the context headlines)."""
+        from strategies.llm_signals import PrecomputedSignals
+
+        split, report = self.split, self.reporter
+        start_ms = split.trade_start_ms if start_ms is None else start_ms
+        news = split.context_news + split.trade_news if news is None else list(news)
+        history = split.history if bars is None else bars
+        count = int(len(history) - np.searchsorted(history.ts_open, start_ms, side="left"))
+        started = time.perf_counter()
+        report.say(f"predicting {count:,} bars and {len(news):,} headlines (batch size {self.model.batch_size}; "
+                   "cached answers are reused)")
+        source = PrecomputedSignals.compute(self.model, history, news, start_ms=start_ms,
+                                            progress=report.progress)
+        elapsed = round(time.perf_counter() - started, 2)
+        self.seconds["predict"] = round(self.seconds.get("predict", 0.0) + elapsed, 2)
+        stats = source.stats
+        report.say(f"predictions ready in {elapsed:.1f} s ({stats['regression_cached']} of {stats['bars']} "
+                   f"regressions and {stats['sentiment_cached']} of {stats['distinct_headlines']} distinct headlines "
+                   "from the cache)")
+        return source
+
+
 def prepare_llm_backtest(plan: BacktestPlan, *, progress: bool = False, say: Say | None = None) -> BacktestPlan:
     """The plan of an ``llm_signal`` backtest: checkpoints trained or reused, predictions made,
     the series cut to the traded part. ``say`` receives one line per stage (progress)."""
+    with translated_errors(plan.config):
+        setup = setup_llm(plan, progress=progress, say=say)
+        make_strategy, predictions = _strategy_factory(setup, plan.config.llm.signal_source)
+    return llm_plan(plan, setup, make_strategy, predictions)
+
+
+def llm_plan(plan: BacktestPlan, setup: LlmSetup, make_strategy: Callable[[], Any],
+             predictions: dict[str, Any]) -> BacktestPlan:
+    """``plan`` cut to ``setup``'s traded part, with ``make_strategy`` and the LLM summary keys."""
+    split, llm = setup.split, plan.config.llm
+    trade = split.trade
+    extra = {
+        "train_period": _period(split.train, split.train_news, split.train.ts_open[0], split.trade_start_ms),
+        "trade_period": _period(trade, split.trade_news, split.trade_start_ms, trade.ts_close[-1]),
+        "checkpoints": setup.checkpoints,
+        "backbone": {"source": llm.backbone, "precision": llm.precision, "fingerprint": setup.backbone.fingerprint},
+        "signal_source": llm.signal_source,
+        "predictions": predictions,
+        "llm_seconds": setup.seconds,
+    }
+    notes = [*plan.notes, f"llm: trading {iso(split.trade_start_ms)} .. {iso(int(trade.ts_close[-1]))} only; "
+                          f"the adapters were trained on the data before it"]
+    return dataclasses.replace(plan, series=[trade], news=split.trade_news, make_strategy=make_strategy,
+                               notes=notes, extra={**plan.extra, **extra})
+
+
+@contextmanager
+def translated_errors(config: Config) -> Iterator[None]:
+    """The predictor's errors as the engine's: a ConfigError or DataError that names the setting."""
     try:
         from models.backbone import BackboneError
         from models.datasets import DatasetError
@@ -85,21 +155,24 @@ def prepare_llm_backtest(plan: BacktestPlan, *, progress: bool = False, say: Say
         raise ConfigError(f"strategies.llm_signal needs the llm extra ({exc.name} is missing): "
                           "pip install -e '.[llm]'") from exc
     try:
-        return _prepare(plan, progress, _Reporter(progress, say))
+        yield
     except BackboneError as exc:
-        raise ConfigError(f"llm.backbone = {plan.config.llm.backbone!r}: {exc}") from exc
+        raise ConfigError(f"llm.backbone = {config.llm.backbone!r}: {exc}") from exc
     except CheckpointError as exc:
         raise ConfigError(f"llm: {exc}") from exc
     except DatasetError as exc:
         raise DataError(f"llm: {exc}") from exc
 
 
-def _prepare(plan: BacktestPlan, progress: bool, report: _Reporter) -> BacktestPlan:
+def setup_llm(plan: BacktestPlan, *, progress: bool = False, say: Say | None = None) -> LlmSetup:
+    """Cut ``plan``'s series at ``llm.train_fraction``, then train (or reuse) both adapters on the
+    part before the cut, on a freshly loaded backbone."""
     from models.backbone import load_backbone
     from strategies.llm_signal import LlmSignal
 
     config = plan.config
     llm = config.llm
+    report = _Reporter(progress, say)
     if len(plan.series) != 1:
         raise ConfigError("strategies.llm_signal trades one series at a time")
     params = plan.make_strategy().params  # the checked [strategies.llm_signal] table
@@ -110,9 +183,8 @@ def _prepare(plan: BacktestPlan, progress: bool, report: _Reporter) -> BacktestP
                f"bars {iso(split.trade_start_ms)} .. {iso(int(split.trade.ts_close[-1]))} (out of sample)")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    backbone_config = _backbone_config(llm)
     report.say(f"loading the backbone ({llm.backbone}, {llm.precision})")
-    backbone = load_backbone(backbone_config)
+    backbone = load_backbone(_backbone_config(llm))
     seconds["backbone"] = round(time.perf_counter() - started, 2)
 
     checkpoints: dict[str, dict[str, Any]] = {}
@@ -120,23 +192,8 @@ def _prepare(plan: BacktestPlan, progress: bool, report: _Reporter) -> BacktestP
     sentiment = _sentiment_checkpoint(config, split, plan, backbone.fingerprint, progress, report, checkpoints)
     for task, info in checkpoints.items():
         seconds[f"train_{task}"] = info["seconds"]
-
     model = _signal_model(llm, backbone, regressor, sentiment, split.trade)
-    make_strategy, predictions = _strategy_factory(llm, model, split, params, report, seconds)
-    trade = split.trade
-    extra = {
-        "train_period": _period(split.train, split.train_news, split.train.ts_open[0], split.trade_start_ms),
-        "trade_period": _period(trade, split.trade_news, split.trade_start_ms, trade.ts_close[-1]),
-        "checkpoints": checkpoints,
-        "backbone": {"source": llm.backbone, "precision": llm.precision, "fingerprint": backbone.fingerprint},
-        "signal_source": llm.signal_source,
-        "predictions": predictions,
-        "llm_seconds": seconds,
-    }
-    notes = [*plan.notes, f"llm: trading {iso(split.trade_start_ms)} .. {iso(int(trade.ts_close[-1]))} only; "
-                          f"the adapters were trained on the data before it"]
-    return dataclasses.replace(plan, series=[trade], news=split.trade_news, make_strategy=make_strategy,
-                               notes=notes, extra={**plan.extra, **extra})
+    return LlmSetup(split, model, params, backbone, checkpoints, seconds, report)
 
 
 def _signal_model(llm: LlmConfig, backbone: Any, regressor: Any, sentiment: Any, trade: BarSeries) -> Any:
@@ -164,19 +221,19 @@ def _signal_model(llm: LlmConfig, backbone: Any, regressor: Any, sentiment: Any,
                        batch_size=llm.batch_size, cache=PredictionCache(Path(llm.cache_dir) / "predictions.sqlite"))
 
 
-def _strategy_factory(llm: LlmConfig, model: Any, split: MarketSplit, params: Any, report: _Reporter,
-                      seconds: dict[str, float]) -> tuple[Callable[[], Any], dict[str, Any]]:
+def _strategy_factory(setup: LlmSetup, signal_source: str) -> tuple[Callable[[], Any], dict[str, Any]]:
     """(a factory of strategies with their signal source, what was predicted). Precomputed: every
     prediction now, through the cache; online: a fresh source per strategy, warmed up on the
     training part, computing every answer during the loop (no cache), as live."""
     from strategies.llm_signal import LlmSignal
-    from strategies.llm_signals import OnlineSignals, PrecomputedSignals
+    from strategies.llm_signals import OnlineSignals
 
+    split, params = setup.split, setup.params
     trade, symbol = split.trade, split.trade.symbol
-    if llm.signal_source == "online":
-        report.say(f"online signals: one prediction per bar and per headline during the loop ({len(trade):,} bars)")
-
-        live = dataclasses.replace(model, cache=None)
+    if signal_source == "online":
+        setup.reporter.say(f"online signals: one prediction per bar and per headline during the loop "
+                           f"({len(trade):,} bars)")
+        live = dataclasses.replace(setup.model, cache=None)
 
         def make_online() -> Any:
             online = OnlineSignals(live, symbol)
@@ -184,17 +241,8 @@ def _strategy_factory(llm: LlmConfig, model: Any, split: MarketSplit, params: An
             return LlmSignal(params, {symbol: online})
 
         return make_online, {}
-    started = time.perf_counter()
-    report.say(f"predicting {len(trade):,} bars and {len(split.context_news) + len(split.trade_news):,} "
-               f"headlines (batch size {llm.batch_size}; cached answers are reused)")
-    source = PrecomputedSignals.compute(model, split.history, split.context_news + split.trade_news,
-                                        start_ms=split.trade_start_ms, progress=report.progress)
-    seconds["predict"] = round(time.perf_counter() - started, 2)
-    stats = dict(source.stats)
-    report.say(f"predictions ready in {seconds['predict']:.1f} s ({stats['regression_cached']} of {stats['bars']} "
-               f"regressions and {stats['sentiment_cached']} of {stats['distinct_headlines']} distinct headlines "
-               "from the cache)")
-    return (lambda: LlmSignal(params, {symbol: source})), stats
+    source = setup.precompute()
+    return (lambda: LlmSignal(params, {symbol: source})), dict(source.stats)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------

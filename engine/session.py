@@ -52,10 +52,12 @@ class BacktestPlan:
         }
 
 
-def prepare_backtest(config: Config, *, progress: bool = False, say: Callable[[str], None] | None = None) -> BacktestPlan:
+def prepare_backtest(config: Config, *, progress: bool = False, say: Callable[[str], None] | None = None,
+                     train_llm: bool = True) -> BacktestPlan:
     """Everything a backtest of ``config`` needs. For the ``llm_signal`` strategy this also trains
     or reuses the predictor and makes its predictions (``engine.llm_backtest``), reporting each
-    stage to ``say`` and, with ``progress``, drawing progress bars."""
+    stage to ``say`` and, with ``progress``, drawing progress bars; ``train_llm=False`` leaves
+    that to the caller (the walk-forward trains per fold)."""
     from engine.feeds.market_data import bar_quality, remote_market
 
     notes: list[str] = []
@@ -74,11 +76,48 @@ def prepare_backtest(config: Config, *, progress: bool = False, say: Callable[[s
         config=config, series=[series], news=news, instruments={series.symbol: instrument},
         costs=costs, make_strategy=strategy_factory(config), data_label=label, notes=notes,
     )
-    if config.run.strategy == "llm_signal":
+    if config.run.strategy == "llm_signal" and train_llm:
         from engine.llm_backtest import prepare_llm_backtest
 
         plan = prepare_llm_backtest(plan, progress=progress, say=say)
     return plan
+
+
+def run_recorded(config: Config, plan: BacktestPlan, *, progress: bool = False, crosscheck: str | None = None,
+                 report: bool = False) -> tuple[BacktestResult, dict[str, Any]]:
+    """Run ``plan``, recording it in the store when ``store.enabled`` (a failed run is marked so);
+    the result and its summary (with ``report``: the report written, its path under "report")."""
+    import json
+    import logging
+
+    recording = None
+    if config.store.enabled:  # the run's row exists (status "running") before its first event
+        from engine.store.commands import open_recording
+
+        recording = open_recording(config, plan)
+    try:
+        result = plan.run(progress=progress, journal=recording and recording.journal,
+                          run_id=recording and recording.run_id)
+        summary = result.summary()
+        summary.update(plan.describe())
+        summary["database"] = recording and recording.database
+        if crosscheck:
+            from engine.crosscheck import crosscheck_backtrader
+
+            summary["crosscheck"] = crosscheck_backtrader(plan, result).as_dict()
+    except BaseException as exc:
+        if recording is not None:
+            recording.fail(exc)
+        raise
+    if recording is not None:
+        recording.complete(summary)
+    if report and recording is not None:
+        from engine.store.commands import write_run_report
+
+        summary["report"] = str(write_run_report(config, result.run_id))
+    logging.getLogger("engine").info("run %s finished: %s", result.run_id, json.dumps(
+        {k: summary[k] for k in ("bars", "fills", "final_equity")}))
+    return result, summary
 
 
 def strategy_factory(config: Config) -> Callable[[], Any]:

@@ -29,6 +29,7 @@ edge cases, a decision; use them where speed matters more than that identity (a 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -135,8 +136,14 @@ class SignalModel:
 
     def signal(self, ts: int, mean: float, log_variance: float, volatility: float,
                headlines: Iterable[ScoredHeadline]) -> BarPrediction:
-        return BarPrediction(ts, mean, log_variance, volatility,
-                             signal_from(self.aggregation, ts, (mean, log_variance), list(headlines)))
+        return bar_prediction(self.aggregation, ts, mean, log_variance, volatility, headlines)
+
+
+def bar_prediction(aggregation: AggregationConfig, ts: int, mean: float, log_variance: float, volatility: float,
+                   headlines: Iterable[ScoredHeadline]) -> BarPrediction:
+    """The prediction at the bar close ``ts`` with its signal aggregated from the regression and ``headlines``."""
+    return BarPrediction(ts, mean, log_variance, volatility,
+                         signal_from(aggregation, ts, (mean, log_variance), list(headlines)))
 
 
 def score_headline(publish_ms: int, probabilities: np.ndarray) -> ScoredHeadline:
@@ -149,25 +156,40 @@ def _volatility(features: np.ndarray) -> float:
     return float(features[_RVOL]) * _SAMPLE_STD
 
 
-class _Source:
-    """What both sources take from their ``SignalModel``: the ``SignalSource`` identity attributes."""
+@dataclass(frozen=True, slots=True)
+class SourceIdentity:
+    """The ``SignalSource`` identity attributes: what a source predicts for and with which models."""
 
-    def __init__(self, model: SignalModel, symbol: str) -> None:
-        self._model = model
-        self.symbol = symbol
-        self.timeframe_ms = model.timeframe_ms
-        self.aggregation = model.aggregation
-        self.regressor_model = model.regressor_model
-        self.sentiment_model = model.sentiment_model
+    symbol: str
+    timeframe_ms: int
+    aggregation: AggregationConfig
+    regressor_model: str
+    sentiment_model: str
+
+    @classmethod
+    def of(cls, model: SignalModel, symbol: str) -> SourceIdentity:
+        return cls(symbol, model.timeframe_ms, model.aggregation, model.regressor_model, model.sentiment_model)
+
+
+class _Source:
+    """The ``SignalSource`` identity attributes, shared by every source."""
+
+    def __init__(self, identity: SourceIdentity) -> None:
+        self.identity = identity
+        self.symbol = identity.symbol
+        self.timeframe_ms = identity.timeframe_ms
+        self.aggregation = identity.aggregation
+        self.regressor_model = identity.regressor_model
+        self.sentiment_model = identity.sentiment_model
 
 
 class PrecomputedSignals(_Source):
     """Answers computed before the loop (``compute``), looked up during it."""
 
-    def __init__(self, model: SignalModel, symbol: str, rows: dict[int, tuple[float, float, float] | None],
+    def __init__(self, identity: SourceIdentity, rows: dict[int, tuple[float, float, float] | None],
                  headlines: Sequence[ScoredHeadline], classes: dict[str, tuple[float, ...]],
                  stats: dict[str, int]) -> None:
-        super().__init__(model, symbol)
+        super().__init__(identity)
         self._rows = rows  # bar close -> (mean, log-variance, volatility); None during warm-up
         self._headlines = list(headlines)  # sorted by publish time
         self._times = [h.publish_ms for h in self._headlines]
@@ -210,7 +232,17 @@ class PrecomputedSignals(_Source):
         stats = {"bars": len(texts), "headlines": len(ordered), "distinct_headlines": len(unique),
                  "regression_cached": regression_hits,
                  "sentiment_cached": (cache.hits - hits) if cache is not None else 0}
-        return cls(model, bars.symbol, rows, headlines, classes, stats)
+        return cls(SourceIdentity.of(model, bars.symbol), rows, headlines, classes, stats)
+
+    def regression_means(self) -> dict[int, float]:
+        """Bar close -> the predicted mean of the next bar's volatility-normalised log return (bars past warm-up)."""
+        return {ts: row[0] for ts, row in self._rows.items() if row is not None}
+
+    def without_news(self) -> PrecomputedSignals:
+        """The same regressions with no headlines: the signal is the regression alone (the
+        no-news variant of an evaluation; nothing is recomputed)."""
+        identity = dataclasses.replace(self.identity, sentiment_model="")
+        return PrecomputedSignals(identity, self._rows, [], {}, {**self.stats, "headlines": 0, "distinct_headlines": 0})
 
     def on_news(self, news: News) -> ScoredHeadline:
         probs = self._classes.get(news.headline)
@@ -229,7 +261,7 @@ class PrecomputedSignals(_Source):
             return None
         lookback = self.aggregation.news_lookback_ms
         lo, hi = bisect.bisect_left(self._times, ts - lookback), bisect.bisect_right(self._times, ts)
-        return self._model.signal(ts, *row, self._headlines[lo:hi])
+        return bar_prediction(self.aggregation, ts, *row, self._headlines[lo:hi])
 
 
 class OnlineSignals(_Source):
@@ -237,7 +269,8 @@ class OnlineSignals(_Source):
     traded bar: the features start where the precomputed ones start, and recent headlines count."""
 
     def __init__(self, model: SignalModel, symbol: str) -> None:
-        super().__init__(model, symbol)
+        super().__init__(SourceIdentity.of(model, symbol))
+        self._model = model
         self._features = IncrementalFeatures(model.timeframe_ms)
         self._headlines: deque[ScoredHeadline] = deque()  # in arrival order (time order), pruned past the look-back
 
@@ -265,3 +298,49 @@ class OnlineSignals(_Source):
         mean, log_variance = self._model.regress(self._model.regression_texts(row), self._model.cache)
         known = [h for h in self._headlines if h.publish_ms <= ts]
         return self._model.signal(ts, float(mean[0]), float(log_variance[0]), _volatility(row), known)
+
+
+RIDGE_PENALTIES = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+
+
+def ridge_signals(bars: BarSeries, aggregation: AggregationConfig, *, train_end_ms: int, start_ms: int,
+                  penalties: Sequence[float] = RIDGE_PENALTIES, validation_fraction: float = 0.2) -> PrecomputedSignals:
+    """The same strategy's signals from ridge regression on the same sixteen features instead of
+    the LLM, with no headlines: the baseline that shows whether the LLM adds anything.
+
+    Fitted on the samples of the bars that close before ``train_end_ms`` whose target (the next
+    close) is known before it too; the penalty is the one with the lowest MSE on the last
+    ``validation_fraction`` of them, then refitted on all. The predicted variance is the
+    training residuals' (one value: ridge has no per-sample uncertainty). Predictions for the bars
+    opening at or after ``start_ms``, as ``PrecomputedSignals.compute`` makes them."""
+    from models.datasets import regression_samples
+    from models.training.evaluation import fit_ridge, predict_ridge
+
+    features = compute_features(bars.ts_open, bars.open, bars.high, bars.low, bars.close, bars.volume,
+                                bars.timeframe_ms)
+    train_bars = int(np.searchsorted(bars.ts_close, train_end_ms, side="right"))  # bars closed by the cut
+    samples = regression_samples(features[:train_bars], bars.close[:train_bars], vol_window=RVOL_WINDOW)
+    n = len(samples)
+    n_val = max(1, round(validation_fraction * n))
+    if n - n_val < 2 * len(FEATURE_NAMES):
+        raise ValueError(f"ridge baseline: {n} training samples before the cut; need at least "
+                         f"{2 * len(FEATURE_NAMES) + n_val} to fit 16 features")
+    scaler = FeatureScaler.fit(samples.features[:-n_val])
+    x, y = scaler.transform(samples.features), samples.targets
+    scored = [(float(np.mean((predict_ridge(fit_ridge(x[:-n_val], y[:-n_val], p), x[-n_val:]) - y[-n_val:]) ** 2)), p)
+              for p in penalties]
+    penalty = min(scored)[1]
+    coef = fit_ridge(x, y, penalty)
+    log_variance = float(np.log(max(np.var(y - predict_ridge(coef, x)), 1e-12)))
+    first = int(np.searchsorted(bars.ts_open, start_ms, side="left"))
+    closes = bars.ts_close.tolist()
+    rows: dict[int, tuple[float, float, float] | None] = dict.fromkeys(closes[first:])
+    ready = [i for i in range(first, len(bars)) if np.isfinite(features[i]).all()]
+    if ready:
+        means = predict_ridge(coef, scaler.transform(features[ready]))
+        for i, m in zip(ready, means.tolist()):
+            rows[closes[i]] = (m, log_variance, _volatility(features[i]))
+    identity = SourceIdentity(bars.symbol, bars.timeframe_ms, aggregation, f"ridge(penalty={penalty:g}, n={n})", "")
+    stats = {"bars": len(ready), "headlines": 0, "distinct_headlines": 0, "regression_cached": 0,
+             "sentiment_cached": 0, "train_samples": n}
+    return PrecomputedSignals(identity, rows, [], {}, stats)
