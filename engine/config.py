@@ -165,6 +165,25 @@ class SentimentSettings:
 
 
 @dataclass(frozen=True)
+class WalkForwardSettings:
+    """``backtest --walk-forward``: retrain on rolling windows and trade each following window
+    (``engine.walk_forward``)."""
+
+    train_bars: int = 3000  # bars each fold trains on (the regressor's own validation is inside them)
+    test_bars: int = 600  # bars each fold then trades out of sample; the window moves on by this much
+    in_sample_bars: int = 0  # the last this many training bars are also traded, in sample (0: test_bars)
+    max_folds: int = 0  # 0: as many as the data holds; else the most recent this many
+
+    def __post_init__(self) -> None:
+        if self.train_bars < 2 or self.test_bars < 2:
+            raise ValueError("train_bars and test_bars must be >= 2")
+        if not 0 <= self.in_sample_bars <= self.train_bars:
+            raise ValueError(f"in_sample_bars must be in [0, train_bars = {self.train_bars}]")
+        if self.max_folds < 0:
+            raise ValueError("max_folds must be >= 0")
+
+
+@dataclass(frozen=True)
 class LlmConfig:
     """The predictor behind the ``llm_signal`` strategy: backbone, the train / trade split,
     fine-tuning, inference and signal aggregation (see ``engine.llm_backtest``)."""
@@ -181,6 +200,7 @@ class LlmConfig:
     regressor: RegressorSettings = field(default_factory=RegressorSettings)
     sentiment: SentimentSettings = field(default_factory=SentimentSettings)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    walk_forward: WalkForwardSettings = field(default_factory=WalkForwardSettings)
 
     def __post_init__(self) -> None:
         if not 0 < self.train_fraction < 1:
