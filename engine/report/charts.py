@@ -273,6 +273,76 @@ def _yearly_chart(data: RunData) -> Figure:
     return fig
 
 
+def signal_chart(data: RunData) -> Figure:
+    """The strategy's signal against the price, on one time axis: the aggregated score with the
+    regression and news components it averages (and the score a decision needed to enter), then
+    the confidence. One symbol: the first with signals (a chart per symbol would repeat the rest)."""
+    signals = data.signals
+    fig, (top, middle, bottom) = _figure(height=8.4, rows=3, ratios=[1.2, 1.3, 0.7])
+    if not len(signals):
+        top.set_title(f"Signals\n{_subtitle(data)}", loc="left")
+        _empty(top, "no signals recorded")
+        return fig
+    symbol = str(signals.symbol[0])
+    mine = signals.symbol == symbol
+    others = len(set(signals.symbol)) - 1
+    note = f" ({symbol}; {others} other symbol{'s' if others > 1 else ''} not shown)" if others else ""
+    top.set_title(f"Signals: price, score and confidence{note}\n{_subtitle(data)}", loc="left")
+    ts = signals.ts[mine]
+    start, end = int(ts[0]), int(ts[-1])
+
+    prices, closes = data.prices.get(symbol, (np.empty(0, np.int64), np.empty(0)))
+    shown = (prices >= start) & (prices <= end)
+    if shown.any():
+        tt, cc = _thin(prices[shown], closes[shown])
+        top.plot(stats.to_datetime(tt), cc, color="#333", lw=0.9, label=f"{symbol} close")
+        fills = [f for f in data.fills if f.symbol == symbol]
+        dense = len(fills) > 300
+        for side, marker, name in ((1, "^", "buy"), (-1, "v", "sell")):
+            chosen = [f for f in fills if int(f.side) == side]
+            if chosen:
+                top.scatter(stats.to_datetime(np.array([f.ts_event for f in chosen])), [f.price for f in chosen],
+                            marker=marker, s=14 if dense else 36, color=COLORS[name], zorder=3,
+                            edgecolors="none" if dense else "white", linewidths=0.5,
+                            label=f"{name} fills ({len(chosen):,})")
+        top.legend(loc="best")
+    else:
+        _empty(top, f"no prices recorded for {symbol}")
+    top.set_ylabel(f"{symbol} price")
+
+    enter = stats.signal_enter_score(data)
+    lines = [(signals.score[mine], "aggregated score (signed strength)", COLORS["strategy"], 1.4, 3)]
+    for values, label, color in ((signals.regression[mine], "regression component", COLORS["b"]),
+                                 (signals.news[mine], "news component", COLORS["funding"])):
+        if np.isfinite(values).any():
+            lines.append((values, label, color, 0.9, 2))
+    band = enter[mine] if enter is not None and np.isfinite(enter[mine]).any() else None
+    thinned = _thin(ts, signals.confidence[mine], *(values for values, *_ in lines),
+                    *((band,) if band is not None else ()))
+    x, confidence = stats.to_datetime(thinned[0]), thinned[1]
+    if band is not None:
+        middle.fill_between(x, -thinned[-1], thinned[-1], color=COLORS["hold"], alpha=0.18, lw=0,
+                            label="no entry inside (the move would not beat enter_threshold x costs)")
+    for values, (_, label, color, lw, z) in zip(thinned[2:2 + len(lines)], lines):
+        middle.plot(x, values, color=color, lw=lw, label=label, zorder=z)
+    middle.axhline(0.0, color="black", lw=0.6)
+    middle.set_ylabel("score (-1 bearish, +1 bullish)")
+    middle.legend(loc="best", ncols=2)
+
+    bottom.fill_between(x, confidence, 0.0, color=COLORS["strategy"], alpha=0.3, lw=0)
+    known = signals.confidence[mine][np.isfinite(signals.confidence[mine])]
+    bottom.plot(x, confidence, color=COLORS["strategy"], lw=1.0,
+                label=f"confidence (mean {known.mean():.2f})" if len(known) else "confidence (none recorded)")
+    bottom.set_ylim(0.0, 1.0)
+    bottom.set_ylabel("confidence")
+    bottom.legend(loc="upper left")
+    bottom.set_xlabel("time (UTC)")
+    if len(x) > 1:
+        bottom.set_xlim(x[0], x[-1])
+    _dates(bottom)
+    return fig
+
+
 CHARTS = {
     "equity": equity_chart,
     "drawdown": drawdown_chart,

@@ -148,10 +148,24 @@ def _status_note(data: RunData) -> str:
     return badge
 
 
+def _signal_section(data: RunData, png: bytes) -> str:
+    """The strategy's signals (llm_signal records one per bar close): how many, what was decided,
+    how sure the model was and how often headlines took part, then the chart."""
+    summary = stats.signal_table(data)
+    n = summary["signals"]
+    rows = [("signals recorded", f"{n:,}"), ("mean confidence", _num(summary["mean_confidence"], 3)),
+            ("with news (a headline in the look-back)", _pct(summary["news_share"]))]
+    decisions = [(_e(action), f"{count:,}", f"{count / n:.1%}") for action, count in summary["actions"].items()]
+    return (f'<h2 id="signals-section">Signals</h2><div class="grid"><div>{_table(rows)}</div>'
+            f'<div>{_table(decisions, ("decision", "signals", "share"))}</div></div>'
+            f'{_img("signals", png, "Signals: price, score and confidence")}')
+
+
 def write_report(data: RunData, out: Path, *, database: str = "") -> Written:
     info = data.info
     m = stats.run_metrics(data)
-    pngs = _draw({name: (lambda f=f: f(data)) for name, f in charts.CHARTS.items()})
+    drawn = dict(charts.CHARTS, **({"signals": charts.signal_chart} if len(data.signals) else {}))
+    pngs = _draw({name: (lambda f=f: f(data)) for name, f in drawn.items()})
     period = (f"{_when(int(data.equity_ts[0]))} → {_when(int(data.equity_ts[-1]))}"
               if len(data.equity_ts) else "—")
     run_rows = [
@@ -182,7 +196,9 @@ def write_report(data: RunData, out: Path, *, database: str = "") -> Written:
 <div class="grid"><div><h2>Metrics</h2>{_table(metric_rows(data, m))}</div>
 <div><h2>Run</h2>{_table(run_rows, numeric_from=9)}
 <h2>Costs</h2>{_table(_cost_rows(data, m), ("ledger", "amount", "of starting cash", "of gross profit"))}</div></div>
-{"".join(f"<h2>{_e(titles[name])}</h2>{_img(name, png, titles[name])}" for name, png in pngs.items())}
+{"".join(f"<h2>{_e(titles[name])}</h2>{_img(name, png, titles[name])}" for name, png in pngs.items()
+         if name != "signals")}
+{_signal_section(data, pngs["signals"]) if "signals" in pngs else ""}
 <div class="grid"><div><h2>Orders by status</h2>{_table(status_rows, ("status", "orders"))}
 <h3>Rejections</h3>{reasons}</div><div><h2>Positions at the end</h2>{positions}</div></div>
 <h2>Last {len(fills)} of {len(data.fills):,} fills</h2>{fill_table}

@@ -4,6 +4,9 @@ monthly returns. A run that did not finish is measured over what it recorded."""
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -115,3 +118,39 @@ def monthly_table(data: RunData) -> pd.DataFrame:
     table = frame.pivot(index="year", columns="month", values="r").reindex(columns=range(1, 13))
     table["Year"] = (1.0 + table.iloc[:, :12].fillna(0.0)).prod(axis=1) - 1.0
     return table
+
+
+SIGNAL_ACTIONS = ("open", "resize", "flip", "close", "hold", "flat", "halted")  # llm_signal's Decision.action
+
+
+def signal_enter_score(data: RunData) -> np.ndarray | None:
+    """The |score| each recorded decision needed to open, grow or flip a position, or None when the
+    run's strategy has no ``enter_threshold``.
+
+    llm_signal enters when |expected move| >= enter_threshold x round-trip cost, and its expected
+    move is proportional to atanh(score) (strategies/llm_signal.py), so on the score's own scale the
+    bound is tanh(atanh(|score|) x enter_threshold x cost / |move|): it moves with the costs and the
+    predicted volatility, which a fixed line would hide. (The cost is the one in the move's
+    direction; on a perpetual the funding part differs a little the other way.) NaN where the move
+    was 0."""
+    signals = data.signals
+    params = data.info.config.get("strategies", {}).get(data.info.strategy, {})
+    threshold = params.get("enter_threshold") if isinstance(params, dict) else None
+    if threshold is None or not len(signals) or np.isnan(signals.cost).all():
+        return None
+    strength = np.clip(signals.strength, 0.0, 1.0 - 1e-9)  # the strategy's clamp: atanh(1) is infinite
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = float(threshold) * signals.cost / np.abs(signals.expected_move)
+        return np.where(signals.expected_move != 0.0, np.tanh(np.arctanh(strength) * ratio), np.nan)
+
+
+def signal_table(data: RunData) -> dict[str, Any]:
+    """The signals' summary: how many, the decisions taken (every known action, zeros included),
+    the mean confidence and the share of signals whose news component had a headline to go on."""
+    signals = data.signals
+    actions = dict.fromkeys(SIGNAL_ACTIONS, 0)
+    actions.update(Counter(action or "not recorded" for action in signals.action))
+    confidence = signals.confidence[np.isfinite(signals.confidence)]
+    return {"signals": len(signals), "actions": actions,
+            "mean_confidence": float(confidence.mean()) if len(confidence) else None,
+            "news_share": float(np.isfinite(signals.news).mean()) if len(signals) else None}

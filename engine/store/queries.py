@@ -30,6 +30,7 @@ from engine.store.models import (
     PositionSnapshot,
     PriceChunk,
     Run,
+    SignalRow,
 )
 
 STALE_AFTER_MS = 10 * 60 * 1000
@@ -66,6 +67,35 @@ class RunInfo:
     fills: int = 0
 
 
+def _empty(dtype: Any = np.float64) -> np.ndarray:
+    return np.empty(0, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Signals:
+    """The signals a strategy recorded (llm_signal: one per symbol and bar close), in time order,
+    one array per field. What the components JSON lacks is NaN (or "" for ``action``), so a
+    strategy that records bare signals still loads; a run without signals has empty arrays."""
+
+    ts: np.ndarray = field(default_factory=lambda: _empty(np.int64))
+    symbol: np.ndarray = field(default_factory=lambda: _empty(object))
+    score: np.ndarray = field(default_factory=_empty)  # signed strength, in [-1, 1]
+    direction: np.ndarray = field(default_factory=_empty)  # -1, 0 (below the threshold), 1
+    confidence: np.ndarray = field(default_factory=_empty)
+    regression: np.ndarray = field(default_factory=_empty)  # the regression component's score
+    news: np.ndarray = field(default_factory=_empty)  # the news component's score; NaN where no headline counted
+    action: np.ndarray = field(default_factory=lambda: _empty(object))  # the decision: open, resize, flip, ...
+    expected_move: np.ndarray = field(default_factory=_empty)  # the decision's signed expected log return
+    cost: np.ndarray = field(default_factory=_empty)  # its round-trip cost (fraction of notional)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @property
+    def strength(self) -> np.ndarray:
+        return np.abs(self.score)
+
+
 @dataclass
 class RunData:
     """Everything a report needs, read from the store."""
@@ -82,6 +112,7 @@ class RunData:
     orders: int
     news: int
     positions: list[dict[str, Any]] = field(default_factory=list)  # the last snapshot per symbol
+    signals: Signals = field(default_factory=Signals)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -184,10 +215,33 @@ def load_run(store: Store, info: RunInfo) -> RunData:
                 .where(PositionSnapshot.run_pk == pk).group_by(PositionSnapshot.symbol).subquery())
         positions = [dict(r) for r in conn.execute(
             select(PositionSnapshot.__table__).join(last, PositionSnapshot.id == last.c.id)).mappings()]
+        signals = _signals(conn, pk)
     return RunData(info=info, equity_ts=eq[:, 0].astype(np.int64), equity=eq[:, 1], gross_exposure=eq[:, 2],
                    prices=prices, fills=fills, funding=funding, order_status=status,
                    reject_reasons=[(r, n) for r, n in reasons], orders=sum(status.values()), news=news,
-                   positions=positions)
+                   positions=positions, signals=signals)
+
+
+def _signals(conn: Connection, pk: int) -> Signals:
+    """One query: the database extracts the few JSON fields a report shows (``SignalRow.components``
+    is the strategy's whole record: parsing every row's JSON here would cost more than the query)."""
+    c = SignalRow.components
+    rows = conn.execute(
+        select(SignalRow.ts_event, SignalRow.symbol, SignalRow.value, SignalRow.confidence,
+               c[("signal", "direction")].as_float(), c[("signal", "components", "regression", "score")].as_float(),
+               c[("signal", "components", "news", "score")].as_float(),
+               c[("signal", "components", "news", "count")].as_float(), c[("decision", "action")].as_string(),
+               c[("decision", "expected_move")].as_float(), c[("decision", "round_trip_cost")].as_float())
+        .where(SignalRow.run_pk == pk).order_by(SignalRow.ts_event, SignalRow.id)).all()
+    if not rows:
+        return Signals()
+    ts, symbol, score, confidence, direction, regression, news, count, action, move, cost = zip(*rows)
+    score, confidence, direction, regression, news, count, move, cost = np.array(
+        [score, confidence, direction, regression, news, count, move, cost], dtype=np.float64)  # None -> NaN
+    return Signals(ts=np.array(ts, dtype=np.int64), symbol=np.array(symbol, dtype=object), score=score,
+                   direction=np.where(np.isnan(direction), np.sign(score), direction), confidence=confidence,
+                   regression=regression, news=np.where(count > 0, news, np.nan),
+                   action=np.array([a or "" for a in action], dtype=object), expected_move=move, cost=cost)
 
 
 def _array(conn: Connection, stmt: Any, columns: int) -> np.ndarray:
