@@ -1,4 +1,8 @@
-"""Buy at the first bar close and hold: the baseline every strategy must beat after costs."""
+"""Buy at the first bar close and hold: the baseline every strategy must beat after costs.
+
+The order is sized at the close and fills at the next open; when the open gaps up by more than
+the cash left over (1 - ``fraction``), the broker rejects it for insufficient cash, and the
+strategy tries again at the next close, so it is never left in cash for the whole run."""
 
 from __future__ import annotations
 
@@ -18,10 +22,6 @@ class BuyAndHold(Strategy):
             if not 0 < self.fraction <= 1:
                 raise ValueError("fraction must be in (0, 1]")
 
-    def on_start(self, ctx) -> None:
-        self._bought: set[str] = set()
-
     def on_bar(self, ctx, bar) -> None:
-        if bar.symbol not in self._bought:
-            self._bought.add(bar.symbol)
+        if ctx.position(bar.symbol) == 0 and not ctx.open_orders(bar.symbol):  # not bought yet, or rejected
             ctx.target_percent(bar.symbol, self.params.fraction / len(ctx.symbols))

@@ -77,6 +77,16 @@ def test_buy_and_hold_splits_equity_across_symbols_and_tracks_the_benchmark():
     assert result.final_equity == pytest.approx(1000 - qa * 10 - qb * 20 + qa * 15 + qb * 10)
 
 
+def test_buy_and_hold_buys_again_after_a_gap_up_left_its_first_order_short_of_cash():
+    # sized at bar 0's close (10) with 99% of cash, the order meets bar 1's open at 11: 1,089 > 1,000 cash
+    a = candles([(10, 10, 10, 10), (11, 11, 11, 11), (11, 12, 11, 12), (12, 13, 12, 13)], symbol="A")
+    result = run_backtest(BuyAndHold(), [a], {"A": instrument("A")}, starting_cash=1000.0, check_invariants=True)
+    assert len(result.rejections) == 1 and "insufficient cash" in result.rejections[0].reason
+    (fill,) = result.fills  # the second order, sized at bar 1's close (11), fills at bar 2's open
+    assert fill.price == 11 and fill.quantity == pytest.approx(990 / 11, abs=1e-4)
+    assert len(result.orders) == 2  # and no third: it holds from then on
+
+
 def test_funding_series_is_a_step_function():
     series = FundingSeries([T0 + 8 * MS_PER_HOUR, T0], [0.0003, 0.0001], default=0.00005)
     assert series.rate("X", T0 - 1) == 0.00005
