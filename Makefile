@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup backtest test bench lint clean
+.PHONY: setup backtest test bench evaluate lint clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_sma_cross.py $(ARGS)
+
+# The real-data evaluation (about an hour on 2 cores): writes EVALUATION.md and docs/evaluation/.
+evaluate: $(STAMP)
+	$(PY) -m engine.evaluation $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -88,8 +88,11 @@ def test_report_latest_writes_self_contained_html_and_pngs(recorded, tmp_path):
 
 
 def test_report_goes_to_the_reports_dir_by_default(recorded, tmp_path):
-    db, default, _ = recorded
-    code, out = run_cli("report", default["run_id"][:17], "--db", str(db),  # a unique prefix will do
+    db, default, faster = recorded
+    # a unique prefix will do (both runs may start in the same second: then it needs a few more characters)
+    prefix = next(default["run_id"][:n] for n in range(17, len(default["run_id"]) + 1)
+                  if not faster["run_id"].startswith(default["run_id"][:n]))
+    code, out = run_cli("report", prefix, "--db", str(db),
                         "--set", f"store.reports_dir='{tmp_path / 'reports'}'")
     assert code == 0 and f"report: {tmp_path / 'reports' / default['run_id'] / 'report.html'}" in out
     assert (tmp_path / "reports" / default["run_id"] / "equity.png").exists()

@@ -1,0 +1,499 @@
+"""The LLM strategy on real data against its baselines, out of sample and net of costs: writes EVALUATION.md.
+
+    python -m engine.evaluation            # or: make evaluate
+
+For every market below the bars are cut at a fixed date. The LLM predictor never sees a bar or a
+headline at or after the cut in training, and only the bars after it are traded. Five strategies
+then trade the same bars with the same cost models (``config.toml``'s ``[costs]``):
+
+- **LLM**: ``llm_signal`` with the fine-tuned regressor and the sentiment of the headlines;
+- **LLM, no news**: the same regressions, no headlines (the news component's worth);
+- **ridge**: the same strategy and sizing, the regression made by ridge on the same sixteen
+  features fitted on the bars before the cut (``strategies.llm_signals.ridge_signals``): does the
+  LLM add anything over a linear model?
+- **sma_cross** (10/30) and **buy & hold**.
+
+Models. Sentiment: one adapter trained on the Twitter financial news training set (a public
+labelled set of finance tweets, no overlap with any market below), made by the ``train sentiment``
+command in ``SENTIMENT_TRAIN`` when its folder is missing. Regressor: BTC/USDT hourly trains its own
+on the hourly bars before its cut (``[llm.regressor]``); the daily equity markets (2022–2023
+tickers, StockNet 2014–2016) have too few daily bars before their cuts for the regressor's purged
+time split, so they share one regressor trained on NVDA daily bars 1999–2014 (``REGRESSOR_TRAIN``),
+all of which precede every traded window. StockNet tweets are capped at the first
+``tweets_per_day`` distinct tweets of each UTC day (CPU time; the cap looks at nothing later).
+
+A walk-forward section retrains the BTC regressor on rolling windows (``engine.walk_forward``)
+and reports in-sample beside out-of-sample returns.
+
+Every number in EVALUATION.md comes from this run; ``docs/evaluation/results.json`` holds them all,
+and every backtest is a recorded run in ``logs/evaluation.db`` (``python -m engine report RUN_ID
+--set store.url=...``). The shared data sets are read from ``../shared/data``, never copied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.config import Config, load_config
+from engine.domain import News
+from engine.errors import ConfigError, DataError
+from engine.session import BacktestPlan, prepare_backtest, run_recorded, strategy_factory
+from engine.timeutil import iso, parse_instant
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+CHECKPOINTS = ROOT / "checkpoints" / "eval"
+
+SENTIMENT_FOLDER = ROOT / "checkpoints" / "sentiment_twitter"
+SENTIMENT_TRAIN = [
+    "train", "sentiment", "--data", "{shared}/sentiment/twitter_financial_news/sent_train.csv", "--label-map", "twitter",
+    "--test", "{shared}/sentiment/twitter_financial_news/sent_valid.csv", "--max-train-samples", "2400", "--epochs", "1", "--lr", "6e-4", "--head-lr", "3e-3", "--out", "{out}",
+]
+REGRESSOR_FOLDER = CHECKPOINTS / "regressor_nvda_daily"
+REGRESSOR_TRAIN = [
+    "train", "regressor", "--data", "{shared}/ohlcv/equities_daily/backtrader_nvda-1999-2014.txt",
+    "--max-train-samples", "320", "--epochs", "1", "--out", "{out}",
+]
+
+
+@dataclass(frozen=True)
+class Market:
+    name: str
+    bars: str  # relative to ../shared/data
+    news: str
+    symbol: str
+    start: str  # first bar used (features and, for BTC, training)
+    cut: str  # the first traded bar opens at or after this instant
+    end: str
+    own_regressor: bool = False  # train on the bars before the cut (else: the shared daily regressor)
+    tweets_per_day: int = 0  # 0: every headline
+
+
+_TN = "news/ticker_news_2022_2023"
+_SN = "news/stocknet_tweets_2014_2015"
+MARKETS = [
+    Market("BTC/USDT 1h", "ohlcv/crypto/binance_BTCUSDT_1h.csv", "news/crypto_headlines/"
+           "cryptocurrencynews_com_bitcoin_titles_2017_2019.csv", "BTCUSDT", "2018-08-16", "2019-01-30", "2019-03-13",
+           own_regressor=True),
+    *[Market(f"{t} 1d (2023)", f"{_TN}/{t}_daily.csv", f"{_TN}/{t}_news.csv{gz}", t, "2022-01-01", "2023-01-01",
+             "2024-01-01") for t, gz in (("AAPL", ""), ("META", ".gz"), ("NVDA", ".gz"))],
+    *[Market(f"{t} 1d (StockNet)", f"{_SN}/stocknet_price_{t}.csv", f"{_SN}/stocknet_tweets_8tickers.csv.gz", t,
+             "2015-01-01", "2015-11-01", "2016-04-01", tweets_per_day=3)
+      for t in ("AAPL", "AMZN", "BA", "FB", "GOOG", "JPM", "MSFT", "XOM")],
+]
+VARIANTS = ("llm", "llm_no_news", "ridge", "sma_cross", "buy_and_hold")
+LABELS = {"llm": "LLM (bars + news)", "llm_no_news": "LLM, no news", "ridge": "ridge on features",
+          "sma_cross": "SMA cross 10/30", "buy_and_hold": "buy & hold"}
+WALK_FORWARD = {"llm.walk_forward.train_bars": 2000, "llm.walk_forward.test_bars": 300,
+                "llm.walk_forward.max_folds": 3}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.evaluation", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="About an hour on a 2-core CPU (plus ~25 min the first time, to train the "
+                                            "sentiment adapter); a rerun reuses checkpoints and cached predictions.")
+    parser.add_argument("--out", type=Path, default=ROOT / "EVALUATION.md", help="the Markdown report (default: %(default)s)")
+    parser.add_argument("--charts", type=Path, default=ROOT / "docs" / "evaluation",
+                        help="charts and results.json (default: %(default)s)")
+    parser.add_argument("--markets", default="", help="comma-separated names or prefixes (default: all), e.g. BTC,AAPL")
+    parser.add_argument("--no-walk-forward", action="store_true", help="skip the walk-forward section")
+    parser.add_argument("--store", default=str(ROOT / "logs" / "evaluation.db"), help="SQLite file the runs are recorded in")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the Markdown from an earlier run's results.json (no backtest is run)")
+    args = parser.parse_args(argv)
+    if args.render_only:
+        payload = json.loads((args.charts / "results.json").read_text(encoding="utf-8"))
+        _atomic(args.out, render(payload))
+        return 0
+    try:
+        return _main(args)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    if not SHARED.is_dir():
+        raise DataError(f"the evaluation reads the shared data sets from {SHARED}, which does not exist")
+    chosen = [m for m in MARKETS if not args.markets or any(m.name.lower().startswith(p.strip().lower())
+                                                            for p in args.markets.split(","))]
+    if not chosen:
+        raise ConfigError(f"--markets {args.markets!r} matches none of: {', '.join(m.name for m in MARKETS)}")
+    started = time.perf_counter()
+    sentiment = _ensure_checkpoint(SENTIMENT_FOLDER, SENTIMENT_TRAIN, "sentiment")
+    regressor = _ensure_checkpoint(REGRESSOR_FOLDER, REGRESSOR_TRAIN, "regressor") if any(
+        not m.own_regressor for m in chosen) else None
+    args.charts.mkdir(parents=True, exist_ok=True)
+    results = []
+    for i, market in enumerate(chosen, 1):
+        _say(f"[{i}/{len(chosen)}] {market.name}")
+        results.append(evaluate_market(market, args.store, sentiment, regressor, args.charts))
+        _write(args, results, None, sentiment, regressor, time.perf_counter() - started, partial=True)
+    walk = None
+    if not args.no_walk_forward and any(m.own_regressor for m in chosen):
+        _say("walk-forward on BTC/USDT 1h")
+        walk = walk_forward_btc(args.store, sentiment, args.charts)
+    _write(args, results, walk, sentiment, regressor, time.perf_counter() - started, partial=False)
+    _say(f"wrote {args.out} and {args.charts / 'results.json'} in {(time.perf_counter() - started) / 60:.1f} min")
+    return 0
+
+
+def _say(line: str) -> None:
+    print(f"evaluation: {line}", file=sys.stderr, flush=True)
+
+
+def _ensure_checkpoint(folder: Path, command: list[str], task: str) -> dict[str, Any]:
+    """The checkpoint in ``folder``, trained by ``command`` (a ``python -m engine`` argv) when missing."""
+    argv = [a.format(shared=SHARED, out=folder) for a in command]
+    if not (folder / "config.json").is_file():
+        from engine import ml_commands
+
+        _say(f"training the {task} checkpoint: python -m engine {' '.join(argv)}")
+        parser = _engine_parser()
+        if ml_commands.main(parser.parse_args(argv)) != 0:
+            raise DataError(f"training the {task} checkpoint into {folder} failed (see above)")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return {"folder": str(folder.relative_to(ROOT)), "command": "python -m engine " + " ".join(
+        a.replace(str(SHARED), "../shared/data").replace(str(ROOT) + "/", "") for a in argv),
+        "validation": {k: v for k, v in metrics.get("validation", {}).items() if isinstance(v, float)}}
+
+
+def _engine_parser() -> argparse.ArgumentParser:
+    from engine.cli import _parser
+
+    return _parser()
+
+
+def _config(market: Market, store: str, sentiment: dict[str, Any], regressor: dict[str, Any] | None,
+            **more: Any) -> Config:
+    sets = {"run.strategy": "llm_signal", "data.bars": str(SHARED / market.bars), "data.news": str(SHARED / market.news),
+            "data.symbol": market.symbol, "run.start": market.start, "run.end": market.end,
+            "llm.sentiment_checkpoint": str(ROOT / sentiment["folder"]), "llm.batch_size": 8,
+            "store.url": f"sqlite:///{store}", "logging.file": ""}
+    if not market.own_regressor:
+        assert regressor is not None
+        sets["llm.regressor_checkpoint"] = str(ROOT / regressor["folder"])
+    sets.update(more)
+    return load_config(ROOT / "config.toml", [f"{k}={json.dumps(v)}" for k, v in sets.items()])
+
+
+def _base_plan(market: Market, config: Config) -> BacktestPlan:
+    plan = prepare_backtest(config, train_llm=False)
+    news = _cap_per_day(plan.news, market.tweets_per_day) if market.tweets_per_day else plan.news
+    series = plan.series[0]
+    cut = int(np.searchsorted(series.ts_open, parse_instant(market.cut), side="left"))
+    fraction = cut / len(series)
+    if round(fraction * len(series)) != cut:
+        raise DataError(f"{market.name}: cannot express the cut at bar {cut} of {len(series)} as a fraction")
+    config = dataclasses.replace(config, llm=dataclasses.replace(config.llm, train_fraction=fraction))
+    return dataclasses.replace(plan, config=config, news=news)
+
+
+def _cap_per_day(news: Sequence[News], per_day: int) -> list[News]:
+    """The first ``per_day`` distinct texts of each UTC day, in time order (decided as they arrive)."""
+    kept, seen, counts = [], set(), {}
+    for n in sorted(news, key=lambda n: n.ts_event):
+        day = n.ts_event // 86_400_000
+        if n.headline in seen or counts.get(day, 0) >= per_day:
+            continue
+        seen.add(n.headline)
+        counts[day] = counts.get(day, 0) + 1
+        kept.append(n)
+    return kept
+
+
+def evaluate_market(market: Market, store: str, sentiment: dict[str, Any], regressor: dict[str, Any] | None,
+                    charts: Path) -> dict[str, Any]:
+    """The five strategies on ``market``'s traded part; their metrics and a chart."""
+    from engine.llm_backtest import llm_plan, setup_llm, translated_errors
+    from strategies.llm_signals import ridge_signals
+
+    config = _config(market, store, sentiment, regressor)
+    plan = _base_plan(market, config)
+    with translated_errors(config):
+        setup = setup_llm(plan, say=_say)
+        source = setup.precompute()
+    split = setup.split
+    symbol = split.trade.symbol
+    ridge = ridge_signals(split.history, config.llm.aggregation, train_end_ms=split.trade_start_ms,
+                          start_ms=split.trade_start_ms)
+    sources = {"llm": source, "llm_no_news": source.without_news(), "ridge": ridge}
+    rows: dict[str, dict[str, Any]] = {}
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for variant in VARIANTS:
+        if variant in sources:
+            sub = llm_plan(plan, setup, _factory(setup.params, symbol, sources[variant]), dict(sources[variant].stats))
+            if variant != "llm":  # the variants without news get none delivered
+                sub = dataclasses.replace(sub, news=[])
+            sub_config = plan.config
+        else:
+            sub_config = dataclasses.replace(plan.config, run=dataclasses.replace(plan.config.run, strategy=variant))
+            sub = dataclasses.replace(plan, config=sub_config, series=[split.trade], news=[],
+                                      make_strategy=strategy_factory(sub_config))
+        sub = dataclasses.replace(sub, notes=[*sub.notes, f"evaluation: {market.name}, {LABELS[variant]}"],
+                                  extra={**sub.extra, "evaluation": {"market": market.name, "variant": variant}})
+        result, summary = run_recorded(sub_config, sub)
+        rows[variant] = _metrics(summary)
+        curves[variant] = (result.equity_ts, result.equity / result.starting_cash)
+        _say(f"{market.name}: {LABELS[variant]}: {_pct(rows[variant]['total_return'])} "
+             f"({rows[variant]['fills']} fills, run {summary['run_id']})")
+    forecasts = {name: _forecast_quality(src.regression_means(), split.trade) for name, src in
+                 (("llm", source), ("ridge", ridge))}
+    chart = _plot_market(market, curves, charts / f"{_slug(market.name)}.png")
+    return {"market": market.name, "symbol": symbol, "timeframe": split.trade.timeframe,
+            "train": {"start": iso(int(split.history.ts_open[0])), "end": iso(split.trade_start_ms),
+                      "headlines": len(split.train_news)},
+            "trade": {"start": iso(split.trade_start_ms), "end": iso(int(split.trade.ts_close[-1])),
+                      "bars": len(split.trade), "headlines": len(split.trade_news)},
+            "regressor": "own (trained on the bars before the cut)" if market.own_regressor else "shared NVDA daily",
+            "checkpoints": setup.checkpoints, "seconds": setup.seconds, "strategies": rows,
+            "forecasts": forecasts, "chart": str(chart.relative_to(ROOT)) if chart.is_relative_to(ROOT) else str(chart)}
+
+
+def _factory(params: Any, symbol: str, source: Any) -> Any:
+    from strategies.llm_signal import LlmSignal
+
+    return lambda: LlmSignal(params, {symbol: source})
+
+
+def _metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    m = summary["metrics"]
+    costs = sum(summary[k] for k in ("fees", "spread", "slippage", "funding"))
+    return {"run_id": summary["run_id"], "total_return": m["total_return"], "gross_return": m["gross_return"],
+            "buy_and_hold_return": m["buy_and_hold_return"], "sharpe": _finite(m["sharpe"]),
+            "max_drawdown": m["max_drawdown"], "exposure": m["exposure"], "round_trips": m["round_trips"],
+            "fills": summary["fills"], "costs": costs / summary["starting_cash"]}
+
+
+def _forecast_quality(means: dict[int, float], trade: Any) -> dict[str, Any]:
+    """Directional hit rate and rank IC of the predicted next-bar return on the traded bars."""
+    close = trade.close
+    ts_close = trade.ts_close.tolist()
+    pred, actual = [], []
+    for i, ts in enumerate(ts_close[:-1]):
+        if ts in means:
+            pred.append(means[ts])
+            actual.append(math.log(close[i + 1] / close[i]))
+    p, a = np.array(pred), np.array(actual)
+    if len(p) < 3:
+        return {"n": len(p), "hit_rate": None, "ic": None}
+    nonzero = a != 0
+    hit = float(np.mean(np.sign(p[nonzero]) == np.sign(a[nonzero]))) if nonzero.any() else None
+    return {"n": len(p), "hit_rate": hit, "ic": _finite(_spearman(p, a))}
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    if np.std(rx) == 0 or np.std(ry) == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def walk_forward_btc(store: str, sentiment: dict[str, Any], charts: Path) -> dict[str, Any]:
+    from engine.walk_forward import plot_walk_forward, run_walk_forward
+
+    market = MARKETS[0]
+    config = _config(market, store, sentiment, None, **WALK_FORWARD)
+    plan = prepare_backtest(config, train_llm=False)
+
+    def run_plan(sub: BacktestPlan, label: str) -> dict[str, Any]:
+        _, summary = run_recorded(config, sub)
+        _say(f"{label}: {_pct(summary['metrics']['total_return'])} (buy & hold "
+             f"{_pct(summary['metrics']['buy_and_hold_return'])}), run {summary['run_id']}")
+        return summary
+
+    result = run_walk_forward(plan, run_plan, say=_say)
+    chart = plot_walk_forward(result, charts / "walk_forward_btc.png")
+    result["chart"] = str(chart.relative_to(ROOT)) if chart.is_relative_to(ROOT) else str(chart)
+    return result
+
+
+# -- output --------------------------------------------------------------------------------------
+def _plot_market(market: Market, curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
+    from matplotlib import dates as mdates
+    from matplotlib.figure import Figure
+
+    from engine.report import charts
+
+    colors = {"llm": charts.COLORS["strategy"], "llm_no_news": "#6baed6", "ridge": charts.COLORS["b"],
+              "sma_cross": "#41ab5d", "buy_and_hold": charts.COLORS["hold"]}
+    fig = Figure(figsize=(charts.WIDTH, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for variant, (ts, equity) in curves.items():
+        when = mdates.date2num(ts.astype("datetime64[ms]"))
+        ax.plot(when, equity - 1.0, label=f"{LABELS[variant]} ({_pct(equity[-1] - 1.0)})", color=colors[variant],
+                linewidth=2.0 if variant == "llm" else 1.2)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    locator = mdates.AutoDateLocator(minticks=4, maxticks=10)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.yaxis.set_major_formatter(charts.PERCENT)
+    ax.set_ylabel("return since the cut, net of costs")
+    ax.set_title(f"{market.name}: out-of-sample equity of each strategy")
+    ax.legend(loc="best")
+    return charts.save(fig, path)
+
+
+def _write(args: argparse.Namespace, results: list[dict[str, Any]], walk: dict[str, Any] | None,
+           sentiment: dict[str, Any], regressor: dict[str, Any] | None, seconds: float, *, partial: bool) -> None:
+    payload = {"generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(seconds, 1),
+               "machine": f"{platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}",
+               "partial": partial, "sentiment": sentiment, "regressor": regressor, "markets": results,
+               "walk_forward": walk}
+    _atomic(args.charts / "results.json", json.dumps(payload, indent=1, allow_nan=False, default=str))
+    _atomic(args.out, render(payload))
+
+
+def _atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
+
+
+def render(payload: dict[str, Any]) -> str:
+    """EVALUATION.md from the results (every figure in it is one of theirs)."""
+    results = payload["markets"]
+    out = ["# Evaluation: the LLM strategy on real data, out of sample, net of costs", ""]
+    if payload["partial"]:
+        out += ["**Incomplete: the evaluation was still running (or stopped) when this was written.**", ""]
+    out += [f"Generated {payload['generated']} by `python -m engine.evaluation` (`make evaluate`) in "
+            f"{payload['seconds'] / 60:.0f} min on {payload['machine']}. Every figure below is printed by that "
+            "command and stored in `docs/evaluation/results.json`; every backtest is a recorded run in "
+            "`logs/evaluation.db`.", "",
+            "Each market is cut at a date: the predictor learns only from what precedes the cut and the strategies "
+            "trade only what follows it. Costs are `config.toml`'s (taker fee by contract, 1 bp half-spread, 2 bp "
+            "slippage). Backbone SmolLM2-135M-Instruct (fp32, CPU), LoRA adapters.", "",
+            "Models:", "",
+            f"- sentiment: `{payload['sentiment']['folder']}`, made by `{payload['sentiment']['command']}` "
+            f"(validation accuracy {_f(payload['sentiment']['validation'].get('accuracy'), 3)}, macro-F1 "
+            f"{_f(payload['sentiment']['validation'].get('macro_f1'), 3)} on 954 held-out training tweets).",
+            "- regressor: BTC/USDT trains its own on the hourly bars before its cut (`[llm.regressor]`: the 192 most "
+            "recent samples, one epoch)."]
+    if payload["regressor"]:
+        out.append(f"- regressor for the daily equity markets: `{payload['regressor']['folder']}`, made by "
+                   f"`{payload['regressor']['command']}` (NVDA daily 1999–2014, before every traded window; "
+                   "there are too few daily bars before these cuts for the regressor's purged time split).")
+    out += ["", "Strategies: **LLM** = `llm_signal` (regression + headline sentiment); **LLM, no news** = the same "
+            "regressions without headlines; **ridge** = the same strategy and sizing with ridge regression on the "
+            "same 16 features (fitted before the cut) instead of the LLM; **SMA cross** 10/30; **buy & hold**.", ""]
+    out += ["## Summary", "", *_summary(results), ""]
+    out += ["| market | traded | bars | LLM | LLM, no news | ridge | SMA cross | buy & hold | LLM hit rate / IC | "
+            "ridge hit rate / IC |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        s = r["strategies"]
+        f = r["forecasts"]
+        out.append(f"| {r['market']} | {r['trade']['start'][:10]} .. {r['trade']['end'][:10]} | {r['trade']['bars']:,} | "
+                   + " | ".join(_pct(s[v]["total_return"]) for v in VARIANTS)
+                   + f" | {_f(f['llm']['hit_rate'], 3)} / {_f(f['llm']['ic'], 3)} | "
+                     f"{_f(f['ridge']['hit_rate'], 3)} / {_f(f['ridge']['ic'], 3)} |")
+    out += ["", "Returns are total returns over the traded window, net of every cost. Hit rate: share of traded bars "
+            "whose next-bar return has the predicted sign; IC: rank correlation of the predicted and the realised "
+            "next-bar return (with n ≈ 100–1,000 bars its standard error is about 1/√n, 0.03–0.1).", ""]
+    for r in results:
+        out += [f"## {r['market']}", "",
+                f"Trained on {r['train']['start'][:10]} .. {r['train']['end'][:10]} ({r['train']['headlines']:,} "
+                f"headlines before the cut); traded {r['trade']['start'][:16]} .. {r['trade']['end'][:16]} "
+                f"({r['trade']['bars']:,} bars, {r['trade']['headlines']:,} headlines). Regressor: {r['regressor']}.", "",
+                "| strategy | return | gross | Sharpe | max drawdown | exposure | round trips | fills | costs | run |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for v in VARIANTS:
+            m = r["strategies"][v]
+            out.append(f"| {LABELS[v]} | {_pct(m['total_return'])} | {_pct(m['gross_return'])} | {_f(m['sharpe'])} | "
+                       f"{_pct(m['max_drawdown'])} | {_pct(m['exposure'])} | {m['round_trips']} | {m['fills']} | "
+                       f"{_pct(m['costs'])} | `{m['run_id']}` |")
+        out += ["", f"![{r['market']}]({r['chart']})", ""]
+    walk = payload["walk_forward"]
+    if walk:
+        out += ["## Walk-forward (BTC/USDT 1h)", "",
+                f"Each fold retrains the regressor on {walk['settings']['train_bars']:,} hourly bars, trades the next "
+                f"{walk['settings']['test_bars']:,} out of sample, and also trades the last "
+                f"{walk['settings']['in_sample_bars']:,} of its own training bars (in sample). The most recent "
+                f"{len(walk['folds'])} folds.", "",
+                "| fold | trained on | in sample | buy & hold (in) | out of sample | buy & hold (out) |",
+                "|---:|---|---:|---:|---:|---:|"]
+        for f in walk["folds"]:
+            i, o = f["in_sample"], f["out_of_sample"]
+            out.append(f"| {f['fold']} | {f['train']['start'][:10]} .. {f['train']['end'][:10]} | "
+                       f"{_pct(i['total_return'])} | {_pct(i['buy_and_hold_return'])} | {_pct(o['total_return'])} | "
+                       f"{_pct(o['buy_and_hold_return'])} |")
+        t_in, t_out = walk["totals"]["in_sample"], walk["totals"]["out_of_sample"]
+        out += ["", f"Compounded over the folds: in sample {_pct(t_in['compounded_return'])} (buy & hold "
+                f"{_pct(t_in['buy_and_hold_compounded'])}), out of sample {_pct(t_out['compounded_return'])} "
+                f"(buy & hold {_pct(t_out['buy_and_hold_compounded'])}); {t_out['folds_beating_buy_and_hold']} of "
+                f"{t_out['folds']} out-of-sample folds beat buy & hold.", "", f"![walk-forward]({walk['chart']})", ""]
+    return "\n".join(out) + "\n"
+
+
+def _summary(results: list[dict[str, Any]]) -> list[str]:
+    """Plain statements counted from the table: where the LLM helps and where it does not."""
+    if not results:
+        return ["No market finished."]
+    n = len(results)
+
+    def beats(a: str, b: str) -> int:
+        return sum(r["strategies"][a]["total_return"] > r["strategies"][b]["total_return"] for r in results)
+
+    mean = {v: float(np.mean([r["strategies"][v]["total_return"] for r in results])) for v in VARIANTS}
+    ics = [r["forecasts"]["llm"]["ic"] for r in results if r["forecasts"]["llm"]["ic"] is not None]
+    ridge_ics = [r["forecasts"]["ridge"]["ic"] for r in results if r["forecasts"]["ridge"]["ic"] is not None]
+    lines = [f"- Over {n} markets the LLM strategy beat buy & hold in {beats('llm', 'buy_and_hold')}, the SMA cross "
+             f"in {beats('llm', 'sma_cross')}, ridge-on-features in {beats('llm', 'ridge')} and its own no-news "
+             f"variant in {beats('llm', 'llm_no_news')} (lost to it in {beats('llm_no_news', 'llm')}; equal "
+             f"otherwise).",
+             "- Mean return per market: " + ", ".join(f"{LABELS[v]} {_pct(mean[v])}" for v in VARIANTS) + "."]
+    if ics:
+        lines.append(f"- The LLM regressor's mean out-of-sample IC is {np.mean(ics):+.3f} (ridge {np.mean(ridge_ics):+.3f})"
+                     f"; positive in {sum(i > 0 for i in ics)} of {len(ics)} markets.")
+    idle = {v: sum(r["strategies"][v]["fills"] == 0 for r in results) for v in ("llm", "llm_no_news", "ridge")}
+    if idle["llm_no_news"]:
+        lines.append(f"- Without headlines the LLM strategy made no trade in {idle['llm_no_news']} of {n} markets: the "
+                     "regression alone seldom predicts a move worth `enter_threshold` x the round-trip cost, so where "
+                     "the LLM strategy traded, the headlines' sentiment moved it. Ridge made no trade in "
+                     f"{idle['ridge']} of {n}, the LLM with news in {idle['llm']} of {n}.")
+    if mean["llm"] <= max(mean["buy_and_hold"], mean["ridge"]):
+        lines.append("- **Where the LLM does not help:** on these data and at this model size it does not beat "
+                     "the simplest alternatives on average; treat its signal as unproven, not as an edge.")
+    if beats("llm", "llm_no_news") <= beats("llm_no_news", "llm"):
+        lines.append("- The headlines did not improve the strategy on balance: the no-news variant did as well or better "
+                     "in as many markets.")
+    return lines
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_").replace("__", "_")
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * x:+.2f}%"
+
+
+def _f(x: Any, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The real-data evaluation's pieces: the ridge baseline source (fitted before the cut only), the
+no-news variant, the tweet cap, the forecast scores and the Markdown it writes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from engine.domain import Bar, News
+from engine.evaluation import LABELS, VARIANTS, _cap_per_day, _forecast_quality, render
+from engine.feeds.sample import SampleMarketConfig, generate_sample_market
+from models.aggregation import AggregationConfig, ScoredHeadline
+from strategies.llm_signals import PrecomputedSignals, SourceIdentity, ridge_signals
+
+AGG = AggregationConfig()
+
+
+def _bar(series, i: int) -> Bar:
+    return Bar(series.symbol, int(series.ts_open[i]), int(series.ts_close[i]), float(series.open[i]),
+               float(series.high[i]), float(series.low[i]), float(series.close[i]), float(series.volume[i]))
+
+
+def test_ridge_source_is_fitted_before_the_cut_and_never_looks_ahead():
+    bars = generate_sample_market(SampleMarketConfig(bars=900)).bars
+    cut = int(bars.ts_open[700])
+    source = ridge_signals(bars, AGG, train_end_ms=cut, start_ms=cut)
+    means = source.regression_means()
+    assert sorted(means) == bars.ts_close[700:].tolist()  # every traded bar, no earlier one
+    assert source.stats["train_samples"] < 700 and source.regressor_model.startswith("ridge(")
+
+    # scrambling the traded part's later prices changes nothing before them: the fit saw none of them
+    later = dataclasses.replace(bars, close=bars.close.copy(), high=bars.high.copy())
+    later.close[800:] *= 1.5
+    later.high[800:] *= 1.5
+    again = ridge_signals(later, AGG, train_end_ms=cut, start_ms=cut).regression_means()
+    assert all(again[t] == means[t] for t in bars.ts_close[700:800].tolist())
+    # ...while moving the training prices does change the fit
+    earlier = dataclasses.replace(bars, close=bars.close.copy())
+    earlier.close[300:700] *= np.linspace(1.0, 1.3, 400)
+    refit = ridge_signals(earlier, AGG, train_end_ms=cut, start_ms=cut).regression_means()
+    assert any(refit[t] != means[t] for t in bars.ts_close[720:800].tolist())
+
+    prediction = source.on_bar(_bar(bars, 750))
+    assert prediction is not None and prediction.signal.direction in (-1, 0, 1)
+
+
+def test_ridge_source_refuses_too_few_training_bars():
+    bars = generate_sample_market(SampleMarketConfig(bars=300)).bars
+    with pytest.raises(ValueError, match="ridge baseline: .* training samples before the cut"):
+        ridge_signals(bars, AGG, train_end_ms=int(bars.ts_open[120]), start_ms=int(bars.ts_open[120]))
+
+
+def test_without_news_keeps_the_regressions_and_drops_the_headlines():
+    identity = SourceIdentity("X", 3_600_000, AGG, "reg", "sent")
+    rows = {3_600_000 * k: (0.4, 0.0, 0.01) for k in range(1, 4)}
+    headline = ScoredHeadline(3_600_000, (0.9, 0.05, 0.05), 0.9)  # confidently bearish
+    source = PrecomputedSignals(identity, rows, [headline], {"h": headline.probabilities}, {"bars": 3})
+    bare = source.without_news()
+    bar = Bar("X", 3_600_000, 7_200_000, 1.0, 1.0, 1.0, 1.0, 1.0)
+    with_news, without = source.on_bar(bar), bare.on_bar(bar)
+    assert with_news.mean == without.mean == 0.4
+    assert without.signal.score > with_news.signal.score  # the bearish headline pulled the first one down
+    assert bare.sentiment_model == "" and bare.regression_means() == source.regression_means()
+
+
+def test_tweet_cap_keeps_the_first_distinct_texts_of_each_day():
+    day = 86_400_000
+    news = [News(day + 5, "b", "A"), News(day + 1, "a", "A"), News(day + 2, "a", "A"), News(day + 9, "c", "A"),
+            News(2 * day + 1, "a", "A"), News(2 * day + 3, "d", "A")]
+    assert [(n.ts_event, n.headline) for n in _cap_per_day(news, 2)] == [(day + 1, "a"), (day + 5, "b"),
+                                                                          (2 * day + 3, "d")]
+
+
+def test_forecast_quality_scores_the_next_bar_return():
+    bars = generate_sample_market(SampleMarketConfig(bars=200)).bars
+    nxt = np.log(bars.close[1:] / bars.close[:-1])
+    perfect = dict(zip(bars.ts_close[:-1].tolist(), nxt.tolist()))
+    assert _forecast_quality(perfect, bars) == {"n": 199, "hit_rate": 1.0, "ic": pytest.approx(1.0)}
+    flipped = {t: -m for t, m in perfect.items()}
+    got = _forecast_quality(flipped, bars)
+    assert got["hit_rate"] == 0.0 and got["ic"] == pytest.approx(-1.0)
+
+
+def test_evaluation_markdown_states_the_table_and_where_the_llm_does_not_help():
+    def strategies(llm: float) -> dict:
+        returns = {"llm": llm, "llm_no_news": 0.01, "ridge": 0.02, "sma_cross": -0.01, "buy_and_hold": 0.05}
+        return {v: {"run_id": f"r-{v}", "total_return": r, "gross_return": r + 0.01, "buy_and_hold_return": 0.05,
+                    "sharpe": 1.0, "max_drawdown": -0.1, "exposure": 0.5, "round_trips": 3, "fills": 6, "costs": 0.004}
+                for v, r in returns.items()}
+
+    market = {"trade": {"start": "2023-01-03T00:00:00Z", "end": "2023-12-30T00:00:00Z", "bars": 250, "headlines": 9},
+              "train": {"start": "2022-01-03", "end": "2023-01-03", "headlines": 40}, "regressor": "shared NVDA daily",
+              "forecasts": {"llm": {"n": 249, "hit_rate": 0.5, "ic": 0.01}, "ridge": {"n": 249, "hit_rate": 0.52, "ic": 0.03}},
+              "chart": "docs/evaluation/x.png"}
+    payload = {"generated": "2026-12-01T00:00:00Z", "seconds": 600.0, "machine": "x86_64, 2 CPUs", "partial": False,
+               "sentiment": {"folder": "checkpoints/s", "command": "python -m engine train sentiment ...",
+                             "validation": {"accuracy": 0.82, "macro_f1": 0.76}},
+               "regressor": None, "walk_forward": None,
+               "markets": [{**market, "market": "AAA 1d", "strategies": strategies(-0.03)},
+                           {**market, "market": "BBB 1d", "strategies": strategies(0.08)}]}
+    text = render(payload)
+    assert "| AAA 1d | 2023-01-03 .. 2023-12-30 | 250 | -3.00% | +1.00% | +2.00% | -1.00% | +5.00% | 0.500 / 0.010 |" in text
+    assert "Over 2 markets the LLM strategy beat buy & hold in 1, the SMA cross in 1, ridge-on-features in 1" in text
+    assert "Mean return per market: LLM (bars + news) +2.50%" in text
+    assert "**Where the LLM does not help:**" in text  # mean 2.5% against buy & hold's 5%
+    payload["markets"][0]["strategies"] = strategies(0.1)
+    better = render(payload)
+    assert "**Where the LLM does not help:**" not in better and "ridge-on-features in 2" in better
+    assert all(LABELS[v] in text for v in VARIANTS)
