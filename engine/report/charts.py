@@ -45,6 +45,17 @@ def _figure(height: float = 4.6, rows: int = 1, ratios: list[float] | None = Non
     return fig, list(axes[:, 0])
 
 
+def _fill_markers(ax, fills: list) -> None:
+    """Buy and sell fills as up / down triangles at their prices (smaller, unrimmed when there are many)."""
+    dense = len(fills) > 300
+    for side, marker, name in ((1, "^", "buy"), (-1, "v", "sell")):
+        chosen = [f for f in fills if int(f.side) == side]
+        if chosen:
+            ax.scatter(stats.to_datetime(np.array([f.ts_event for f in chosen])), [f.price for f in chosen],
+                       marker=marker, s=14 if dense else 40, color=COLORS[name], zorder=3,
+                       edgecolors="none" if dense else "white", linewidths=0.5, label=f"{name} fills ({len(chosen):,})")
+
+
 def _dates(ax) -> None:
     locator = mdates.AutoDateLocator(minticks=4, maxticks=10)
     ax.xaxis.set_major_locator(locator)
@@ -144,14 +155,7 @@ def price_chart(data: RunData) -> Figure:
             ax.set_title(f"the last {RECENT_BARS:,} bars", loc="left", fontsize=10)
         tt, cc = _thin(ts, closes)
         ax.plot(stats.to_datetime(tt), cc, color="#333", lw=0.9, label=f"{symbol} close")
-        dense = len(fills) > 300
-        for side, marker, name in ((1, "^", "buy"), (-1, "v", "sell")):
-            chosen = [f for f in fills if int(f.side) == side]
-            if chosen:
-                ax.scatter(stats.to_datetime(np.array([f.ts_event for f in chosen])), [f.price for f in chosen],
-                           marker=marker, s=14 if dense else 40, color=COLORS[name], zorder=3,
-                           edgecolors="none" if dense else "white", linewidths=0.5,
-                           label=f"{name} fills ({len(chosen):,})")
+        _fill_markers(ax, fills)
         ax.set_ylabel(f"{symbol} price")
         decimals = 2 if float(np.nanmax(closes)) < 100 else 0
         ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _, d=decimals: f"{x:,.{d}f}"))
@@ -296,15 +300,7 @@ def signal_chart(data: RunData) -> Figure:
     if shown.any():
         tt, cc = _thin(prices[shown], closes[shown])
         top.plot(stats.to_datetime(tt), cc, color="#333", lw=0.9, label=f"{symbol} close")
-        fills = [f for f in data.fills if f.symbol == symbol]
-        dense = len(fills) > 300
-        for side, marker, name in ((1, "^", "buy"), (-1, "v", "sell")):
-            chosen = [f for f in fills if int(f.side) == side]
-            if chosen:
-                top.scatter(stats.to_datetime(np.array([f.ts_event for f in chosen])), [f.price for f in chosen],
-                            marker=marker, s=14 if dense else 36, color=COLORS[name], zorder=3,
-                            edgecolors="none" if dense else "white", linewidths=0.5,
-                            label=f"{name} fills ({len(chosen):,})")
+        _fill_markers(top, [f for f in data.fills if f.symbol == symbol])
         top.legend(loc="best")
     else:
         _empty(top, f"no prices recorded for {symbol}")
