@@ -144,7 +144,7 @@ def _backtest(args: argparse.Namespace) -> int:
             print(note, file=sys.stderr)
     if args.walk_forward:
         return _walk_forward(args, config, plan, progress)
-    _, summary = run_recorded(config, plan, progress=progress, crosscheck=args.crosscheck, report=args.report)
+    _, summary = run_recorded(plan, progress=progress, crosscheck=args.crosscheck, report=args.report)
     if args.json:
         print(json.dumps(summary, allow_nan=False, default=str))
     else:
@@ -157,7 +157,7 @@ def _walk_forward(args: argparse.Namespace, config: Config, plan: Any, progress:
     from engine.walk_forward import format_walk_forward, plot_walk_forward, run_walk_forward
 
     def run_plan(sub: Any, label: str) -> dict[str, Any]:
-        _, summary = run_recorded(config, sub, progress=progress, report=args.report)
+        _, summary = run_recorded(sub, progress=progress, report=args.report)
         if not args.json:
             _stderr(f"{label}: run {summary['run_id']}, return {_pct(summary['metrics']['total_return'])} "
                     f"(buy & hold {_pct(summary['metrics']['buy_and_hold_return'])}), {summary['fills']} fills"

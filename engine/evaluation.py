@@ -41,6 +41,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,7 @@ def evaluate_market(market: Market, store: str, sentiment: dict[str, Any], regre
                     charts: Path) -> dict[str, Any]:
     """The five strategies on ``market``'s traded part; their metrics and a chart."""
     from engine.llm_backtest import llm_plan, setup_llm, translated_errors
+    from strategies.llm_signal import LlmSignal
     from strategies.llm_signals import ridge_signals
 
     config = _config(market, store, sentiment, regressor)
@@ -235,17 +237,17 @@ def evaluate_market(market: Market, store: str, sentiment: dict[str, Any], regre
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for variant in VARIANTS:
         if variant in sources:
-            sub = llm_plan(plan, setup, _factory(setup.params, symbol, sources[variant]), dict(sources[variant].stats))
+            sub = llm_plan(plan, setup, partial(LlmSignal, setup.params, {symbol: sources[variant]}),
+                           dict(sources[variant].stats))
             if variant != "llm":  # the variants without news get none delivered
                 sub = dataclasses.replace(sub, news=[])
-            sub_config = plan.config
         else:
             sub_config = dataclasses.replace(plan.config, run=dataclasses.replace(plan.config.run, strategy=variant))
             sub = dataclasses.replace(plan, config=sub_config, series=[split.trade], news=[],
                                       make_strategy=strategy_factory(sub_config))
         sub = dataclasses.replace(sub, notes=[*sub.notes, f"evaluation: {market.name}, {LABELS[variant]}"],
                                   extra={**sub.extra, "evaluation": {"market": market.name, "variant": variant}})
-        result, summary = run_recorded(sub_config, sub)
+        result, summary = run_recorded(sub)
         rows[variant] = _metrics(summary)
         curves[variant] = (result.equity_ts, result.equity / result.starting_cash)
         _say(f"{market.name}: {LABELS[variant]}: {_pct(rows[variant]['total_return'])} "
@@ -261,12 +263,6 @@ def evaluate_market(market: Market, store: str, sentiment: dict[str, Any], regre
             "regressor": "own (trained on the bars before the cut)" if market.own_regressor else "shared NVDA daily",
             "checkpoints": setup.checkpoints, "seconds": setup.seconds, "strategies": rows,
             "forecasts": forecasts, "chart": str(chart.relative_to(ROOT)) if chart.is_relative_to(ROOT) else str(chart)}
-
-
-def _factory(params: Any, symbol: str, source: Any) -> Any:
-    from strategies.llm_signal import LlmSignal
-
-    return lambda: LlmSignal(params, {symbol: source})
 
 
 def _metrics(summary: dict[str, Any]) -> dict[str, Any]:
@@ -310,7 +306,7 @@ def walk_forward_btc(store: str, sentiment: dict[str, Any], charts: Path) -> dic
     plan = prepare_backtest(config, train_llm=False)
 
     def run_plan(sub: BacktestPlan, label: str) -> dict[str, Any]:
-        _, summary = run_recorded(config, sub)
+        _, summary = run_recorded(sub)
         _say(f"{label}: {_pct(summary['metrics']['total_return'])} (buy & hold "
              f"{_pct(summary['metrics']['buy_and_hold_return'])}), run {summary['run_id']}")
         return summary

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,8 @@ from engine.errors import ConfigError, DataError
 from engine.feeds.series import BarSeries
 from engine.journal import Journal
 from engine.timeutil import iso, parse_instant, parse_timeframe
+
+log = logging.getLogger("engine")
 
 
 @dataclass
@@ -83,13 +87,11 @@ def prepare_backtest(config: Config, *, progress: bool = False, say: Callable[[s
     return plan
 
 
-def run_recorded(config: Config, plan: BacktestPlan, *, progress: bool = False, crosscheck: str | None = None,
+def run_recorded(plan: BacktestPlan, *, progress: bool = False, crosscheck: str | None = None,
                  report: bool = False) -> tuple[BacktestResult, dict[str, Any]]:
-    """Run ``plan``, recording it in the store when ``store.enabled`` (a failed run is marked so);
+    """Run ``plan``, recording it in the store when its ``store.enabled`` (a failed run is marked so);
     the result and its summary (with ``report``: the report written, its path under "report")."""
-    import json
-    import logging
-
+    config = plan.config
     recording = None
     if config.store.enabled:  # the run's row exists (status "running") before its first event
         from engine.store.commands import open_recording
@@ -115,7 +117,7 @@ def run_recorded(config: Config, plan: BacktestPlan, *, progress: bool = False, 
         from engine.store.commands import write_run_report
 
         summary["report"] = str(write_run_report(config, result.run_id))
-    logging.getLogger("engine").info("run %s finished: %s", result.run_id, json.dumps(
+    log.info("run %s finished: %s", result.run_id, json.dumps(
         {k: summary[k] for k in ("bars", "fills", "final_equity")}))
     return result, summary
 

@@ -92,18 +92,19 @@ def run_walk_forward(plan: BacktestPlan, run_plan: RunPlan, *, progress: bool = 
             symbol = split.trade.symbol
             oos_source = setup.precompute()
             is_start = int(split.train.ts_open[max(0, len(split.train) - in_sample)])
-            is_news = [n for n in split.train_news if n.ts_event >= is_start - lookback]
+            is_news = [n for n in split.train_news if n.ts_event >= is_start - lookback]  # with their context
             is_source = setup.precompute(start_ms=is_start, news=is_news, bars=split.train)
+        is_delivered = [n for n in is_news if n.ts_event >= is_start]
         oos_plan = llm_plan(fold_plan, setup, partial(LlmSignal, setup.params, {symbol: oos_source}),
                             dict(oos_source.stats))
         is_series = split.train.between(is_start, None)
         is_plan = dataclasses.replace(
-            oos_plan, series=[is_series], news=[n for n in is_news if n.ts_event >= is_start],
+            oos_plan, series=[is_series], news=is_delivered,
             make_strategy=partial(LlmSignal, setup.params, {symbol: is_source}),
             notes=[*plan.notes, f"llm walk-forward {label}: IN SAMPLE, trading the last {len(is_series):,} bars "
                                 "the adapters were trained on"],
             extra={**oos_plan.extra, "predictions": dict(is_source.stats),
-                   "trade_period": {**_span(is_series), "headlines": len([n for n in is_news if n.ts_event >= is_start])}})
+                   "trade_period": {**_span(is_series), "headlines": len(is_delivered)}})
         fold_info = {"fold": fold.index + 1, "of": len(all_folds)}
         results = {}
         for sample, sub in (("in_sample", is_plan), ("out_of_sample", oos_plan)):
