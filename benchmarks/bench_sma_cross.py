@@ -74,7 +74,7 @@ def run_ours(n: int) -> dict[str, Any]:
     from engine.backtest import run_backtest
     from engine.costs import CostModels, FixedBps
     from engine.domain import Instrument
-    from engine.feeds.series import BarSeries
+    from engine.series import BarSeries
     from strategies.sma_cross import SmaCross
 
     b = stitched_bars(n)

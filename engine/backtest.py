@@ -1,5 +1,6 @@
 """Backtests: merge bar and news history into one time-ordered stream and run it through the
-shared ``EventLoop``.
+kernel (``engine.kernel``) with the backtest's parts: a simulated clock, histories over the
+series, the simulated broker and simulated funding.
 
 Ordering (DESIGN.md): a bar's event time is its close; at equal times news comes before bars, so a
 decision at a bar close sees every headline published up to that instant and nothing later. Bars
@@ -20,14 +21,16 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.brokers.simulated import FillMode, SimulatedBroker
-from engine.context import StrategyContext
+from engine.clock import SimulatedClock
 from engine.costs import CostModels
 from engine.domain import Bar, Fill, FundingPayment, Instrument, News, Order, Rejection
-from engine.feeds.series import BarSeries
+from engine.funding import SimulatedFunding
+from engine.history import BarHistory
 from engine.journal import Journal
-from engine.loop import EventLoop
+from engine.kernel import Kernel, Parts, assemble
 from engine.metrics import Metrics, compute_metrics
-from engine.portfolio import Ledgers, Portfolio
+from engine.portfolio import Ledgers
+from engine.series import BarSeries
 
 _NEWS, _BAR = 0, 1  # sort priority at equal timestamps
 
@@ -138,6 +141,20 @@ def buy_and_hold_return(series: Sequence[BarSeries]) -> float | None:
     return float(np.mean(rets)) if rets else None
 
 
+def backtest_parts(series: Sequence[BarSeries], instruments: Mapping[str, Instrument], costs: CostModels,
+                   fill_mode: FillMode = "next_open") -> Parts:
+    """The backtest's parts: time jumps to each event, history grows over the series in memory,
+    fills are simulated against the bars and funding from the cost model's rates."""
+    if fill_mode not in ("next_open", "close"):
+        raise ValueError(f"fill_mode must be 'next_open' or 'close', got {fill_mode!r}")
+    start = min((int(s.ts_open[0]) for s in series if len(s)), default=0)
+    return Parts(
+        clock=SimulatedClock(start), histories={s.symbol: BarHistory.of_series(s) for s in series},
+        broker=lambda portfolio, emit, clock: SimulatedBroker(portfolio, instruments, costs, emit=emit,
+                                                              fill_mode=fill_mode, clock=clock),
+        funding=SimulatedFunding(costs.funding))
+
+
 def run_backtest(strategy: Any, series: Sequence[BarSeries], instruments: Mapping[str, Instrument], *,
                  news: Sequence[News] = (), starting_cash: float = 10_000.0, costs: CostModels | None = None,
                  fill_mode: FillMode = "next_open", run_id: str | None = None, progress: bool = False,
@@ -153,23 +170,26 @@ def run_backtest(strategy: Any, series: Sequence[BarSeries], instruments: Mappin
         raise ValueError(f"no instrument definition for {missing}")
     costs = costs or CostModels()
     run_id = run_id or new_run_id()
-    portfolio = Portfolio(starting_cash)
-    loop = EventLoop(portfolio, instruments, costs.funding, check_invariants=check_invariants, journal=journal)
-    broker = SimulatedBroker(portfolio, instruments, costs, emit=loop.on_broker_event, fill_mode=fill_mode)
-    by_symbol = {s.symbol: s for s in series}
-    ctx = StrategyContext(run_id=run_id, portfolio=portfolio, broker=broker, instruments=instruments,
-                          series=by_symbol, emit=loop.on_broker_event, on_order=loop.on_order,
-                          on_cancel=loop.on_cancel, costs=costs, journal=journal)
-    loop.bind(strategy, ctx, broker)
-    news = sorted(news, key=lambda n: n.ts_event)
-    runs = event_runs(series, news)
-    bar_iters = [iter_bars(s) for s in series]  # a series' bars come in row order, run after run
-
+    kernel = assemble("backtest", backtest_parts(series, instruments, costs, fill_mode), strategy=strategy,
+                      instruments=instruments, costs=costs, starting_cash=starting_cash, run_id=run_id,
+                      journal=journal, check_invariants=check_invariants)
     started = time.perf_counter()
-    if series[0].ts_open.size:
-        ctx.time = int(min(s.ts_open[0] for s in series if len(s)))
-    loop.start()
-    process_bar, process_news = loop.process_bar, loop.process_news
+    kernel.ctx.time = kernel.clock.now()
+    kernel.start()
+    drive(kernel, series, news, progress=progress)
+    kernel.stop()
+    elapsed = time.perf_counter() - started
+    return backtest_result(kernel, series, fill_mode=fill_mode, elapsed=elapsed)
+
+
+def drive(kernel: Kernel, series: Sequence[BarSeries], news: Sequence[News], *, progress: bool = False,
+          checkpoint_every: int = 20_000) -> None:
+    """Deliver the merged history to ``kernel``, in runs of one source (no per-event look-up), with a
+    checkpoint every ``checkpoint_every`` events."""
+    news = sorted(news, key=lambda n: n.ts_event)
+    runs = event_runs(series, news, max_run=checkpoint_every)
+    bar_iters = [iter_bars(s) for s in series]  # a series' bars come in row order, run after run
+    process_bar, process_news = kernel.loop.process_bar, kernel.loop.process_news
     total = sum(count for _, _, count in runs)
     since_checkpoint = 0
     with tqdm(total=total, disable=not progress, unit="ev", mininterval=0.5, leave=False) as bar_progress:
@@ -178,28 +198,28 @@ def run_backtest(strategy: Any, series: Sequence[BarSeries], instruments: Mappin
                 for row in range(first, first + count):
                     process_news(news[row])
             else:
-                for row, bar in zip(range(first, first + count), islice(bar_iters[src], count)):
-                    process_bar(bar, row)
+                for bar in islice(bar_iters[src], count):
+                    process_bar(bar)
             since_checkpoint += count
-            if since_checkpoint >= 20_000:
-                loop.checkpoint()
+            if since_checkpoint >= checkpoint_every:
+                kernel.checkpoint()
                 bar_progress.update(since_checkpoint)
                 since_checkpoint = 0
-    loop.stop()
-    loop.checkpoint()
-    elapsed = time.perf_counter() - started
 
+
+def backtest_result(kernel: Kernel, series: Sequence[BarSeries], *, fill_mode: str, elapsed: float) -> BacktestResult:
+    loop, portfolio, strategy = kernel.loop, kernel.portfolio, kernel.strategy
     strategy_summary = getattr(strategy, "summary", None)  # figures the strategy adds (Strategy.summary)
     ts, equity, gross = loop.equity_curve()
     metrics = compute_metrics(ts=ts, equity=equity, gross_exposure=gross, fills=loop.fills,
-                              starting_equity=starting_cash, costs=portfolio.ledgers.as_dict(),
+                              starting_equity=portfolio.starting_cash, costs=portfolio.ledgers.as_dict(),
                               buy_and_hold_return=buy_and_hold_return(series))
     return BacktestResult(
-        run_id=run_id, strategy=getattr(strategy, "name", type(strategy).__name__), symbols=tuple(symbols),
-        timeframe_ms=series[0].timeframe_ms, bars=loop.bars_seen, news=loop.news_seen,
-        orders=tuple(loop.orders), fills=tuple(loop.fills), rejections=tuple(loop.rejections),
-        funding_payments=tuple(loop.funding_payments), starting_cash=starting_cash,
-        final_equity=float(equity[-1]) if len(equity) else starting_cash, ledgers=portfolio.ledgers,
+        run_id=kernel.run_id, strategy=getattr(strategy, "name", type(strategy).__name__),
+        symbols=tuple(s.symbol for s in series), timeframe_ms=series[0].timeframe_ms, bars=loop.bars_seen,
+        news=loop.news_seen, orders=tuple(loop.orders), fills=tuple(loop.fills), rejections=tuple(loop.rejections),
+        funding_payments=tuple(loop.funding_payments), starting_cash=portfolio.starting_cash,
+        final_equity=float(equity[-1]) if len(equity) else portfolio.starting_cash, ledgers=portfolio.ledgers,
         equity_ts=ts, equity=equity, gross_exposure=gross, metrics=metrics, elapsed_seconds=elapsed,
         fill_mode=fill_mode, extra=dict(strategy_summary()) if strategy_summary is not None else {},
     )

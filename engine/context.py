@@ -1,7 +1,8 @@
-"""What a strategy sees and can do: the portfolio, recent history, and order methods.
+"""What a strategy sees and can do: the portfolio, the history so far, timers and order methods.
 
-The same context class serves backtests, the paper daemon and live trading; only the broker behind
-it changes. Quantities are signed: positive buys, negative sells.
+The same context class serves backtests, the paper daemon and live trading; only the clock and the
+broker behind it change. Quantities are signed: positive buys, negative sells. Every order gets a
+client order id from ``engine.order_ids`` (deterministic per decision, unique across restarts).
 """
 
 from __future__ import annotations
@@ -13,65 +14,76 @@ from typing import Any
 import numpy as np
 
 from engine.broker import Broker, BrokerEvent
+from engine.clock import Clock, TimerCallback
 from engine.costs import CostModels
 from engine.domain import Instrument, Order, OrderType, Rejection, Side
-from engine.feeds.series import BarSeries
+from engine.history import BarHistory
 from engine.journal import Journal
+from engine.order_ids import OrderIds
 from engine.portfolio import Portfolio
 from engine.risk import check_new_order
 
 
 class StrategyContext:
     def __init__(self, *, run_id: str, portfolio: Portfolio, broker: Broker, instruments: Mapping[str, Instrument],
-                 series: Mapping[str, BarSeries], emit: Callable[[BrokerEvent], None],
-                 on_order: Callable[[Order], None], on_cancel: Callable[[str, int], None],
-                 costs: CostModels | None = None, journal: Journal | None = None) -> None:
+                 histories: Mapping[str, BarHistory], emit: Callable[[BrokerEvent], None],
+                 on_order: Callable[[Order], None], clock: Clock, on_timer: TimerCallback | None = None,
+                 costs: CostModels | None = None, journal: Journal | None = None,
+                 order_ids: OrderIds | None = None) -> None:
         self.run_id = run_id
         self.portfolio = portfolio
         self.instruments = instruments
-        # The run's spread, slippage and funding models (fees come from the instrument), for strategies
-        # that weigh an expected move against what a trade costs; None where the host has none.
+        # The run's fee, spread, slippage and funding models, for strategies that weigh an expected
+        # move against what a trade costs; None where the host has none.
         self.costs = costs
+        self.clock = clock
         self._journal = journal
         self._broker = broker
-        self._series = series
+        self._histories = histories
         self._emit = emit
         self._on_order = on_order
-        self._on_cancel = on_cancel
-        self._order_seq = 0
-        self.time = 0  # epoch ms of the event being handled
-        self.index: dict[str, int] = dict.fromkeys(series, -1)  # last bar seen per symbol
+        self._on_timer = on_timer
+        self._ids = order_ids if order_ids is not None else OrderIds(run_id)
+        self.time = 0  # epoch ms of the event being handled: an order's decision time
 
     # -- reading -------------------------------------------------------------------------------
     @property
     def symbols(self) -> list[str]:
-        return list(self._series)
+        return list(self._histories)
 
     @property
     def equity(self) -> float:
         return self.portfolio.equity
+
+    def now(self) -> int:
+        """The clock's time: the event's time in a backtest, the exchange's time in a daemon."""
+        return self.clock.now()
 
     def position(self, symbol: str) -> float:
         """Signed quantity held."""
         return self.portfolio.quantity(symbol)
 
     def last_price(self, symbol: str) -> float:
-        i = self.index[symbol]
-        if i < 0:
-            raise LookupError(f"no bar of {symbol} has closed yet")
-        return float(self._series[symbol].close[i])
+        """The close of the last bar of ``symbol`` (``LookupError`` before the first)."""
+        return self._histories[symbol].last("close")
+
+    def bars_seen(self, symbol: str) -> int:
+        """How many bars of ``symbol`` have closed so far, this one included."""
+        return self._histories[symbol].count
 
     def history(self, symbol: str, field: str = "close", n: int | None = None) -> np.ndarray:
-        """The last ``n`` values (all if ``None``) of ``field`` up to the current bar, inclusive.
+        """The last ``n`` values (all held if ``None``) of ``field`` up to the current bar, inclusive.
         A read-only view: nothing after the current bar is reachable."""
-        series = self._series[symbol]
-        if field not in ("ts_open", "open", "high", "low", "close", "volume"):
-            raise ValueError(f"unknown bar field {field!r}")
-        end = self.index[symbol] + 1
-        start = 0 if n is None else max(0, end - n)
-        view = getattr(series, field)[start:end]
-        view.flags.writeable = False
-        return view
+        return self._histories[symbol].view(field, n)
+
+    def set_timer(self, name: str, at_ms: int) -> None:
+        """Call the strategy's ``on_timer(ctx, name)`` once the clock reaches ``at_ms``."""
+        if self._on_timer is None:
+            raise RuntimeError("this host runs no timers")
+        self.clock.set_timer(name, at_ms, self._on_timer)
+
+    def cancel_timer(self, name: str) -> bool:
+        return self.clock.cancel_timer(name)
 
     def open_orders(self, symbol: str | None = None) -> list[Order]:
         return self._broker.open_orders(symbol)
@@ -99,11 +111,14 @@ class StrategyContext:
     def market(self, symbol: str, quantity: float, tag: str = "") -> Order | None:
         return self._submit(symbol, quantity, OrderType.MARKET, None, tag)
 
-    def limit(self, symbol: str, quantity: float, price: float, tag: str = "") -> Order | None:
-        return self._submit(symbol, quantity, OrderType.LIMIT, price, tag)
+    def limit(self, symbol: str, quantity: float, price: float, tag: str = "",
+              expire_ms: int | None = None) -> Order | None:
+        """A resting limit order, good till cancelled or, with ``expire_ms``, till that instant."""
+        return self._submit(symbol, quantity, OrderType.LIMIT, price, tag, expire_ms)
 
-    def stop(self, symbol: str, quantity: float, price: float, tag: str = "") -> Order | None:
-        return self._submit(symbol, quantity, OrderType.STOP, price, tag)
+    def stop(self, symbol: str, quantity: float, price: float, tag: str = "",
+             expire_ms: int | None = None) -> Order | None:
+        return self._submit(symbol, quantity, OrderType.STOP, price, tag, expire_ms)
 
     def target_quantity(self, symbol: str, target: float, tag: str = "") -> Order | None:
         """Trade (at market) the difference between ``target`` and the position plus open market
@@ -125,27 +140,26 @@ class StrategyContext:
         return self.target_quantity(symbol, 0.0, tag)
 
     def cancel(self, client_order_id: str) -> bool:
-        cancelled = self._broker.cancel(client_order_id)
-        if cancelled:
-            self._on_cancel(client_order_id, self.time)
-        return cancelled
+        """Ask to cancel an open order (``on_order_cancelled`` follows); ``False`` if it is not open."""
+        return self._broker.cancel(client_order_id)
 
-    def _submit(self, symbol: str, quantity: float, type_: OrderType, price: float | None, tag: str) -> Order | None:
+    def _submit(self, symbol: str, quantity: float, type_: OrderType, price: float | None, tag: str,
+                expire_ms: int | None = None) -> Order | None:
         inst = self.instruments.get(symbol)
         if inst is None:
             raise KeyError(f"unknown symbol {symbol!r}; this run trades {', '.join(self.instruments)}")
-        self._order_seq += 1
-        order_id = f"{self.run_id}-{self._order_seq}"
+        order_id = self._ids.next(self.time)
         requested = abs(quantity) if math.isfinite(quantity) else quantity
         rounded = inst.round_quantity(requested) if math.isfinite(requested) and requested > 0 else 0.0
         if price is not None and math.isfinite(price) and price > 0:
             price = inst.round_price(price)
-        notional_price = price if price is not None else (self.last_price(symbol) if self.index[symbol] >= 0 else None)
+        history = self._histories[symbol]
+        notional_price = price if price is not None else (history.last("close") if len(history) else None)
         reason = check_new_order(inst, requested, rounded, notional_price)
         order = Order(
             client_order_id=order_id, symbol=symbol, side=Side.of(quantity), type=type_, quantity=rounded,
             ts_init=self.time, limit_price=price if type_ is OrderType.LIMIT else None,
-            stop_price=price if type_ is OrderType.STOP else None, tag=tag,
+            stop_price=price if type_ is OrderType.STOP else None, tag=tag, expire_ms=expire_ms,
         )
         self._on_order(order)  # recorded before its outcome, whatever that is
         if reason is not None:

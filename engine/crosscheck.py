@@ -27,10 +27,25 @@ import numpy as np
 import pandas as pd
 
 from engine.backtest import BacktestResult
+from engine.clock import SimulatedClock
 from engine.context import StrategyContext
 from engine.costs import FixedBps, InstrumentFees
-from engine.domain import Bar, ContractType, Fill, Liquidity, Order, OrderType, Rejection, Side
-from engine.session import BacktestPlan
+from engine.domain import (
+    Bar,
+    ContractType,
+    Fill,
+    Liquidity,
+    Order,
+    OrderAccepted,
+    OrderCancelled,
+    OrderEvent,
+    OrderType,
+    Rejection,
+    Side,
+)
+from engine.history import BarHistory
+from engine.loop import strategy_hook
+from engine.plan import BacktestPlan
 from engine.timeutil import iso
 
 CENT = 0.005  # "to the cent": largest final-equity difference still called agreement
@@ -100,6 +115,7 @@ class _Relay:
 
     def submit(self, order: Order) -> None:
         self.open[order.client_order_id] = order
+        self._host.notices.append(OrderAccepted(order.client_order_id, order.symbol, order.ts_init))
         if order.type is OrderType.LIMIT and self._host.limit_problem:
             self._host.unsupported.add(f"limit orders with {self._host.limit_problem}")
         place_on = int(np.searchsorted(self._host.bars.ts_open, order.ts_init, side="left")) - 1
@@ -140,6 +156,7 @@ class _Relay:
             if order in held:
                 held.remove(order)
         self.done(order)
+        self._host.notices.append(OrderCancelled(client_order_id, order.symbol, self._host.ctx.time))
         return True
 
     def open_orders(self, symbol: str | None = None) -> list[Order]:
@@ -171,13 +188,14 @@ class _Host(bt.Strategy):
         self.fills: list[Fill] = []
         self.rejections: list[Rejection] = []
         self.unsupported: set[str] = set()
-        self.notices: list[Fill | Rejection] = []
+        self.notices: list[OrderEvent] = []
         self.relay = _Relay(self)
+        self.history = BarHistory.of_series(self.bars)
         self.ctx = StrategyContext(
             run_id=self.p.run_id, portfolio=_Account(self, plan.config.run.starting_cash),  # type: ignore[arg-type]
-            broker=self.relay, instruments=plan.instruments, series={self.symbol: self.bars},
-            emit=self._emit, costs=plan.costs,
-            on_order=lambda order: None, on_cancel=lambda order_id, ts: None)  # compared, not journaled
+            broker=self.relay, instruments=plan.instruments, histories={self.symbol: self.history},
+            emit=self._emit, costs=plan.costs, clock=SimulatedClock(int(self.bars.ts_open[0])),
+            on_order=lambda order: None)  # compared, not journaled
 
     # -- strategy hooks, in the order of engine.loop ----------------------------------------------
     def start(self) -> None:
@@ -191,11 +209,12 @@ class _Host(bt.Strategy):
             self._headlines_until(self.ts_close[0])
         self.relay.release(i)
         ctx = self.ctx
-        ctx.index[self.symbol], ctx.time = i, self.ts_close[i]
-        self._deliver()
         d = self.data
         bar = Bar(self.symbol, self.ts_open[i], self.ts_close[i], d.open[0], d.high[0], d.low[0], d.close[0],
                   d.volume[0])
+        ctx.time = self.ts_close[i]
+        self.history.append(bar)
+        self._deliver()
         self.strategy.on_bar(ctx, bar)
         self._deliver()
         self._headlines_until(self.ts_close[i + 1] if i + 1 < len(self.ts_close) else math.inf)
@@ -213,7 +232,7 @@ class _Host(bt.Strategy):
             self.strategy.on_news(self.ctx, item)
             self._deliver()
 
-    def _emit(self, event: Fill | Rejection) -> None:
+    def _emit(self, event: OrderEvent) -> None:
         if type(event) is Rejection:
             self.rejections.append(event)
         self.notices.append(event)
@@ -221,10 +240,7 @@ class _Host(bt.Strategy):
     def _deliver(self) -> None:
         while self.notices:
             event = self.notices.pop(0)
-            if type(event) is Fill:
-                self.strategy.on_fill(self.ctx, event)
-            else:
-                self.strategy.on_order_rejected(self.ctx, event)
+            strategy_hook(self.strategy, event)(self.ctx, event)
 
     # -- backtrader's notifications -----------------------------------------------------------------
     def notify_order(self, order: bt.Order) -> None:

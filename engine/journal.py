@@ -2,24 +2,50 @@
 
 The loop calls these methods as events occur; ``checkpoint`` marks a safe point at which buffered
 records may be written in one transaction (every few thousand events in a backtest, after every
-event in the paper and live daemons). The SQLite store implements it; ``None`` means no record.
+event in the paper and live daemons). The store implements it (``engine.store.journal``); ``None``
+means no record.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from engine.domain import Fill, FundingPayment, News, Order, Rejection
+import numpy as np
 
-if TYPE_CHECKING:
-    from engine.loop import EventLoop
+from engine.domain import (
+    Fill,
+    FundingPayment,
+    News,
+    Order,
+    OrderAccepted,
+    OrderCancelled,
+    OrderExpired,
+    Rejection,
+)
+from engine.history import BarHistory
+from engine.portfolio import Portfolio
+
+
+class LoopState(Protocol):
+    """What a checkpoint reads of the running loop."""
+
+    portfolio: Portfolio
+    histories: Mapping[str, BarHistory]
+    bars_seen: int
+
+    @property
+    def time(self) -> int:
+        """The time of the event being handled."""
+
+    def equity_since(self, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 class Journal(Protocol):
     def order_submitted(self, order: Order) -> None: ...
 
-    def order_cancelled(self, client_order_id: str, ts: int) -> None: ...
+    def order_event(self, event: OrderAccepted | OrderCancelled | OrderExpired) -> None:
+        """An order was accepted, cancelled or expired (fills and rejections have their own methods)."""
 
     def fill(self, fill: Fill) -> None: ...
 
@@ -39,6 +65,6 @@ class Journal(Protocol):
                    input_text: str | None = None) -> None:
         """A model output a strategy used (``StrategyContext.record_prediction``)."""
 
-    def checkpoint(self, loop: EventLoop) -> None:
+    def checkpoint(self, state: LoopState) -> None:
         """Write what is buffered; equity points since the last checkpoint are
-        ``loop.equity_since(n)``, positions are ``loop.portfolio.positions``."""
+        ``state.equity_since(n)``, positions are ``state.portfolio.positions``."""

@@ -41,11 +41,11 @@ import numpy as np
 from engine.config import Config, LlmConfig
 from engine.domain import News
 from engine.errors import ConfigError, DataError
-from engine.feeds.series import BarSeries
+from engine.series import BarSeries
 from engine.timeutil import iso
 
 if TYPE_CHECKING:
-    from engine.session import BacktestPlan
+    from engine.plan import BacktestPlan
 
 log = logging.getLogger("engine.llm")
 Say = Callable[[str], None]

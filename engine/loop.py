@@ -1,15 +1,20 @@
-"""The event loop: hands bars and headlines to one strategy in time order, routes broker events to
-the portfolio, settles funding and records equity.
+"""The event loop: hands bars, headlines and timers to one strategy in time order, routes broker
+events to the order book and the portfolio, takes funding from its source and records equity.
 
 The same ``EventLoop`` serves backtests (``engine.backtest`` feeds it a merged history) and the
-paper and live daemons (which feed it events as they arrive). Per bar, in this order:
+paper and live daemons (which feed it events as they arrive); ``engine.kernel`` assembles it. Per
+bar, in this order:
 
 1. the broker fills what the bar reaches (orders decided before the bar opened);
-2. perpetual funding is settled for every settlement instant up to the bar's close;
-3. positions are marked at the close;
-4. fill and rejection notices go to the strategy (``on_fill``, ``on_order_rejected``);
-5. the strategy's ``on_bar`` runs, then any notices it caused;
+2. perpetual funding due up to the bar's close comes from the funding source and is applied;
+3. positions are marked at the close and the bar is appended to its symbol's history;
+4. order events (accepted, fills, cancels, expiries, rejections) go to the strategy;
+5. the strategy's ``on_bar`` runs, then any events it caused;
 6. equity (cash + position values) is recorded at the bar's close time.
+
+``ctx.time`` is the time of the event being handled (a bar's close, a headline's publish time, a
+timer's instant): what an order's decision time is, in every mode. With a simulated clock the loop
+moves the clock to each event first, so timers due by then fire before it.
 """
 
 from __future__ import annotations
@@ -17,28 +22,57 @@ from __future__ import annotations
 from array import array
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.broker import Broker, BrokerEvent
-from engine.context import StrategyContext
-from engine.costs import FundingModel, next_funding_time
-from engine.domain import Bar, Fill, FundingPayment, Instrument, News, Order, Rejection
+from engine.clock import Clock, SimulatedClock
+from engine.domain import (
+    Bar,
+    Fill,
+    FundingPayment,
+    Instrument,
+    News,
+    Order,
+    OrderAccepted,
+    OrderCancelled,
+    OrderExpired,
+    Rejection,
+)
+from engine.funding import FundingSource
+from engine.history import BarHistory
 from engine.journal import Journal
+from engine.orders import OrderBook
 from engine.portfolio import Portfolio
+
+if TYPE_CHECKING:
+    from engine.context import StrategyContext
+
+# The strategy hook each order event goes to.
+_HOOKS = {Fill: "on_fill", Rejection: "on_order_rejected", OrderAccepted: "on_order_accepted",
+          OrderCancelled: "on_order_cancelled", OrderExpired: "on_order_expired"}
+
+
+def strategy_hook(strategy: Any, event: BrokerEvent) -> Any:
+    """The strategy's method for ``event`` (``on_fill``, ``on_order_rejected``, ...)."""
+    return getattr(strategy, _HOOKS[type(event)])
 
 
 class EventLoop:
-    def __init__(self, portfolio: Portfolio, instruments: Mapping[str, Instrument], funding: FundingModel,
-                 *, check_invariants: bool = False, journal: Journal | None = None) -> None:
+    def __init__(self, portfolio: Portfolio, instruments: Mapping[str, Instrument], funding: FundingSource,
+                 histories: Mapping[str, BarHistory], *, clock: Clock | None = None, check_invariants: bool = False,
+                 journal: Journal | None = None, book: OrderBook | None = None) -> None:
         self.portfolio = portfolio
         self.instruments = instruments
+        self.histories = histories
+        self.clock: Clock = clock if clock is not None else SimulatedClock()
+        self._advance = getattr(self.clock, "advance_to", None)  # simulated clocks only
         self._funding = funding
         self._check = check_invariants
         self.journal = journal
+        self.book = book if book is not None else OrderBook()
         self._notices: deque[BrokerEvent] = deque()
-        self._next_funding: dict[str, int] = {}
         self._perpetuals = frozenset(s for s, inst in instruments.items() if inst.pays_funding)
         self.orders: list[Order] = []
         self.fills: list[Fill] = []
@@ -61,41 +95,46 @@ class EventLoop:
         # Bound once: process_bar runs a million times in a long backtest.
         self._broker_on_bar = broker.on_bar
         self._strategy_on_bar = strategy.on_bar
-        self._index = ctx.index
+        self._append = {symbol: h.append for symbol, h in self.histories.items()}
+
+    @property
+    def time(self) -> int:
+        """The time of the event being handled."""
+        return self.ctx.time if self.ctx is not None else 0
 
     # -- order and broker events ---------------------------------------------------------------
     def on_order(self, order: Order) -> None:
         """Called by the context for every order a strategy makes, before its outcome."""
+        self.book.add(order)
         self.orders.append(order)
         if self.journal is not None:
             self.journal.order_submitted(order)
 
-    def on_cancel(self, client_order_id: str, ts: int) -> None:
-        if self.journal is not None:
-            self.journal.order_cancelled(client_order_id, ts)
-
     def on_broker_event(self, event: BrokerEvent) -> None:
-        """Called by the broker and the context. Fills are applied at once (so the next fill's
-        cash check sees them); the strategy hears of them after the current step."""
-        if type(event) is Fill:
-            self.portfolio.apply_fill(event)
-            self.fills.append(event)
-            if self.journal is not None:
-                self.journal.fill(event)
-        else:
-            self.rejections.append(event)
-            if self.journal is not None:
-                self.journal.rejection(event)
+        """Called by the broker and the context. The order book checks the event against the order's
+        state; fills are applied at once (so the next fill's cash check sees them); the strategy
+        hears of every event after the current step."""
+        self.book.apply(event)
+        kind = type(event)
+        journal = self.journal
+        if kind is Fill:
+            self.portfolio.apply_fill(event)  # type: ignore[arg-type]
+            self.fills.append(event)  # type: ignore[arg-type]
+            if journal is not None:
+                journal.fill(event)  # type: ignore[arg-type]
+        elif kind is Rejection:
+            self.rejections.append(event)  # type: ignore[arg-type]
+            if journal is not None:
+                journal.rejection(event)  # type: ignore[arg-type]
+        elif journal is not None:
+            journal.order_event(event)
         self._notices.append(event)
 
     def _notify(self) -> None:
         strategy, ctx = self.strategy, self.ctx
         while self._notices:
             event = self._notices.popleft()
-            if type(event) is Fill:
-                strategy.on_fill(ctx, event)
-            else:
-                strategy.on_order_rejected(ctx, event)
+            strategy_hook(strategy, event)(ctx, event)
 
     # -- life cycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -107,8 +146,19 @@ class EventLoop:
         self._notify()
 
     # -- events --------------------------------------------------------------------------------
+    def on_timer(self, name: str, at_ms: int) -> None:
+        """A timer the strategy set (``ctx.set_timer``) is due."""
+        ctx = self.ctx
+        assert ctx is not None
+        ctx.time = at_ms
+        self.strategy.on_timer(ctx, name)
+        if self._notices:
+            self._notify()
+
     def process_news(self, news: News) -> None:
         ctx = self.ctx
+        if self._advance is not None:
+            self._advance(news.ts_event)
         ctx.time = news.ts_event
         self.news_seen += 1
         if self.journal is not None:
@@ -117,19 +167,20 @@ class EventLoop:
         if self._notices:
             self._notify()
 
-    def process_bar(self, bar: Bar, row: int) -> None:
-        """``row`` is the bar's index in its series (what ``ctx.history`` may read up to)."""
+    def process_bar(self, bar: Bar) -> None:
         ctx = self.ctx
         symbol, _, ts, _, _, _, close, _ = bar
+        if self._advance is not None:
+            self._advance(ts)
         ctx.time = ts
         self.bars_seen += 1
         self._broker_on_bar(bar)
+        positions = self._positions
         if symbol in self._perpetuals:
             self._settle_funding(bar)
-        positions = self._positions
         pos = positions.get(symbol) or self.portfolio.position(symbol)
         pos.last_price = close
-        self._index[symbol] = row
+        self._append[symbol](bar)
         if self._notices:
             self._notify()
         self._strategy_on_bar(ctx, bar)
@@ -154,24 +205,11 @@ class EventLoop:
             self.portfolio.check_invariants()
 
     def _settle_funding(self, bar: Bar) -> None:
-        """Settle every funding instant in (previous close, this close]. The mark price is the close
-        when the instant is the bar's close, else the bar's open (the last price known then)."""
-        symbol = bar.symbol
-        due = self._next_funding.get(symbol)
-        if due is None:
-            due = self._next_funding[symbol] = next_funding_time(bar.ts_open)
-        while due <= bar.ts_event:
-            qty = self.portfolio.quantity(symbol)
-            if qty != 0.0:
-                mark = bar.close if due == bar.ts_event else bar.open
-                rate = self._funding.rate(symbol, due)
-                payment = FundingPayment(symbol, due, rate, mark, qty, qty * mark * rate)
-                self.portfolio.apply_funding(payment)
-                self.funding_payments.append(payment)
-                if self.journal is not None:
-                    self.journal.funding(payment)
-            due = next_funding_time(due)
-        self._next_funding[symbol] = due
+        for payment in self._funding.due(bar, self.portfolio.quantity(bar.symbol)):
+            self.portfolio.apply_funding(payment)
+            self.funding_payments.append(payment)
+            if self.journal is not None:
+                self.journal.funding(payment)
 
     def checkpoint(self) -> None:
         """A safe point to persist what the journal buffered."""

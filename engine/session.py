@@ -8,52 +8,19 @@ import difflib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.backtest import BacktestResult, run_backtest
+from engine.backtest import BacktestResult
 from engine.config import Config, build
 from engine.costs import ConstantFunding, CostModels, FixedBps, FundingModel, InstrumentFees
 from engine.domain import DEFAULT_FEES, ContractType, Instrument, News
 from engine.errors import ConfigError, DataError
-from engine.feeds.series import BarSeries
-from engine.journal import Journal
+from engine.plan import BacktestPlan
+from engine.series import BarSeries
 from engine.timeutil import iso, parse_instant, parse_timeframe
 
 log = logging.getLogger("engine")
-
-
-@dataclass
-class BacktestPlan:
-    config: Config
-    series: list[BarSeries]
-    news: list[News]
-    instruments: dict[str, Instrument]
-    costs: CostModels
-    make_strategy: Callable[[], Any]
-    data_label: str
-    notes: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)  # more summary keys (the LLM strategy's periods, checkpoints)
-
-    def run(self, *, progress: bool = False, check_invariants: bool = False, journal: Journal | None = None,
-            run_id: str | None = None) -> BacktestResult:
-        return run_backtest(self.make_strategy(), self.series, self.instruments, news=self.news,
-                            starting_cash=self.config.run.starting_cash, costs=self.costs,
-                            fill_mode=self.config.run.fill_mode, progress=progress,
-                            check_invariants=check_invariants, journal=journal, run_id=run_id)
-
-    def describe(self) -> dict[str, Any]:
-        s = self.series[0]
-        return {
-            "data": self.data_label,
-            "timeframe": s.timeframe,
-            "start": iso(int(s.ts_open[0])) if len(s) else None,
-            "end": iso(int(s.ts_close[-1])) if len(s) else None,
-            "contract": self.instruments[s.symbol].contract.value,
-            "notes": self.notes,
-            **self.extra,
-        }
 
 
 def prepare_backtest(config: Config, *, progress: bool = False, say: Callable[[str], None] | None = None,

@@ -28,7 +28,7 @@ from typing import Any
 
 from engine.config import WalkForwardSettings
 from engine.errors import ConfigError
-from engine.session import BacktestPlan
+from engine.plan import BacktestPlan
 from engine.timeutil import iso
 
 RunPlan = Callable[[BacktestPlan, str], dict[str, Any]]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from engine.context import StrategyContext
-    from engine.domain import Bar, Fill, News, Rejection
+    from engine.domain import Bar, Fill, News, OrderAccepted, OrderCancelled, OrderExpired, Rejection
 
 
 class Strategy:
@@ -42,6 +42,18 @@ class Strategy:
 
     def on_order_rejected(self, ctx: StrategyContext, rejection: Rejection) -> None:
         """An order was refused; ``rejection.reason`` says why."""
+
+    def on_order_accepted(self, ctx: StrategyContext, event: OrderAccepted) -> None:
+        """The broker took an order and it is working."""
+
+    def on_order_cancelled(self, ctx: StrategyContext, event: OrderCancelled) -> None:
+        """An order was cancelled (by ``ctx.cancel`` or from the exchange's side)."""
+
+    def on_order_expired(self, ctx: StrategyContext, event: OrderExpired) -> None:
+        """A good-till-date order reached its ``expire_ms``."""
+
+    def on_timer(self, ctx: StrategyContext, name: str) -> None:
+        """A timer set with ``ctx.set_timer(name, at_ms)`` is due; ``ctx.time`` is its instant."""
 
     def on_stop(self, ctx: StrategyContext) -> None:
         """After the last event."""

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from engine.domain import Bar, News
-from engine.feeds.series import BarSeries
+from engine.series import BarSeries
 from models.aggregation import AggregationConfig, ScoredHeadline, Signal, signal_from
 from models.features import FEATURE_NAMES, FeatureScaler, IncrementalFeatures, compute_features
 from models.prompts import headline_text, regression_text

@@ -9,7 +9,7 @@ from pathlib import Path
 from engine.backtest import BacktestResult, run_backtest
 from engine.costs import CostModels
 from engine.domain import ContractType, Instrument, News
-from engine.feeds.series import BarSeries
+from engine.series import BarSeries
 from engine.timeutil import MS_PER_HOUR, parse_instant
 from strategies.base import Strategy
 
@@ -48,7 +48,7 @@ class Scripted(Strategy):
 
     def on_bar(self, ctx, bar) -> None:
         self.seen.append(("bar", bar.ts_event))
-        action = self.actions.get(ctx.index[bar.symbol])
+        action = self.actions.get(ctx.bars_seen(bar.symbol) - 1)
         if action is not None:
             action(ctx)
 

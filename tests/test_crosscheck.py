@@ -66,7 +66,7 @@ class _NewsFlip(Strategy):
 
     def on_news(self, ctx, news) -> None:
         symbol = ctx.symbols[0]
-        if ctx.index[symbol] < 0:
+        if ctx.bars_seen(symbol) == 0:
             return
         if ctx.position(symbol) == 0 and not ctx.open_orders(symbol):
             ctx.target_percent(symbol, 0.5)
@@ -96,7 +96,7 @@ class _LimitsAndStops(Strategy):
         held = ctx.position(symbol)
         if held == 0:
             ctx.limit(symbol, ctx.equity * 0.9 / bar.close, bar.close * 0.995)
-        elif ctx.index[symbol] % 3:
+        elif (ctx.bars_seen(symbol) - 1) % 3:
             ctx.stop(symbol, -held, bar.close * 0.99)
         else:
             ctx.limit(symbol, -held, bar.close * 1.01)

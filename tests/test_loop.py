@@ -22,7 +22,7 @@ class Recorder(Strategy):
 
     def on_bar(self, ctx, bar):
         hist = ctx.history(bar.symbol, "close")
-        assert hist[-1] == bar.close and len(hist) == ctx.index[bar.symbol] + 1
+        assert hist[-1] == bar.close and len(hist) == ctx.bars_seen(bar.symbol)
         with pytest.raises(ValueError):
             hist[0] = 1.0  # history is read-only
         self.events.append((bar.symbol, bar.ts_event))

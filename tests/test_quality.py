@@ -9,7 +9,7 @@ import pytest
 
 from engine.errors import DataError
 from engine.feeds.quality import apply_gap_policy, check_bars, dedupe_rows, find_gaps, guess_calendar
-from engine.feeds.series import BarSeries
+from engine.series import BarSeries
 from engine.timeutil import MS_PER_DAY, MS_PER_HOUR, parse_instant
 
 H, D = MS_PER_HOUR, MS_PER_DAY

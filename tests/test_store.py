@@ -16,7 +16,7 @@ from engine.backtest import run_backtest
 from engine.cli import main
 from engine.domain import News
 from engine.feeds.sample import SampleMarketConfig, generate_sample_market
-from engine.feeds.series import BarSeries
+from engine.series import BarSeries
 from engine.store.db import current_revision, head_revision, open_store
 from engine.store.journal import start_run
 from engine.store.models import Base
@@ -81,9 +81,10 @@ def test_backtest_records_exactly_what_its_summary_says(capsys, monkeypatch, tmp
     code, fingerprint, config = con.execute("SELECT code_version, data_fingerprint, config FROM runs").fetchone()
     assert code and len(fingerprint) == 64 and json.loads(config)["strategies"]["sma_cross"]["fast"] == 10
     # every order was submitted, then filled: its history says so, in order
+    (first,) = con.execute("SELECT client_order_id FROM orders ORDER BY ts_init LIMIT 1").fetchone()
     history = con.execute("SELECT status FROM order_events WHERE client_order_id = ? ORDER BY id",
-                          (f"{summary['run_id']}-1",)).fetchall()
-    assert history == [("submitted",), ("filled",)]
+                          (first,)).fetchall()
+    assert history == [("submitted",), ("accepted",), ("filled",)]
 
 
 def test_same_data_same_fingerprint_and_store_disabled(capsys, monkeypatch, tmp_path):
@@ -179,8 +180,8 @@ def test_order_life_cycle_cancel_fill_and_records_for_the_llm_strategy(tmp_path)
     assert con.execute("SELECT filled_quantity FROM orders WHERE tag = 'fills on the drop'").fetchone() == (1.0,)
     history = con.execute("SELECT o.tag, e.status FROM order_events e JOIN orders o USING (run_pk, client_order_id) "
                           "ORDER BY e.id").fetchall()
-    assert history == [("far below", "submitted"), ("fills on the drop", "submitted"),
-                       ("far below", "cancelled"), ("fills on the drop", "filled")]
+    assert history == [("far below", "submitted"), ("far below", "accepted"), ("fills on the drop", "submitted"),
+                       ("fills on the drop", "accepted"), ("far below", "cancelled"), ("fills on the drop", "filled")]
     (components,) = con.execute("SELECT components FROM signals").fetchone()
     assert json.loads(components)["headlines"] == 3
     (probabilities,) = con.execute("SELECT probabilities FROM predictions").fetchone()

@@ -14,7 +14,11 @@ Fill rules (DESIGN.md, pinned by tests/test_fills.py):
   of the bar on which they were decided.
 - Orders are tried in submission order; each fill is checked for cash or margin at its price
   (``engine.risk.check_fill``) and rejected with the reason if the account cannot take it.
-Orders stay open (good till cancelled) until filled, cancelled or rejected.
+Orders stay open (good till cancelled) until filled, cancelled or rejected, or until their
+``expire_ms``: an order still open at the first bar opening at or after it expires unfilled.
+
+Every order is acknowledged with ``OrderAccepted`` when submitted (nothing can be lost between
+the process and a simulated venue); a cancel is confirmed at once with ``OrderCancelled``.
 """
 
 from __future__ import annotations
@@ -23,8 +27,21 @@ from collections.abc import Mapping
 from typing import Literal
 
 from engine.broker import EmitFn
+from engine.clock import Clock
 from engine.costs import CostModels
-from engine.domain import Bar, Fill, Instrument, Liquidity, Order, OrderType, Rejection, Side
+from engine.domain import (
+    Bar,
+    Fill,
+    Instrument,
+    Liquidity,
+    Order,
+    OrderAccepted,
+    OrderCancelled,
+    OrderExpired,
+    OrderType,
+    Rejection,
+    Side,
+)
 from engine.portfolio import Portfolio
 from engine.risk import check_fill
 
@@ -33,19 +50,21 @@ FillMode = Literal["next_open", "close"]
 
 class SimulatedBroker:
     def __init__(self, portfolio: Portfolio, instruments: Mapping[str, Instrument], costs: CostModels,
-                 emit: EmitFn, fill_mode: FillMode = "next_open") -> None:
+                 emit: EmitFn, fill_mode: FillMode = "next_open", clock: Clock | None = None) -> None:
         if fill_mode not in ("next_open", "close"):
             raise ValueError(f"fill_mode must be 'next_open' or 'close', got {fill_mode!r}")
         self._portfolio = portfolio
         self._instruments = instruments
         self._costs = costs
         self._emit = emit
+        self._clock = clock  # stamps cancels; without one, the last bar's close
         self.fill_mode: FillMode = fill_mode
         self._open: dict[str, list[Order]] = {}
         self._last_bar: dict[str, Bar] = {}
 
     # -- protocol ------------------------------------------------------------------------------
     def submit(self, order: Order) -> None:
+        self._emit(OrderAccepted(order.client_order_id, order.symbol, order.ts_init))
         if self.fill_mode == "close" and order.type is OrderType.MARKET and order.symbol in self._last_bar:
             bar = self._last_bar[order.symbol]
             self._execute(order, bar.close, Liquidity.TAKER, bar.ts_event)
@@ -57,8 +76,15 @@ class SimulatedBroker:
             for i, order in enumerate(orders):
                 if order.client_order_id == client_order_id:
                     del orders[i]
+                    self._emit(OrderCancelled(client_order_id, order.symbol, self._now(order.symbol)))
                     return True
         return False
+
+    def _now(self, symbol: str) -> int:
+        if self._clock is not None:
+            return self._clock.now()
+        bar = self._last_bar.get(symbol)
+        return bar.ts_event if bar is not None else 0
 
     def open_orders(self, symbol: str | None = None) -> list[Order]:
         if symbol is not None:
@@ -66,13 +92,15 @@ class SimulatedBroker:
         return [o for orders in self._open.values() for o in orders]
 
     def on_bar(self, bar: Bar) -> None:
-        if self.fill_mode == "close":
-            self._last_bar[bar.symbol] = bar  # the close that market orders decided now will fill at
+        self._last_bar[bar.symbol] = bar  # close mode: the close that market orders decided now fill at
         orders = self._open.get(bar.symbol)
         if not orders:
             return
         remaining: list[Order] = []
         for order in orders:
+            if order.expire_ms is not None and order.expire_ms <= bar.ts_open:
+                self._emit(OrderExpired(order.client_order_id, order.symbol, order.expire_ms))
+                continue
             if order.ts_init > bar.ts_open:
                 remaining.append(order)  # decided after this bar opened: waits for the next one
                 continue

@@ -2,7 +2,19 @@
 
 from engine.domain.enums import ContractType, Liquidity, OrderStatus, OrderType, Side
 from engine.domain.instrument import DEFAULT_FEES, Instrument
-from engine.domain.values import Bar, Fill, FundingPayment, News, Order, Rejection
+from engine.domain.orders import InvalidTransition
+from engine.domain.values import (
+    Bar,
+    Fill,
+    FundingPayment,
+    News,
+    Order,
+    OrderAccepted,
+    OrderCancelled,
+    OrderEvent,
+    OrderExpired,
+    Rejection,
+)
 
 __all__ = [
     "DEFAULT_FEES",
@@ -11,9 +23,14 @@ __all__ = [
     "Fill",
     "FundingPayment",
     "Instrument",
+    "InvalidTransition",
     "Liquidity",
     "News",
     "Order",
+    "OrderAccepted",
+    "OrderCancelled",
+    "OrderEvent",
+    "OrderExpired",
     "OrderStatus",
     "OrderType",
     "Rejection",

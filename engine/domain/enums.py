@@ -23,13 +23,32 @@ class OrderType(StrEnum):
 
 
 class OrderStatus(StrEnum):
-    """Life cycle shared by the simulated and the live brokers."""
+    """Life cycle shared by the simulated, paper and live brokers (``LIVE.md``). The allowed moves
+    between them are ``engine.domain.orders.TRANSITIONS``."""
 
-    ACCEPTED = "accepted"
+    INTENT = "intent"  # decided and committed, not sent yet
+    SENDING = "sending"  # the request may have left the process
+    ACCEPTED = "accepted"  # working at the broker
+    PARTIALLY_FILLED = "partially_filled"
     FILLED = "filled"
+    CANCEL_PENDING = "cancel_pending"
     CANCELLED = "cancelled"
     REJECTED = "rejected"
     EXPIRED = "expired"
+    AMBIGUOUS = "ambiguous"  # a submit whose answer was unclear: to be looked up by client id
+    UNKNOWN = "unknown"  # still unresolved after the look-up: a person must look
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def is_open(self) -> bool:
+        """Working or possibly working at the broker (everything but intents and final states)."""
+        return self not in _TERMINAL and self is not OrderStatus.INTENT
+
+
+_TERMINAL = frozenset({OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.EXPIRED})
 
 
 class Liquidity(StrEnum):

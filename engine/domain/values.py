@@ -8,7 +8,7 @@ decision time).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 from engine.domain.enums import Liquidity, OrderType, Side
 
@@ -56,10 +56,40 @@ class Order:
     limit_price: float | None = None
     stop_price: float | None = None
     tag: str = ""
+    expire_ms: int | None = None  # good till this instant (the broker expires it then); None: till cancelled
 
     @property
     def signed_quantity(self) -> float:
         return self.quantity * self.side
+
+
+@dataclass(frozen=True, slots=True)
+class OrderAccepted:
+    """The broker took the order and it is working. ``exchange_order_id`` is the venue's id, if any."""
+
+    client_order_id: str
+    symbol: str
+    ts_event: int
+    exchange_order_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCancelled:
+    """A working order was cancelled (by us, or from the exchange's side), with what had filled."""
+
+    client_order_id: str
+    symbol: str
+    ts_event: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderExpired:
+    """A good-till-date order reached its ``expire_ms`` unfilled (or partly filled)."""
+
+    client_order_id: str
+    symbol: str
+    ts_event: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +123,8 @@ class Fill:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """An order the risk checks or the broker refused, with the reason a person can act on."""
+    """An order the risk checks or the broker refused, with the reason a person can act on (the
+    order-rejected event of the life cycle)."""
 
     client_order_id: str
     symbol: str
@@ -112,3 +143,7 @@ class FundingPayment:
     mark_price: float
     position_quantity: float
     amount: float
+
+
+OrderEvent: TypeAlias = OrderAccepted | Fill | OrderCancelled | Rejection | OrderExpired
+"""What a broker reports about an order, each an immutable value with the time it happened."""

@@ -21,7 +21,7 @@ import pandas as pd
 from pandas.api.types import is_numeric_dtype
 
 from engine.errors import DataError
-from engine.feeds.series import BarSeries
+from engine.series import BarSeries
 from engine.timeutil import iso
 
 MAX_PROBLEMS = 20  # descriptions kept in LoadedBars.problems

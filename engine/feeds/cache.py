@@ -43,7 +43,7 @@ import pandas as pd
 
 from engine.errors import DataError
 from engine.feeds.quality import BAR_TIME
-from engine.feeds.series import BarSeries
+from engine.series import BarSeries
 from engine.timeutil import iso, parse_timeframe
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from engine.feeds.cache import (
 )
 from engine.feeds.quality import QualityReport, check_bars, dedupe_rows
 from engine.feeds.retry import RetryPolicy, SourceUnreachable
-from engine.feeds.series import BarSeries
+from engine.series import BarSeries
 from engine.timeutil import MS_PER_DAY, format_timeframe, iso, parse_instant, parse_timeframe
 
 REMOTE_SOURCES = ("yfinance", "bybit")

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from engine.errors import DataError
-from engine.feeds.series import BarSeries
+from engine.series import BarSeries
 from engine.timeutil import MS_PER_DAY, format_timeframe, iso
 
 CALENDARS = ("24/7", "exchange")

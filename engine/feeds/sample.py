@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.domain.values import News
-from engine.feeds.series import BarSeries
+from engine.series import BarSeries
 from engine.timeutil import MS_PER_DAY, parse_instant, parse_timeframe
 
 PREFIX = "[synthetic] "

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.config import Config
-    from engine.session import BacktestPlan
+    from engine.plan import BacktestPlan
     from engine.store.db import Store
     from engine.store.journal import SqlJournal
 

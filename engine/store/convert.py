@@ -35,9 +35,9 @@ def order_from_row(row: Mapping[str, Any]) -> Order:
                  limit_price=row["limit_price"], stop_price=row["stop_price"], tag=row["tag"])
 
 
-def fill_row(run_pk: int, fill: Fill) -> dict[str, Any]:
+def fill_row(run_pk: int, fill: Fill, seq: int | None = None) -> dict[str, Any]:
     return {
-        "run_pk": run_pk, "client_order_id": fill.client_order_id, "symbol": fill.symbol, "side": _SIDE[fill.side],
+        "run_pk": run_pk, "seq": seq, "client_order_id": fill.client_order_id, "symbol": fill.symbol, "side": _SIDE[fill.side],
         "order_type": str(fill.order_type), "quantity": fill.quantity, "price": fill.price,
         "reference_price": fill.reference_price, "fee": fill.fee, "fee_currency": fill.fee_currency,
         "liquidity": str(fill.liquidity), "spread_cost": fill.spread_cost, "slippage_cost": fill.slippage_cost,
@@ -53,8 +53,8 @@ def fill_from_row(row: Mapping[str, Any]) -> Fill:
                 order_type=OrderType(row["order_type"]), fee_currency=row["fee_currency"])
 
 
-def funding_row(run_pk: int, payment: FundingPayment) -> dict[str, Any]:
-    return {"run_pk": run_pk, "symbol": payment.symbol, "ts_event": payment.ts_event, "rate": payment.rate,
+def funding_row(run_pk: int, payment: FundingPayment, seq: int | None = None) -> dict[str, Any]:
+    return {"run_pk": run_pk, "seq": seq, "symbol": payment.symbol, "ts_event": payment.ts_event, "rate": payment.rate,
             "mark_price": payment.mark_price, "position_quantity": payment.position_quantity,
             "amount": payment.amount}
 

@@ -28,7 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Dialect, Float, Table, bindparam, insert, update
 
-from engine.domain import Fill, FundingPayment, News, Order, Rejection
+from engine.domain import (
+    Fill,
+    FundingPayment,
+    News,
+    Order,
+    OrderAccepted,
+    OrderCancelled,
+    OrderExpired,
+    OrderStatus,
+    Rejection,
+)
 from engine.errors import OperationalError
 from engine.store.convert import fill_row, funding_row, news_row, order_row
 from engine.store.db import Store
@@ -47,11 +57,13 @@ from engine.store.models import (
 )
 
 if TYPE_CHECKING:
-    from engine.loop import EventLoop
+    from engine.journal import LoopState
 
 log = logging.getLogger(__name__)
 
-_TERMINAL = frozenset({"filled", "cancelled", "rejected", "expired"})
+_TERMINAL = frozenset(s.value for s in OrderStatus if s.is_terminal)
+_EVENT_STATUS = {OrderAccepted: OrderStatus.ACCEPTED.value, OrderCancelled: OrderStatus.CANCELLED.value,
+                 OrderExpired: OrderStatus.EXPIRED.value}
 _FILLED_TOLERANCE = 1e-9  # relative: an order whose fills sum to its quantity within this is filled
 
 
@@ -98,39 +110,43 @@ class SqlJournal:
         self._prices_written: dict[str, int] = {}  # bars written per symbol (the series' row)
         self._snapshot_state: dict[str, tuple[float, ...]] = {}  # (quantity, average, realised, ts, last)
         self._pending_prices: dict[str, int] = {}  # bars per symbol once the batch being written commits
-        self._loop: EventLoop | None = None
+        self._loop: LoopState | None = None
+        self._seq = 0  # order of fills and funding payments in the run: the portfolio replays them so
         self.batches = 0
 
     # -- the Journal protocol ------------------------------------------------------------------
     def order_submitted(self, order: Order) -> None:
-        self._new_orders[order.client_order_id] = order_row(self.run_pk, order, "accepted")
+        self._new_orders[order.client_order_id] = order_row(self.run_pk, order, OrderStatus.INTENT.value)
         self._events.append({"run_pk": self.run_pk, "client_order_id": order.client_order_id,
                              "ts_event": order.ts_init, "status": "submitted", "detail": None})
 
-    def order_cancelled(self, client_order_id: str, ts: int) -> None:
-        self._change(client_order_id, ts, "cancelled", None)
+    def order_event(self, event: OrderAccepted | OrderCancelled | OrderExpired) -> None:
+        detail = getattr(event, "reason", None) or getattr(event, "exchange_order_id", None)
+        self._change(event.client_order_id, event.ts_event, _EVENT_STATUS[type(event)], detail)
 
     def fill(self, fill: Fill) -> None:
         row = self._order(fill.client_order_id, "a fill")
-        self._fills.append(fill_row(self.run_pk, fill))
+        self._seq += 1
+        self._fills.append(fill_row(self.run_pk, fill, self._seq))
         row["filled_quantity"] += fill.quantity
         done = row["filled_quantity"] >= row["quantity"] * (1.0 - _FILLED_TOLERANCE)
-        self._change(fill.client_order_id, fill.ts_event, "filled" if done else row["status"],
-                     f"{fill.quantity:g} @ {fill.price:g}", event="filled" if done else "partially_filled")
+        status = OrderStatus.FILLED.value if done else OrderStatus.PARTIALLY_FILLED.value
+        self._change(fill.client_order_id, fill.ts_event, status, f"{fill.quantity:g} @ {fill.price:g}")
 
     def rejection(self, rejection: Rejection) -> None:
         self._change(rejection.client_order_id, rejection.ts_event, "rejected", rejection.reason,
                      reject_reason=rejection.reason)
 
     def funding(self, payment: FundingPayment) -> None:
-        self._funding.append(funding_row(self.run_pk, payment))
+        self._seq += 1
+        self._funding.append(funding_row(self.run_pk, payment, self._seq))
 
     def news(self, news: News) -> None:
         self._news.append(news_row(self.run_pk, news))
 
-    def checkpoint(self, loop: EventLoop) -> None:
-        self._loop = loop
-        self._flush(loop, final=False)
+    def checkpoint(self, state: LoopState) -> None:
+        self._loop = state
+        self._flush(state, final=False)
 
     # -- records for the LLM strategy (the predictor's outputs) --------------------------------
     def signal(self, ts_event: int, symbol: str, value: float, *, confidence: float | None = None,
@@ -194,7 +210,7 @@ class SqlJournal:
         if reject_reason is not None:
             row["reject_reason"] = reject_reason
 
-    def _flush(self, loop: EventLoop | None, *, final: bool, run_values: dict[str, Any] | None = None) -> None:
+    def _flush(self, loop: LoopState | None, *, final: bool, run_values: dict[str, Any] | None = None) -> None:
         equity, prices, snapshots = self._curves(loop, final)
         updates = [{"b_coid": coid, "b_status": row["status"], "b_reason": row["reject_reason"],
                     "b_filled": row["filled_quantity"], "b_ts": row["ts_updated"]}
@@ -237,7 +253,7 @@ class SqlJournal:
         for symbol, count in self._pending_prices.items():
             self._prices_written[symbol] = count
 
-    def _curves(self, loop: EventLoop | None, final: bool
+    def _curves(self, loop: LoopState | None, final: bool
                 ) -> tuple[list[Any], list[dict[str, Any]], list[dict[str, Any]]]:
         """Equity points (one flat list of values, row after row, in ``EQUITY_COLUMNS`` order),
         packed bar closes and position snapshots due in this batch."""
@@ -251,20 +267,18 @@ class SqlJournal:
         equity: list[Any] = [run_pk] * (4 * len(ts))  # flat, row after row: EQUITY_COLUMNS
         equity[1::4], equity[2::4], equity[3::4] = ts.tolist(), eq.tolist(), gross.tolist()
         prices: list[dict[str, Any]] = []
-        ctx = loop.ctx
-        if ctx is not None:
-            for symbol in ctx.symbols:
-                done = self._prices_written.get(symbol, 0)
-                closes = ctx.history(symbol, "close")[done:]
-                if not len(closes):
-                    continue
-                stamp = ctx.history(symbol, "ts_open")[done:] + self._timeframes.get(symbol, 0)
-                prices.append({"run_pk": run_pk, "symbol": symbol, "ts_first": int(stamp[0]),
-                               "ts_last": int(stamp[-1]), "count": len(stamp),
-                               "ts_event": stamp.astype("<i8").tobytes(), "close": closes.astype("<f8").tobytes()})
-                self._pending_prices[symbol] = done + len(closes)
+        for symbol, history in loop.histories.items():
+            done = self._prices_written.get(symbol, 0)
+            closes = history.since(done, "close")
+            if not len(closes):
+                continue
+            stamp = history.since(done, "ts_open") + self._timeframes.get(symbol, history.timeframe_ms)
+            prices.append({"run_pk": run_pk, "symbol": symbol, "ts_first": int(stamp[0]),
+                           "ts_last": int(stamp[-1]), "count": len(stamp),
+                           "ts_event": stamp.astype("<i8").tobytes(), "close": closes.astype("<f8").tobytes()})
+            self._pending_prices[symbol] = done + len(closes)
         snapshots = []
-        ts_now = ctx.time if ctx is not None else 0
+        ts_now = loop.time
         for symbol, pos in loop.portfolio.positions.items():
             state = (pos.quantity, pos.average_price, pos.realized_pnl)
             last = self._snapshot_state.get(symbol, (0.0, 0.0, 0.0, None, None))

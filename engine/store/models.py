@@ -104,7 +104,7 @@ class OrderRow(Base):
     stop_price: Mapped[float | None] = mapped_column(Float)
     tag: Mapped[str] = mapped_column(String(255), default="")
     ts_init: Mapped[int] = mapped_column(BigInteger)  # decision time
-    # accepted (working), filled, cancelled, rejected, expired: engine.domain.OrderStatus
+    # intent, accepted (working), partially_filled, filled, cancelled, rejected, expired, ...: engine.domain.OrderStatus
     status: Mapped[str] = mapped_column(String(16))
     reject_reason: Mapped[str | None] = mapped_column(Text)
     filled_quantity: Mapped[float] = mapped_column(Float, default=0.0)
@@ -139,6 +139,7 @@ class FillRow(Base):
 
     id: Mapped[int] = mapped_column(Key, primary_key=True, autoincrement=True)
     run_pk: Mapped[int] = mapped_column(Key)
+    seq: Mapped[int | None] = mapped_column(BigInteger)  # order among the run's fills and funding payments
     client_order_id: Mapped[str] = mapped_column(String(96))
     symbol: Mapped[str] = mapped_column(String(64))
     side: Mapped[str] = mapped_column(String(4))
@@ -168,6 +169,7 @@ class FundingRow(Base):
 
     id: Mapped[int] = mapped_column(Key, primary_key=True, autoincrement=True)
     run_pk: Mapped[int] = mapped_column(Key, _run_fk())
+    seq: Mapped[int | None] = mapped_column(BigInteger)  # order among the run's fills and funding payments
     symbol: Mapped[str] = mapped_column(String(64))
     ts_event: Mapped[int] = mapped_column(BigInteger)
     rate: Mapped[float] = mapped_column(Float)
