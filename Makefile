@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup backtest test bench evaluate lint clean
+.PHONY: setup backtest test check bench evaluate lint clean
 
 setup: $(STAMP)
 
@@ -31,10 +31,15 @@ bench: $(STAMP)
 
 # The real-data evaluation (about an hour on 2 cores): writes EVALUATION.md and docs/evaluation/.
 evaluate: $(STAMP)
-	$(PY) -m engine.evaluation $(ARGS)
+	$(PY) -m research.evaluation $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+# The layering contracts (import-linter, [tool.importlinter] in pyproject.toml) and mypy on the domain and core.
+check: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.config import Config, load_config
+from engine.config import Config
 from engine.errors import ConfigError, DataError, EngineError
 
 log = logging.getLogger("engine")
@@ -20,6 +20,8 @@ DEFAULT_CONFIG = Path("config.toml")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from strategies import DEFAULT_STRATEGY
+
     parser = argparse.ArgumentParser(
         prog="python -m engine",
         description="Event-driven backtesting engine with cost-aware simulated execution.",
@@ -33,9 +35,10 @@ def _parser() -> argparse.ArgumentParser:
         "offline synthetic sample market. Settings come from config.toml; flags override it.",
         epilog="examples:\n"
         "  python -m engine backtest\n"
-        "  python -m engine backtest --data ../shared/data/ohlcv/crypto/binance_BTCUSDT_1h.csv --strategy sma_cross --json\n"
-        "  python -m engine backtest --data bars.csv --set strategies.sma_cross.fast=20 --crosscheck backtrader\n"
-        "  python -m engine backtest --source bybit --symbol BTC/USDT:USDT --timeframe 1h --start 2024-01-01 --end 2024-02-01",
+        f"  python -m engine backtest --data ../shared/data/ohlcv/crypto/binance_BTCUSDT_1h.csv --strategy {DEFAULT_STRATEGY} --json\n"
+        f"  python -m engine backtest --data bars.csv --set strategies.{DEFAULT_STRATEGY}.fast=20 --crosscheck backtrader\n"
+        "  python -m engine backtest --source bybit --symbol BTC/USDT:USDT --timeframe 1h --start 2024-01-01 --end 2024-02-01"
+        ,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bt.add_argument("--config", type=Path, help="TOML config file (default: ./config.toml if present)")
@@ -58,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--report", action="store_true",
                     help="after the run, write its HTML report and PNG charts (as `report RUN_ID` does) and print where")
     bt.add_argument("--walk-forward", action="store_true",
-                    help="llm_signal only: retrain on rolling windows ([llm.walk_forward]) and trade each following "
+                    help="the LLM strategy only: retrain on rolling windows ([llm.walk_forward]) and trade each following "
                          "window; prints in-sample and out-of-sample results per fold and a chart")
     bt.add_argument("--crosscheck", choices=["backtrader"], help="rerun through backtrader and report the differences")
     bt.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -74,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_data_parser(sub)
 
-    from engine import ml_commands  # light too: torch and the models are imported on use
+    from research import commands as ml_commands  # light too: torch and the models are imported on use
 
     ml_commands.add_parsers(sub)
     return parser
@@ -94,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return data_commands.main(args, _config)
         if args.command in ("train", "evaluate"):
-            from engine import ml_commands
+            from research import commands as ml_commands
 
             return ml_commands.main(args)
         return _backtest(args)
@@ -119,8 +122,10 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _config(args: argparse.Namespace, flags: Sequence[str] = ()) -> Config:
+    from engine.session import load_settings
+
     config_path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    return load_config(config_path, [*args.overrides, *flags])
+    return load_settings(config_path, [*args.overrides, *flags])
 
 
 def _backtest(args: argparse.Namespace) -> int:
@@ -129,15 +134,16 @@ def _backtest(args: argparse.Namespace) -> int:
     config = _config(args, _flag_overrides(args))
     if args.report and not config.store.enabled:  # refused before a long run, not after it
         raise ConfigError("--report reads the recorded run, but store.enabled = false; drop one of them")
-    if args.walk_forward and config.run.strategy != "llm_signal":
-        raise ConfigError(f"--walk-forward retrains the LLM predictor on rolling windows; it needs --strategy "
-                          f"llm_signal (this run: {config.run.strategy})")
+    if args.walk_forward:
+        from research.walk_forward import check_walk_forward
+
+        check_walk_forward(config)
     if args.walk_forward and args.crosscheck:
         raise ConfigError("--crosscheck compares one run with backtrader; drop it or --walk-forward")
     _setup_logging(config)
     progress = not args.json and not args.no_progress and sys.stderr.isatty()
-    # The LLM strategy trains and predicts here (per fold later with --walk-forward).
-    plan = prepare_backtest(config, progress=progress, say=_stderr, train_llm=not args.walk_forward)
+    # A strategy prepares here (the LLM strategy trains and predicts; per fold later with --walk-forward).
+    plan = prepare_backtest(config, progress=progress, say=_stderr, prepare=not args.walk_forward)
     for note in plan.notes:
         log.info(note)
         if not args.json:
@@ -154,7 +160,7 @@ def _backtest(args: argparse.Namespace) -> int:
 
 def _walk_forward(args: argparse.Namespace, config: Config, plan: Any, progress: bool) -> int:
     from engine.session import run_recorded
-    from engine.walk_forward import format_walk_forward, plot_walk_forward, run_walk_forward
+    from research.walk_forward import format_walk_forward, plot_walk_forward, run_walk_forward
 
     def run_plan(sub: Any, label: str) -> dict[str, Any]:
         _, summary = run_recorded(sub, progress=progress, report=args.report)

@@ -3,6 +3,13 @@
 Unknown keys and bad values stop the run with a message naming the key path and, for a typo, the
 nearest valid key. Command-line flags and ``--set section.key=value`` override the file. Secrets
 (API keys) never live here: they come from the environment only.
+
+The engine's own sections are typed fields of ``Config``. A component above the core owns its
+sections (the LLM strategy's ``[llm]``, ``strategies.llm_settings``): the application names them
+in ``load_config(sections=...)``, which keeps their tables, and the component decodes its table
+with ``config.section(name, type)``, as strictly as the rest, before it does anything with it.
+(Decoding on use keeps the predictor's settings, and torch behind them, out of runs that never
+use them.)
 """
 
 from __future__ import annotations
@@ -17,16 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from engine.domain import DEFAULT_FEES, ContractType
 from engine.errors import ConfigError
-from engine.feeds.sample import SampleMarketConfig
-from models.aggregation import AggregationConfig  # plain Python, no torch
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    strategy: str = "sma_cross"
+    strategy: str = ""  # a name from the strategy registry; "" = its default (`python -m engine strategies`)
     starting_cash: float = 10_000.0
     fill_mode: Literal["next_open", "close"] = "next_open"
     start: str = ""  # ISO date or datetime (UTC); "" = from the first bar
@@ -95,6 +101,16 @@ class CostsConfig:
         if self.slippage_bps < 0 or self.half_spread_bps < 0:
             raise ValueError("slippage_bps and half_spread_bps must be >= 0")
 
+    def fee_rates(self, contract: ContractType) -> tuple[float, float]:
+        """(maker, taker) for ``contract``: the set rates, or Bybit's VIP0 schedule where "vip0"."""
+        maker, taker = DEFAULT_FEES[contract]
+        return (maker if self.maker_fee == "vip0" else float(self.maker_fee),
+                taker if self.taker_fee == "vip0" else float(self.taker_fee))
+
+    @property
+    def vip0(self) -> bool:
+        return (self.maker_fee, self.taker_fee) == ("vip0", "vip0")
+
 
 @dataclass(frozen=True)
 class LoggingConfig:
@@ -116,99 +132,23 @@ class StoreConfig:
             raise ValueError("busy_timeout must be >= 0")
 
 
-@dataclass(frozen=True)
-class RegressorSettings:
-    """Fine-tuning of the regressor adapter in an ``llm_signal`` run (``models.training``)."""
+@dataclass(frozen=True, slots=True)
+class SampleMarketConfig:
+    """Knobs of the synthetic market; the defaults give ~250 days of hourly bars, ~1000 headlines."""
 
-    max_train_samples: int = 192  # the most recent samples of the training part's train split
-    max_val_samples: int = 32  # validation (early stopping, reported metrics) on the most recent this many
-    epochs: float = 1.0  # passes over the training samples
-    max_steps: int = 0  # > 0: stop after this many optimiser steps whatever epochs says
-    batch_size: int = 16
-    lr: float = 3e-4  # LoRA weights
-    head_lr: float = 1e-3  # the regression head
-    lora_rank: int = 16
-    feature_digits: int = 1  # decimals of the scaled features in the prompt (fewer: shorter prompts, faster)
-    seed: int = 0
+    seed: int = 7
+    symbol: str = "SYN/USDT"
+    timeframe: str = "1h"
+    bars: int = 6000
+    start: str = "2024-01-01"  # ISO date, UTC; first bar's open time
+    start_price: float = 100.0
+    volatility: float = 0.006  # per-bar standard deviation of log returns (noise)
+    drift: float = 0.0  # per-bar mean log return
+    headlines_per_day: float = 4.0  # Poisson rate
+    tone_effect: float = 0.004  # total log-return impact of one bullish (+) / bearish (-) headline
+    effect_bars: int = 6  # the impact is spread evenly over the bars after publication
+    neutral_share: float = 0.4  # share of neutral headlines (no effect)
 
-    def __post_init__(self) -> None:
-        if self.max_train_samples < 1 or self.max_val_samples < 1:
-            raise ValueError("max_train_samples and max_val_samples must be >= 1")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise ValueError("set epochs > 0 or max_steps > 0")
-        if self.batch_size < 1 or self.lora_rank < 1 or not self.lr > 0 or not self.head_lr > 0:
-            raise ValueError("batch_size and lora_rank must be >= 1, lr and head_lr > 0")
-        if not 0 <= self.feature_digits <= 6:
-            raise ValueError("feature_digits must be between 0 and 6")
-
-
-@dataclass(frozen=True)
-class SentimentSettings:
-    """Fine-tuning of the sentiment adapter in an ``llm_signal`` run (``models.training``)."""
-
-    max_train_samples: int = 128  # a stratified subsample of the training part's headlines
-    epochs: float = 3.0
-    max_steps: int = 0
-    batch_size: int = 16
-    lr: float = 1e-3  # LoRA weights
-    head_lr: float = 5e-3  # the classification head
-    lora_rank: int = 16
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.max_train_samples < 1:
-            raise ValueError("max_train_samples must be >= 1")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise ValueError("set epochs > 0 or max_steps > 0")
-        if self.batch_size < 1 or self.lora_rank < 1 or not self.lr > 0 or not self.head_lr > 0:
-            raise ValueError("batch_size and lora_rank must be >= 1, lr and head_lr > 0")
-
-
-@dataclass(frozen=True)
-class WalkForwardSettings:
-    """``backtest --walk-forward``: retrain on rolling windows and trade each following window
-    (``engine.walk_forward``)."""
-
-    train_bars: int = 3000  # bars each fold trains on (the regressor's own validation is inside them)
-    test_bars: int = 600  # bars each fold then trades out of sample; the window moves on by this much
-    in_sample_bars: int = 0  # the last this many training bars are also traded, in sample (0: test_bars)
-    max_folds: int = 0  # 0: as many as the data holds; else the most recent this many
-
-    def __post_init__(self) -> None:
-        if self.train_bars < 2 or self.test_bars < 2:
-            raise ValueError("train_bars and test_bars must be >= 2")
-        if not 0 <= self.in_sample_bars <= self.train_bars:
-            raise ValueError(f"in_sample_bars must be in [0, train_bars = {self.train_bars}]")
-        if self.max_folds < 0:
-            raise ValueError("max_folds must be >= 0")
-
-
-@dataclass(frozen=True)
-class LlmConfig:
-    """The predictor behind the ``llm_signal`` strategy: backbone, the train / trade split,
-    fine-tuning, inference and signal aggregation (see ``engine.llm_backtest``)."""
-
-    backbone: str = "smollm2"  # smollm2, tiny (random, for tests), a model folder, a .gguf file or a hub id
-    precision: Literal["fp32", "bf16", "int8", "nf4"] = "fp32"
-    train_fraction: float = 0.8  # the first 80% of the bars (and their headlines) train, the rest is traded
-    cache_dir: str = ".cache/llm"  # trained checkpoints and the prediction cache (git-ignored)
-    model_cache_dir: str = ".cache/models"  # converted GGUF backbones
-    signal_source: Literal["precomputed", "online"] = "precomputed"
-    batch_size: int = 1  # prompts per forward pass at inference; 1 = exactly what the online path computes
-    regressor_checkpoint: str = ""  # "" = train or reuse automatically; a folder = use it (no training)
-    sentiment_checkpoint: str = ""
-    regressor: RegressorSettings = field(default_factory=RegressorSettings)
-    sentiment: SentimentSettings = field(default_factory=SentimentSettings)
-    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
-    walk_forward: WalkForwardSettings = field(default_factory=WalkForwardSettings)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.train_fraction < 1:
-            raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if not self.backbone:
-            raise ValueError("backbone must not be empty (smollm2, tiny, a folder, a .gguf file or a hub id)")
 
 
 @dataclass(frozen=True)
@@ -220,14 +160,31 @@ class Config:
     costs: CostsConfig = field(default_factory=CostsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
-    llm: LlmConfig = field(default_factory=LlmConfig)
     # Per-strategy parameter tables, checked against the chosen strategy's Params by ``build``.
     strategies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Tables of components above the core (raw, or decoded by ``with_section``), by name.
+    sections: Mapping[str, Any] = field(default_factory=dict, metadata={"internal": True})
+    origin: str = field(default="defaults", metadata={"internal": True})  # the file it was read from
+
+    def section(self, name: str, cls: type[T]) -> T:
+        """The ``[name]`` section as ``cls`` (its defaults when the config has none); a
+        ``ConfigError`` names the key at fault."""
+        value = self.sections.get(name)
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        return build(cls, value, where=self.origin, path=name)
+
+    def with_section(self, name: str, value: Any) -> Config:
+        return dataclasses.replace(self, sections={**self.sections, name: value})
 
 
 # -- loading -----------------------------------------------------------------------------------
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Read ``path`` (if given), apply ``section.key=value`` overrides, and check everything."""
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                sections: Sequence[str] = ()) -> Config:
+    """Read ``path`` (if given), apply ``section.key=value`` overrides, and check everything;
+    ``sections``: the names of tables that components above the core decode (``Config.section``)."""
     raw: dict[str, Any] = {}
     where = "defaults"
     if path is not None:
@@ -240,7 +197,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for item in overrides:
         apply_override(raw, item)
-    return build(Config, raw, where=where)
+    kept = {}
+    for name in sections:
+        if name in raw:
+            kept[name] = raw.pop(name)
+            if not isinstance(kept[name], Mapping):
+                raise ConfigError(f"{where}: {name} must be a table, got {kept[name]!r}")
+    return dataclasses.replace(build(Config, raw, where=where, also=list(sections)), sections=kept, origin=where)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -264,33 +227,53 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[leaf] = value
 
 
-def build(cls: type[T], table: Mapping[str, Any], *, where: str = "config", path: str = "") -> T:
-    """Turn a TOML table into dataclass ``cls``, refusing unknown keys and ill-typed values."""
+def build(cls: type[T], table: Mapping[str, Any], *, where: str = "config", path: str = "",
+          also: Mapping[str, Any] | Sequence[str] = (), base: Any = None) -> T:
+    """Turn a TOML table into dataclass ``cls``, refusing unknown keys and ill-typed values.
+
+    Keys not given keep ``base``'s values (default: ``cls``'s defaults); a nested table starts from
+    the parent's value of that field, so ``[a.b]`` with one key changes one setting. ``also``: more
+    names that are valid beside this table's (sections decoded elsewhere), for the typo hint only."""
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: {path or 'the file'} must be a table, got {table!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+              if f.init and not f.metadata.get("internal")}
     hints = typing.get_type_hints(cls)
     for key in table:
         if key not in fields:
             full = f"{path}.{key}" if path else key
-            close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+            names = [*fields, *also]
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
             hint = f" (did you mean {(path + '.' if path else '') + close[0]!r}?)" if close else ""
-            valid = ", ".join(fields) or "none"
+            valid = ", ".join(names) or "none"
             raise ConfigError(f"{where}: unknown key {full!r}{hint}; valid keys here: {valid}")
     values: dict[str, Any] = {}
     for name, value in table.items():
         full = f"{path}.{name}" if path else name
-        values[name] = _convert(hints[name], value, where, full)
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+            nested = getattr(base, name) if base is not None else _default(fields[name])
+            values[name] = build(hint, value, where=where, path=full, base=nested)  # type: ignore[arg-type]
+        else:
+            values[name] = _convert(hint, value, where, full)
     try:
-        return cls(**values)
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}: [{path or cls.__name__}] {exc}") from None
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def _convert(hint: Any, value: Any, where: str, full: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
-        return build(hint, value, where=where, path=full)
+        return build(typing.cast(type, hint), value, where=where, path=full)
     if origin in (typing.Union, types.UnionType):
         errors = []
         for option in typing.get_args(hint):
@@ -306,6 +289,15 @@ def _convert(hint: Any, value: Any, where: str, full: str) -> Any:
             hint_text = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{where}: {full} = {value!r}: expected one of {', '.join(map(repr, choices))}{hint_text}")
         return value
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: {full} = {value!r}: expected an array")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, where, f"{full}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: {full} = {value!r}: expected an array of {len(args)} values")
+        return tuple(_convert(a, v, where, f"{full}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if origin in (Mapping, dict) or hint is Any:
         if origin and not isinstance(value, Mapping):
             raise ConfigError(f"{where}: {full} must be a table")

@@ -127,7 +127,7 @@ class EventLoop:
             if journal is not None:
                 journal.rejection(event)  # type: ignore[arg-type]
         elif journal is not None:
-            journal.order_event(event)
+            journal.order_event(event)  # type: ignore[arg-type]  # accepted, cancelled or expired
         self._notices.append(event)
 
     def _notify(self) -> None:
@@ -156,7 +156,7 @@ class EventLoop:
             self._notify()
 
     def process_news(self, news: News) -> None:
-        ctx = self.ctx
+        ctx: StrategyContext = self.ctx  # type: ignore[assignment]  # bound before the first event
         if self._advance is not None:
             self._advance(news.ts_event)
         ctx.time = news.ts_event
@@ -168,7 +168,7 @@ class EventLoop:
             self._notify()
 
     def process_bar(self, bar: Bar) -> None:
-        ctx = self.ctx
+        ctx: StrategyContext = self.ctx  # type: ignore[assignment]  # bound before the first event
         symbol, _, ts, _, _, _, close, _ = bar
         if self._advance is not None:
             self._advance(ts)

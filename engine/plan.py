@@ -26,6 +26,7 @@ class BacktestPlan:
     make_strategy: Callable[[], Any]
     data_label: str
     notes: list[str] = field(default_factory=list)
+    strategy_name: str = ""  # the registry name of what make_strategy builds
     extra: dict[str, Any] = field(default_factory=dict)  # more summary keys (the LLM strategy's periods, checkpoints)
 
     def run(self, *, progress: bool = False, check_invariants: bool = False, journal: Journal | None = None,

@@ -7,14 +7,14 @@ import dataclasses
 import difflib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from engine.backtest import BacktestResult
-from engine.config import Config, build
+from engine.config import Config, build, load_config
 from engine.costs import ConstantFunding, CostModels, FixedBps, FundingModel, InstrumentFees
-from engine.domain import DEFAULT_FEES, ContractType, Instrument, News
+from engine.domain import ContractType, Instrument, News
 from engine.errors import ConfigError, DataError
 from engine.plan import BacktestPlan
 from engine.series import BarSeries
@@ -24,11 +24,11 @@ log = logging.getLogger("engine")
 
 
 def prepare_backtest(config: Config, *, progress: bool = False, say: Callable[[str], None] | None = None,
-                     train_llm: bool = True) -> BacktestPlan:
-    """Everything a backtest of ``config`` needs. For the ``llm_signal`` strategy this also trains
-    or reuses the predictor and makes its predictions (``engine.llm_backtest``), reporting each
-    stage to ``say`` and, with ``progress``, drawing progress bars; ``train_llm=False`` leaves
-    that to the caller (the walk-forward trains per fold)."""
+                     prepare: bool = True) -> BacktestPlan:
+    """Everything a backtest of ``config`` needs, then the strategy's own preparation
+    (``Strategy.prepare``: the LLM strategy trains or reuses its predictor there), reporting each
+    stage to ``say`` and, with ``progress``, drawing progress bars; ``prepare=False`` leaves that to
+    the caller (the walk-forward prepares per fold)."""
     from engine.feeds.market_data import bar_quality, remote_market
 
     notes: list[str] = []
@@ -46,11 +46,10 @@ def prepare_backtest(config: Config, *, progress: bool = False, say: Callable[[s
     plan = BacktestPlan(
         config=config, series=[series], news=news, instruments={series.symbol: instrument},
         costs=costs, make_strategy=strategy_factory(config), data_label=label, notes=notes,
+        strategy_name=strategy_class(config).name,
     )
-    if config.run.strategy == "llm_signal" and train_llm:
-        from engine.llm_backtest import prepare_llm_backtest
-
-        plan = prepare_llm_backtest(plan, progress=progress, say=say)
+    if prepare:
+        plan = strategy_class(config).prepare(plan, progress=progress, say=say)
     return plan
 
 
@@ -89,19 +88,32 @@ def run_recorded(plan: BacktestPlan, *, progress: bool = False, crosscheck: str 
     return result, summary
 
 
+def load_settings(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """``load_config`` with the sections the strategies bring (``Strategy.sections``, e.g. ``[llm]``)."""
+    from strategies import config_sections
+
+    return load_config(path, overrides, sections=config_sections())
+
+
+def strategy_class(config: Config) -> Any:
+    from strategies import DEFAULT_STRATEGY, get_strategy
+
+    try:
+        return get_strategy(config.run.strategy or DEFAULT_STRATEGY)
+    except KeyError as exc:
+        raise ConfigError(f"run.strategy: {exc.args[0]}") from None
+
+
 def strategy_factory(config: Config) -> Callable[[], Any]:
     """Check the chosen strategy and every ``[strategies.*]`` table now, build instances later."""
-    from strategies import STRATEGIES, get_strategy
+    from strategies import STRATEGIES
 
     for name in config.strategies:
         if name not in STRATEGIES:
             close = difflib.get_close_matches(name, STRATEGIES, n=1)
             hint = f" (did you mean 'strategies.{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown strategy table 'strategies.{name}'{hint}; strategies: {', '.join(STRATEGIES)}")
-    try:
-        cls = get_strategy(config.run.strategy)
-    except KeyError as exc:
-        raise ConfigError(f"run.strategy: {exc.args[0]}") from None
+    cls = strategy_class(config)
     params = build(cls.Params, config.strategies.get(cls.name, {}), where="config", path=f"strategies.{cls.name}")
     return lambda: cls(params)
 
@@ -109,12 +121,11 @@ def strategy_factory(config: Config) -> Callable[[], Any]:
 def make_instrument(config: Config, symbol: str) -> Instrument:
     ic, cc = config.instrument, config.costs
     contract = ContractType(ic.contract)
-    maker, taker = DEFAULT_FEES[contract]
+    maker, taker = cc.fee_rates(contract)
     return Instrument(
         symbol=symbol, contract=contract, tick_size=ic.tick_size, lot_step=ic.lot_step,
         min_quantity=ic.min_quantity, min_notional=ic.min_notional,
-        maker_fee=maker if cc.maker_fee == "vip0" else float(cc.maker_fee),
-        taker_fee=taker if cc.taker_fee == "vip0" else float(cc.taker_fee),
+        maker_fee=maker, taker_fee=taker,
         max_leverage=ic.max_leverage,
     )
 

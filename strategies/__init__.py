@@ -10,6 +10,12 @@ from strategies.llm_signal import LlmSignal
 from strategies.sma_cross import SmaCross
 
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (BuyAndHold, SmaCross, LlmSignal)}
+DEFAULT_STRATEGY = SmaCross.name  # what run.strategy = "" runs
+
+
+def config_sections() -> tuple[str, ...]:
+    """The config sections the strategies bring beside ``[strategies.<name>]``."""
+    return tuple(dict.fromkeys(name for cls in STRATEGIES.values() for name in cls.sections))
 
 
 def get_strategy(name: str) -> type[Strategy]:
@@ -21,4 +27,4 @@ def get_strategy(name: str) -> type[Strategy]:
         raise KeyError(f"unknown strategy {name!r}{hint}; available: {', '.join(sorted(STRATEGIES))}") from None
 
 
-__all__ = ["STRATEGIES", "Strategy", "get_strategy"]
+__all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "Strategy", "config_sections", "get_strategy"]

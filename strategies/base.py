@@ -10,16 +10,19 @@ Parameters: a strategy declares a frozen dataclass ``Params``; ``config.toml``'s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from engine.context import StrategyContext
     from engine.domain import Bar, Fill, News, OrderAccepted, OrderCancelled, OrderExpired, Rejection
+    from engine.plan import BacktestPlan
 
 
 class Strategy:
     name: ClassVar[str] = "strategy"
+    sections: ClassVar[tuple[str, ...]] = ()  # config sections of its own, beside [strategies.<name>]
 
     @dataclass(frozen=True)
     class Params:
@@ -57,6 +60,14 @@ class Strategy:
 
     def on_stop(self, ctx: StrategyContext) -> None:
         """After the last event."""
+
+    @classmethod
+    def prepare(cls, plan: BacktestPlan, *, progress: bool = False, say: Callable[[str], None] | None = None
+                ) -> BacktestPlan:
+        """Work a strategy needs before it can trade ``plan`` (the LLM strategy trains or loads its
+        adapters and may cut the plan to the part it has not trained on); the plan to run. None by
+        default. ``say`` receives one line per stage."""
+        return plan
 
     def summary(self) -> dict[str, Any]:
         """Figures this strategy adds to the run's JSON summary, read after ``on_stop``; none by default."""

@@ -44,12 +44,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from engine.costs import FUNDING_INTERVAL_MS
-from engine.domain import Instrument
+from engine.domain import Instrument, Liquidity
 from engine.errors import ConfigError
 from engine.timeutil import MS_PER_DAY
 from models.datasets import SENTIMENT_LABELS
@@ -114,6 +114,19 @@ class LlmSignal(Strategy):
         self.sources = dict(sources or {})
         self.signals_recorded = 0
         self.actions: Counter[str] = Counter()
+
+    sections = ("llm",)  # strategies.llm_settings
+
+    @classmethod
+    def prepare(cls, plan: Any, *, progress: bool = False, say: Callable[[str], None] | None = None) -> Any:
+        """Train (or reuse) the predictor on the part of the plan before ``llm.train_fraction``, make
+        its predictions and return the plan cut to the rest (``strategies.llm_prepare``)."""
+        try:
+            from strategies.llm_prepare import prepare_llm_backtest
+        except ImportError as exc:  # the llm extra is missing
+            raise ConfigError(f"strategies.llm_signal needs the llm extra ({exc.name} is missing): "
+                              "pip install -e '.[llm]'") from exc
+        return prepare_llm_backtest(plan, progress=progress, say=say)
 
     # -- hooks ---------------------------------------------------------------------------------
     def on_start(self, ctx) -> None:
@@ -217,7 +230,10 @@ class LlmSignal(Strategy):
         inst = ctx.instruments[symbol]
         price = ctx.last_price(symbol)
         costs = ctx.costs
-        out = {"fees": 2.0 * inst.taker_fee,
+        notional = abs(quantity) * price
+        # the fee the broker would charge (a market order is a taker fill), as a fraction of the notional
+        fee = costs.fees.fee(inst, notional, Liquidity.TAKER) / notional if notional > 0 else inst.taker_fee
+        out = {"fees": 2.0 * fee,
                "spread": 2.0 * costs.spread.fraction(inst, quantity, price),
                "slippage": 2.0 * costs.slippage.fraction(inst, quantity, price),
                "funding": 0.0}

@@ -8,17 +8,20 @@ import pytest
 
 from engine.config import Config, load_config
 from engine.errors import ConfigError
-from engine.session import prepare_backtest
+from engine.session import load_settings, prepare_backtest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_config_loads_and_matches_defaults():
-    config = load_config(ROOT / "config.toml")
+    from strategies.llm_settings import LlmSettings, llm_settings
+
+    config = load_settings(ROOT / "config.toml")
     defaults = Config()
     # Every section in the file equals the code's defaults, so the file documents what runs.
-    for section in ("run", "data", "sample", "instrument", "costs", "logging", "store", "llm"):
+    for section in ("run", "data", "sample", "instrument", "costs", "logging", "store"):
         assert getattr(config, section) == getattr(defaults, section), section
+    assert llm_settings(config) == LlmSettings()
     assert config.strategies["sma_cross"] == {"fast": 10, "slow": 30, "fraction": 0.95, "allow_short": False}
     from strategies.llm_signal import LlmSignal
 
@@ -41,12 +44,42 @@ def test_shipped_config_loads_and_matches_defaults():
 ])
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as info:
-        load_config(ROOT / "config.toml", overrides)
+        load_settings(ROOT / "config.toml", overrides)
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["llm.regressor.optim.lrr=1"], "unknown key 'llm.regressor.optim.lrr' (did you mean 'llm.regressor.optim.lr'?)"),
+    (["llm.sentiment.max_train_samples=many"], "llm.sentiment.max_train_samples = 'many': expected an integer"),
+    (["llm.regressor.backbone.source='x'"], "set the backbone with llm.backbone"),
+    (["llm.train_fraction=1.5"], "train_fraction must be in (0, 1)"),
+])
+def test_the_llm_section_decodes_into_the_trainers_configs_as_strictly(overrides, message):
+    from strategies.llm_settings import llm_settings
+
+    config = load_settings(ROOT / "config.toml", overrides)  # kept as a table: decoded by its owner, on use
+    with pytest.raises(ConfigError) as info:
+        llm_settings(config)
+    assert message in str(info.value) and "config.toml" in str(info.value)
+
+
+def test_a_misspelt_section_is_refused_at_load_time_with_the_nearest_name():
+    with pytest.raises(ConfigError, match="unknown key 'lm' \\(did you mean 'llm'\\?\\)"):
+        load_settings(ROOT / "config.toml", ["lm.backbone='tiny'"])
+
+
+def test_train_and_the_backtest_share_the_trainers_defaults():
+    from models.training.sentiment_config import SentimentTrainingConfig
+    from strategies.llm_settings import llm_settings
+
+    shipped = llm_settings(load_settings(ROOT / "config.toml")).training("sentiment")
+    trainer = SentimentTrainingConfig()  # what `python -m engine train sentiment` starts from
+    assert (shipped.optim.lr, shipped.optim.head_lr) == (trainer.optim.lr, trainer.optim.head_lr) == (1e-3, 5e-3)
+    assert shipped.optim == trainer.optim and shipped.lora == trainer.lora
+
+
 def test_overrides_are_typed_and_win_over_the_file():
-    config = load_config(ROOT / "config.toml", ["costs.slippage_bps=5", "run.strategy=buy_and_hold",
+    config = load_settings(ROOT / "config.toml", ["costs.slippage_bps=5", "run.strategy=buy_and_hold",
                                                "strategies.sma_cross.fast=20"])
     assert config.costs.slippage_bps == 5.0 and isinstance(config.costs.slippage_bps, float)
     assert config.run.strategy == "buy_and_hold"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from engine.domain import Bar, News
-from engine.evaluation import LABELS, VARIANTS, _cap_per_day, _forecast_quality, render
 from engine.feeds.sample import SampleMarketConfig, generate_sample_market
 from models.aggregation import AggregationConfig, ScoredHeadline
+from research.evaluation import LABELS, VARIANTS, _cap_per_day, _forecast_quality, render
 from strategies.llm_signals import PrecomputedSignals, SourceIdentity, ridge_signals
 
 AGG = AggregationConfig()

@@ -282,7 +282,8 @@ def test_client_order_ids_are_deterministic_short_and_unique_per_decision():
     assert len(longest) <= MAX_LENGTH
 
 
-def _record(tmp_path, strategy, series, inst, *, costs=CostModels(), run_id="run-1"):
+def _record(tmp_path, strategy, series, inst, *, costs=None, run_id="run-1"):
+    costs = costs or CostModels()
     store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
     journal = start_run(store, run_id=run_id, mode="backtest", strategy="t", symbols=[s.symbol for s in series],
                         timeframe_ms=series[0].timeframe_ms, starting_cash=10_000.0, config={})

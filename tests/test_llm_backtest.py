@@ -23,9 +23,9 @@ BARS, TRAIN_FRACTION = 1300, 0.9  # 1,170 bars to train on (the regressor's own 
 
 def pipeline_args(cache: Path, *more: str) -> list[str]:
     sets = {"llm.backbone": '"tiny"', "llm.cache_dir": f'"{cache}"', "sample.bars": str(BARS),
-            "llm.train_fraction": str(TRAIN_FRACTION), "llm.regressor.max_steps": "2",
+            "llm.train_fraction": str(TRAIN_FRACTION), "llm.regressor.optim.max_steps": "2",
             "llm.regressor.max_train_samples": "32", "llm.regressor.max_val_samples": "16",
-            "llm.sentiment.max_steps": "2", "llm.sentiment.max_train_samples": "32"}
+            "llm.sentiment.optim.max_steps": "2", "llm.sentiment.max_train_samples": "32"}
     flags = [f for key, value in sets.items() for f in ("--set", f"{key}={value}")]
     return ["backtest", "--strategy", "llm_signal", "--json", "--no-progress", "--config", str(ROOT / "config.toml"),
             *flags, *more]
@@ -98,7 +98,7 @@ def test_default_pipeline_trains_on_the_earlier_part_and_trades_only_the_later_o
         assert second[key] == first[key], key
 
     # other training settings are another checkpoint
-    third, _ = run_json(capsys, pipeline_args(cache, "--set", "llm.regressor.lr=1e-3"))
+    third, _ = run_json(capsys, pipeline_args(cache, "--set", "llm.regressor.optim.lr=1e-3"))
     assert third["checkpoints"]["regressor"]["trained"] and not third["checkpoints"]["sentiment"]["trained"]
     assert third["checkpoints"]["regressor"]["folder"] != str(regressor)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from engine.config import WalkForwardSettings
 from engine.errors import ConfigError
-from engine.walk_forward import folds
+from research.walk_forward import folds
+from strategies.llm_settings import WalkForwardSettings
 from tests.llm_helpers import torch  # noqa: F401  (skips this module without the llm extra)
 from tests.test_llm_backtest import pipeline_args
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from engine.costs import FundingSeries
-from engine.domain import DEFAULT_FEES, ContractType, Instrument
+from engine.domain import ContractType, Instrument
 from engine.errors import ConfigError, DataError, TemporaryError
 from engine.feeds.cache import (
     CacheKey,
@@ -348,10 +348,7 @@ def _bybit_instrument(config: Any, cache: MarketCache, symbol: str, notes: list[
                          "set --set instrument.contract=linear_perp")
         return None
     contract = ContractType(record["contract"])
-    maker, taker = DEFAULT_FEES[contract]
-    cc = config.costs
-    maker = maker if cc.maker_fee == "vip0" else float(cc.maker_fee)
-    taker = taker if cc.taker_fee == "vip0" else float(cc.taker_fee)
+    maker, taker = config.costs.fee_rates(contract)
     instrument = Instrument(
         symbol=symbol, contract=contract, tick_size=float(record["tick_size"]), lot_step=float(record["lot_step"]),
         min_quantity=float(record["min_quantity"] or 0), min_notional=float(record["min_notional"] or 0),
@@ -359,7 +356,7 @@ def _bybit_instrument(config: Any, cache: MarketCache, symbol: str, notes: list[
         max_leverage=float(record["max_leverage"]) if contract is ContractType.LINEAR_PERP else 1.0,
         quote_currency=record.get("quote") or "USDT",
     )
-    fees = "Bybit VIP0" if (cc.maker_fee, cc.taker_fee) == ("vip0", "vip0") else "[costs] in config"
+    fees = "Bybit VIP0" if config.costs.vip0 else "[costs] in config"
     notes.append(f"instrument: {symbol} from the cached Bybit market (fetched {record.get('fetched_at')}): "
                  f"{contract.value}, tick {instrument.tick_size:g}, lot step {instrument.lot_step:g}, min qty "
                  f"{instrument.min_quantity:g}, min notional {instrument.min_notional:g}, max leverage "

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.config import SampleMarketConfig
 from engine.domain.values import News
 from engine.series import BarSeries
 from engine.timeutil import MS_PER_DAY, parse_instant, parse_timeframe
@@ -126,24 +127,6 @@ _MAX_ABS_LOG_PRICE = 600.0  # keeps exp() of prices and wicks finite and nonzero
 
 
 @dataclass(frozen=True, slots=True)
-class SampleMarketConfig:
-    """Knobs of the synthetic market; the defaults give ~250 days of hourly bars, ~1000 headlines."""
-
-    seed: int = 7
-    symbol: str = "SYN/USDT"
-    timeframe: str = "1h"
-    bars: int = 6000
-    start: str = "2024-01-01"  # ISO date, UTC; first bar's open time
-    start_price: float = 100.0
-    volatility: float = 0.006  # per-bar standard deviation of log returns (noise)
-    drift: float = 0.0  # per-bar mean log return
-    headlines_per_day: float = 4.0  # Poisson rate
-    tone_effect: float = 0.004  # total log-return impact of one bullish (+) / bearish (-) headline
-    effect_bars: int = 6  # the impact is spread evenly over the bars after publication
-    neutral_share: float = 0.4  # share of neutral headlines (no effect)
-
-
-@dataclass(frozen=True, slots=True)
 class SampleMarket:
     """The generated market: bars, headlines sorted by publish time, and each headline's true tone."""
 
@@ -193,13 +176,14 @@ def _window_sum(first: np.ndarray, weights: np.ndarray, width: int, n: int) -> n
     return np.cumsum(starts - ends)[:n]
 
 
-def generate_sample_market(config: SampleMarketConfig = SampleMarketConfig()) -> SampleMarket:
+def generate_sample_market(config: SampleMarketConfig | None = None) -> SampleMarket:
     """Generate the synthetic market described in the module docstring.
 
     The same config gives byte-identical output; the random draws are made in a fixed order that
     does not depend on ``drift``, ``volatility``, ``tone_effect`` or ``start_price``, so changing
     only those keeps the same noise and the same headlines (handy for isolating the effect).
     """
+    config = config if config is not None else SampleMarketConfig()
     timeframe_ms, start_ms = _validate(config)
     n = config.bars
     rng = np.random.default_rng(config.seed)

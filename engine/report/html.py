@@ -149,7 +149,7 @@ def _status_note(data: RunData) -> str:
 
 
 def _signal_section(data: RunData, png: bytes) -> str:
-    """The strategy's signals (llm_signal records one per bar close): how many, what was decided,
+    """The strategy's signals (the LLM strategy records one per bar close): how many, what was decided,
     how sure the model was and how often headlines took part, then the chart."""
     summary = stats.signal_table(data)
     n = summary["signals"]

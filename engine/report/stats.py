@@ -120,15 +120,15 @@ def monthly_table(data: RunData) -> pd.DataFrame:
     return table
 
 
-SIGNAL_ACTIONS = ("open", "resize", "flip", "close", "hold", "flat", "halted")  # llm_signal's Decision.action
+SIGNAL_ACTIONS = ("open", "resize", "flip", "close", "hold", "flat", "halted")  # the decisions the LLM strategy records
 
 
 def signal_enter_score(data: RunData) -> np.ndarray | None:
     """The |score| each recorded decision needed to open, grow or flip a position, or None when the
     run's strategy has no ``enter_threshold``.
 
-    llm_signal enters when |expected move| >= enter_threshold x round-trip cost, and its expected
-    move is proportional to atanh(score) (strategies/llm_signal.py), so on the score's own scale the
+    The LLM strategy enters when |expected move| >= enter_threshold x round-trip cost, and its expected
+    move is proportional to atanh(score) (its module in strategies/), so on the score's own scale the
     bound is tanh(atanh(|score|) x enter_threshold x cost / |move|): it moves with the costs and the
     predicted volatility, which a fixed line would hide. (The cost is the one in the move's
     direction; on a perpetual the funding part differs a little the other way.) NaN where the move

@@ -95,7 +95,7 @@ def open_recording(config: Config, plan: BacktestPlan) -> Recording:
     store = open_store(config.store.url, busy_timeout=config.store.busy_timeout)
     try:
         journal = start_run(
-            store, run_id=new_run_id(), mode="backtest", strategy=config.run.strategy,
+            store, run_id=new_run_id(), mode="backtest", strategy=plan.strategy_name or config.run.strategy,
             symbols=[s.symbol for s in plan.series], timeframe_ms=plan.series[0].timeframe_ms,
             starting_cash=config.run.starting_cash, config=config_snapshot(config), data_label=plan.data_label,
             data_fingerprint=data_fingerprint(plan), code_version=code_version(),

@@ -73,7 +73,7 @@ def _empty(dtype: Any = np.float64) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Signals:
-    """The signals a strategy recorded (llm_signal: one per symbol and bar close), in time order,
+    """The signals a strategy recorded (the LLM strategy: one per symbol and bar close), in time order,
     one array per field. What the components JSON lacks is NaN (or "" for ``action``), so a
     strategy that records bare signals still loads; a run without signals has empty arrays."""
 

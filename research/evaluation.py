@@ -1,6 +1,6 @@
 """The LLM strategy on real data against its baselines, out of sample and net of costs: writes EVALUATION.md.
 
-    python -m engine.evaluation            # or: make evaluate
+    python -m research.evaluation            # or: make evaluate
 
 For every market below the bars are cut at a fixed date. The LLM predictor never sees a bar or a
 headline at or after the cut in training, and only the bars after it are traded. Five strategies
@@ -22,7 +22,7 @@ time split, so they share one regressor trained on NVDA daily bars 1999–2014 (
 all of which precede every traded window. StockNet tweets are capped at the first
 ``tweets_per_day`` distinct tweets of each UTC day (CPU time; the cap looks at nothing later).
 
-A walk-forward section retrains the BTC regressor on rolling windows (``engine.walk_forward``)
+A walk-forward section retrains the BTC regressor on rolling windows (``research.walk_forward``)
 and reports in-sample beside out-of-sample returns.
 
 Every number in EVALUATION.md comes from this run; ``docs/evaluation/results.json`` holds them all,
@@ -47,26 +47,61 @@ from typing import Any
 
 import numpy as np
 
-from engine.config import Config, load_config
+from engine.config import Config
 from engine.domain import News
 from engine.errors import ConfigError, DataError
-from engine.session import BacktestPlan, prepare_backtest, run_recorded, strategy_factory
+from engine.plan import BacktestPlan
+from engine.session import load_settings, prepare_backtest, run_recorded, strategy_factory
 from engine.timeutil import iso, parse_instant
+from strategies.llm_settings import llm_settings, with_llm
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
 CHECKPOINTS = ROOT / "checkpoints" / "eval"
 
-SENTIMENT_FOLDER = ROOT / "checkpoints" / "sentiment_twitter"
-SENTIMENT_TRAIN = [
-    "train", "sentiment", "--data", "{shared}/sentiment/twitter_financial_news/sent_train.csv", "--label-map", "twitter",
-    "--test", "{shared}/sentiment/twitter_financial_news/sent_valid.csv", "--max-train-samples", "2400", "--epochs", "1", "--lr", "6e-4", "--head-lr", "3e-3", "--out", "{out}",
-]
-REGRESSOR_FOLDER = CHECKPOINTS / "regressor_nvda_daily"
-REGRESSOR_TRAIN = [
-    "train", "regressor", "--data", "{shared}/ohlcv/equities_daily/backtrader_nvda-1999-2014.txt",
-    "--max-train-samples", "320", "--epochs", "1", "--out", "{out}",
-]
+@dataclass(frozen=True)
+class TrainSpec:
+    """A checkpoint the evaluation trains when it is missing, as ``python -m engine train`` would."""
+
+    task: str
+    folder: Path
+    data: str  # relative to the data folder
+    test: str | None = None
+    label_map: str | None = None
+    max_train_samples: int = 0
+    optim: tuple[tuple[str, float], ...] = ()  # (OptimSettings field, value)
+
+    def config(self) -> Any:
+        from models.training.regressor_config import RegressorTrainingConfig
+        from models.training.sentiment_config import SentimentTrainingConfig
+
+        base = SentimentTrainingConfig() if self.task == "sentiment" else RegressorTrainingConfig()
+        return dataclasses.replace(base, max_train_samples=self.max_train_samples,
+                                   optim=dataclasses.replace(base.optim, **dict(self.optim)))
+
+    def description(self, data: Path) -> dict[str, Any]:
+        if self.task == "sentiment":
+            return {"path": str(data / self.data), "format": None, "label_map": self.label_map,
+                    "test": str(data / self.test) if self.test else None}
+        return {"path": str(data / self.data)}
+
+    def command(self) -> str:
+        """The same training as a command line, for the record."""
+        flags = [f"--data ../shared/data/{self.data}"]
+        flags += [f"--label-map {self.label_map}"] if self.label_map else []
+        flags += [f"--test ../shared/data/{self.test}"] if self.test else []
+        flags += [f"--max-train-samples {self.max_train_samples}"] if self.max_train_samples else []
+        flags += [f"--{k.replace('_', '-')} {v:g}" for k, v in self.optim]
+        return f"python -m engine train {self.task} {' '.join(flags)} --out {self.folder.relative_to(ROOT)}"
+
+
+SENTIMENT = TrainSpec("sentiment", ROOT / "checkpoints" / "sentiment_twitter",
+                      "sentiment/twitter_financial_news/sent_train.csv",
+                      test="sentiment/twitter_financial_news/sent_valid.csv", label_map="twitter",
+                      max_train_samples=2400, optim=(("epochs", 1.0), ("lr", 6e-4), ("head_lr", 3e-3)))
+REGRESSOR = TrainSpec("regressor", CHECKPOINTS / "regressor_nvda_daily",
+                      "ohlcv/equities_daily/backtrader_nvda-1999-2014.txt", max_train_samples=320,
+                      optim=(("epochs", 1.0),))
 
 
 @dataclass(frozen=True)
@@ -102,13 +137,15 @@ WALK_FORWARD = {"llm.walk_forward.train_bars": 2000, "llm.walk_forward.test_bars
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.evaluation", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m research.evaluation", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="About an hour on a 2-core CPU (plus ~25 min the first time, to train the "
                                             "sentiment adapter); a rerun reuses checkpoints and cached predictions.")
     parser.add_argument("--out", type=Path, default=ROOT / "EVALUATION.md", help="the Markdown report (default: %(default)s)")
     parser.add_argument("--charts", type=Path, default=ROOT / "docs" / "evaluation",
                         help="charts and results.json (default: %(default)s)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="the shared data sets, read in place and never copied (default: %(default)s)")
     parser.add_argument("--markets", default="", help="comma-separated names or prefixes (default: all), e.g. BTC,AAPL")
     parser.add_argument("--no-walk-forward", action="store_true", help="skip the walk-forward section")
     parser.add_argument("--store", default=str(ROOT / "logs" / "evaluation.db"), help="SQLite file the runs are recorded in")
@@ -127,26 +164,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    if not SHARED.is_dir():
-        raise DataError(f"the evaluation reads the shared data sets from {SHARED}, which does not exist")
+    data = args.data
+    if not data.is_dir():
+        raise DataError(f"the evaluation reads the shared data sets from {data}, which does not exist "
+                        "(pass --data DIR)")
     chosen = [m for m in MARKETS if not args.markets or any(m.name.lower().startswith(p.strip().lower())
                                                             for p in args.markets.split(","))]
     if not chosen:
         raise ConfigError(f"--markets {args.markets!r} matches none of: {', '.join(m.name for m in MARKETS)}")
     started = time.perf_counter()
-    sentiment = _ensure_checkpoint(SENTIMENT_FOLDER, SENTIMENT_TRAIN, "sentiment")
-    regressor = _ensure_checkpoint(REGRESSOR_FOLDER, REGRESSOR_TRAIN, "regressor") if any(
+    sentiment = _ensure_checkpoint(SENTIMENT, data)
+    regressor = _ensure_checkpoint(REGRESSOR, data) if any(
         not m.own_regressor for m in chosen) else None
     args.charts.mkdir(parents=True, exist_ok=True)
     results = []
     for i, market in enumerate(chosen, 1):
         _say(f"[{i}/{len(chosen)}] {market.name}")
-        results.append(evaluate_market(market, args.store, sentiment, regressor, args.charts))
+        results.append(evaluate_market(market, data, args.store, sentiment, regressor, args.charts))
         _write(args, results, None, sentiment, regressor, time.perf_counter() - started, partial=True)
     walk = None
     if not args.no_walk_forward and any(m.own_regressor for m in chosen):
         _say("walk-forward on BTC/USDT 1h")
-        walk = walk_forward_btc(args.store, sentiment, args.charts)
+        walk = walk_forward_btc(data, args.store, sentiment, args.charts)
     _write(args, results, walk, sentiment, regressor, time.perf_counter() - started, partial=False)
     _say(f"wrote {args.out} and {args.charts / 'results.json'} in {(time.perf_counter() - started) / 60:.1f} min")
     return 0
@@ -156,31 +195,23 @@ def _say(line: str) -> None:
     print(f"evaluation: {line}", file=sys.stderr, flush=True)
 
 
-def _ensure_checkpoint(folder: Path, command: list[str], task: str) -> dict[str, Any]:
-    """The checkpoint in ``folder``, trained by ``command`` (a ``python -m engine`` argv) when missing."""
-    argv = [a.format(shared=SHARED, out=folder) for a in command]
+def _ensure_checkpoint(spec: TrainSpec, data: Path) -> dict[str, Any]:
+    """The checkpoint of ``spec``, trained (``research.commands``) when missing."""
+    folder = spec.folder
     if not (folder / "config.json").is_file():
-        from engine import ml_commands
+        from research.commands import train_regressor, train_sentiment
 
-        _say(f"training the {task} checkpoint: python -m engine {' '.join(argv)}")
-        parser = _engine_parser()
-        if ml_commands.main(parser.parse_args(argv)) != 0:
-            raise DataError(f"training the {task} checkpoint into {folder} failed (see above)")
+        _say(f"training the {spec.task} checkpoint: {spec.command()}")
+        train = train_sentiment if spec.task == "sentiment" else train_regressor
+        train(spec.config(), spec.description(data), folder, progress=sys.stderr.isatty())
     metrics = json.loads((folder / "metrics.json").read_text())
-    return {"folder": str(folder.relative_to(ROOT)), "command": "python -m engine " + " ".join(
-        a.replace(str(SHARED), "../shared/data").replace(str(ROOT) + "/", "") for a in argv),
-        "validation": {k: v for k, v in metrics.get("validation", {}).items() if isinstance(v, float)}}
+    return {"folder": str(folder.relative_to(ROOT)), "command": spec.command(),
+            "validation": {k: v for k, v in metrics.get("validation", {}).items() if isinstance(v, float)}}
 
 
-def _engine_parser() -> argparse.ArgumentParser:
-    from engine.cli import _parser
-
-    return _parser()
-
-
-def _config(market: Market, store: str, sentiment: dict[str, Any], regressor: dict[str, Any] | None,
+def _config(market: Market, data: Path, store: str, sentiment: dict[str, Any], regressor: dict[str, Any] | None,
             **more: Any) -> Config:
-    sets = {"run.strategy": "llm_signal", "data.bars": str(SHARED / market.bars), "data.news": str(SHARED / market.news),
+    sets = {"run.strategy": "llm_signal", "data.bars": str(data / market.bars), "data.news": str(data / market.news),
             "data.symbol": market.symbol, "run.start": market.start, "run.end": market.end,
             "llm.sentiment_checkpoint": str(ROOT / sentiment["folder"]), "llm.batch_size": 8,
             "store.url": f"sqlite:///{store}", "logging.file": ""}
@@ -188,18 +219,18 @@ def _config(market: Market, store: str, sentiment: dict[str, Any], regressor: di
         assert regressor is not None
         sets["llm.regressor_checkpoint"] = str(ROOT / regressor["folder"])
     sets.update(more)
-    return load_config(ROOT / "config.toml", [f"{k}={json.dumps(v)}" for k, v in sets.items()])
+    return load_settings(ROOT / "config.toml", [f"{k}={json.dumps(v)}" for k, v in sets.items()])
 
 
 def _base_plan(market: Market, config: Config) -> BacktestPlan:
-    plan = prepare_backtest(config, train_llm=False)
+    plan = prepare_backtest(config, prepare=False)
     news = _cap_per_day(plan.news, market.tweets_per_day) if market.tweets_per_day else plan.news
     series = plan.series[0]
     cut = int(np.searchsorted(series.ts_open, parse_instant(market.cut), side="left"))
     fraction = cut / len(series)
     if round(fraction * len(series)) != cut:
         raise DataError(f"{market.name}: cannot express the cut at bar {cut} of {len(series)} as a fraction")
-    config = dataclasses.replace(config, llm=dataclasses.replace(config.llm, train_fraction=fraction))
+    config = with_llm(config, train_fraction=fraction)
     return dataclasses.replace(plan, config=config, news=news)
 
 
@@ -216,21 +247,21 @@ def _cap_per_day(news: Sequence[News], per_day: int) -> list[News]:
     return kept
 
 
-def evaluate_market(market: Market, store: str, sentiment: dict[str, Any], regressor: dict[str, Any] | None,
+def evaluate_market(market: Market, data: Path, store: str, sentiment: dict[str, Any], regressor: dict[str, Any] | None,
                     charts: Path) -> dict[str, Any]:
     """The five strategies on ``market``'s traded part; their metrics and a chart."""
-    from engine.llm_backtest import llm_plan, setup_llm, translated_errors
+    from strategies.llm_prepare import llm_plan, setup_llm, translated_errors
     from strategies.llm_signal import LlmSignal
     from strategies.llm_signals import ridge_signals
 
-    config = _config(market, store, sentiment, regressor)
+    config = _config(market, data, store, sentiment, regressor)
     plan = _base_plan(market, config)
     with translated_errors(config):
         setup = setup_llm(plan, say=_say)
         source = setup.precompute()
     split = setup.split
     symbol = split.trade.symbol
-    ridge = ridge_signals(split.history, config.llm.aggregation, train_end_ms=split.trade_start_ms,
+    ridge = ridge_signals(split.history, llm_settings(config).aggregation, train_end_ms=split.trade_start_ms,
                           start_ms=split.trade_start_ms)
     sources = {"llm": source, "llm_no_news": source.without_news(), "ridge": ridge}
     rows: dict[str, dict[str, Any]] = {}
@@ -298,12 +329,12 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def walk_forward_btc(store: str, sentiment: dict[str, Any], charts: Path) -> dict[str, Any]:
-    from engine.walk_forward import plot_walk_forward, run_walk_forward
+def walk_forward_btc(data: Path, store: str, sentiment: dict[str, Any], charts: Path) -> dict[str, Any]:
+    from research.walk_forward import plot_walk_forward, run_walk_forward
 
     market = MARKETS[0]
-    config = _config(market, store, sentiment, None, **WALK_FORWARD)
-    plan = prepare_backtest(config, train_llm=False)
+    config = _config(market, data, store, sentiment, None, **WALK_FORWARD)
+    plan = prepare_backtest(config, prepare=False)
 
     def run_plan(sub: BacktestPlan, label: str) -> dict[str, Any]:
         _, summary = run_recorded(sub)
@@ -372,7 +403,7 @@ def render(payload: dict[str, Any]) -> str:
     out = ["# Evaluation: the LLM strategy on real data, out of sample, net of costs", ""]
     if payload["partial"]:
         out += ["**Incomplete: the evaluation was still running (or stopped) when this was written.**", ""]
-    out += [f"Generated {payload['generated']} by `python -m engine.evaluation` (`make evaluate`) in "
+    out += [f"Generated {payload['generated']} by `python -m research.evaluation` (`make evaluate`) in "
             f"{payload['seconds'] / 60:.0f} min on {payload['machine']}. Every figure below is printed by that "
             "command and stored in `docs/evaluation/results.json`; every backtest is a recorded run in "
             "`logs/evaluation.db`.", "",

@@ -3,7 +3,7 @@
 Fold k covers bars ``[k x test, k x test + train + test)`` (``[llm.walk_forward]`` ``train_bars``
 and ``test_bars``): both adapters are fine-tuned (or reused from the checkpoint cache) on its first
 ``train_bars`` bars exactly as a single ``llm_signal`` backtest trains on the part before its cut
-(``engine.llm_backtest.setup_llm``), then the strategy trades
+(``strategies.llm_prepare.setup_llm``), then the strategy trades
 
 - **out of sample** the fold's next ``test_bars`` bars, which no training saw, and
 - **in sample** the last ``in_sample_bars`` of the fold's own training bars (default
@@ -24,12 +24,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.config import WalkForwardSettings
+from engine.config import Config
 from engine.errors import ConfigError
 from engine.plan import BacktestPlan
 from engine.timeutil import iso
+
+if TYPE_CHECKING:
+    from strategies.llm_settings import WalkForwardSettings
 
 RunPlan = Callable[[BacktestPlan, str], dict[str, Any]]
 """Runs (and records) a plan, returning its summary; the second argument labels it, e.g. "fold 2 out-of-sample"."""
@@ -58,22 +61,31 @@ def folds(n_bars: int, settings: WalkForwardSettings) -> list[Fold]:
     return out
 
 
+def check_walk_forward(config: Config) -> None:
+    """Refuse, before any work, a strategy that has no predictor to retrain."""
+    from strategies.llm_signal import LlmSignal
+
+    if (config.run.strategy or None) != LlmSignal.name:
+        raise ConfigError(f"--walk-forward retrains the LLM predictor on rolling windows; it needs --strategy "
+                          f"{LlmSignal.name} (this run: {config.run.strategy})")
+
+
 def run_walk_forward(plan: BacktestPlan, run_plan: RunPlan, *, progress: bool = False,
                      say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every fold's in-sample and out-of-sample runs and their totals (a JSON-able dict)."""
-    from engine.llm_backtest import llm_plan, setup_llm, translated_errors
+    from strategies.llm_prepare import llm_plan, setup_llm, translated_errors
+    from strategies.llm_settings import llm_settings, with_llm
     from strategies.llm_signal import LlmSignal
 
     config = plan.config
-    settings = config.llm.walk_forward
-    if config.run.strategy != "llm_signal":
-        raise ConfigError(f"--walk-forward retrains the LLM predictor per fold; it needs --strategy llm_signal "
-                          f"(this run: {config.run.strategy})")
+    check_walk_forward(config)
+    llm = llm_settings(config)
+    settings = llm.walk_forward
     if len(plan.series) != 1:
         raise ConfigError("--walk-forward trades one series at a time")
     series = plan.series[0]
     in_sample = settings.in_sample_bars or settings.test_bars
-    lookback = config.llm.aggregation.news_lookback_ms
+    lookback = llm.aggregation.news_lookback_ms
     rows: list[dict[str, Any]] = []
     all_folds = folds(len(series), settings)
     for fold in all_folds:
@@ -84,7 +96,7 @@ def run_walk_forward(plan: BacktestPlan, run_plan: RunPlan, *, progress: bool = 
         window = series.between(int(series.ts_open[fold.start]), end_ms)
         fraction = (fold.cut - fold.start) / (fold.end - fold.start)
         fold_news = [n for n in plan.news if end_ms is None or n.ts_event < end_ms]
-        fold_config = dataclasses.replace(config, llm=dataclasses.replace(config.llm, train_fraction=fraction))
+        fold_config = with_llm(config, train_fraction=fraction)
         fold_plan = dataclasses.replace(plan, config=fold_config, series=[window], news=fold_news)
         with translated_errors(config):
             setup = setup_llm(fold_plan, progress=progress, say=say)  # a fresh backbone: peft wraps it in place

@@ -1,4 +1,4 @@
-"""The LLM strategy's backtest: split the data, fine-tune (or reuse) the predictor, predict, and
+"""The LLM strategy's preparation (its ``Strategy.prepare`` hook): split the data, fine-tune (or reuse) the predictor, predict, and
 return a plan that trades only the later part.
 
 Out of sample by construction. The bars are cut at ``llm.train_fraction``: the regressor adapter is
@@ -38,11 +38,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.config import Config, LlmConfig
+from engine.config import Config
 from engine.domain import News
 from engine.errors import ConfigError, DataError
 from engine.series import BarSeries
 from engine.timeutil import iso
+from strategies.llm_settings import LlmSettings, llm_settings
 
 if TYPE_CHECKING:
     from engine.plan import BacktestPlan
@@ -88,6 +89,7 @@ class LlmSetup:
     checkpoints: dict[str, dict[str, Any]]
     seconds: dict[str, float]
     reporter: _Reporter
+    strategy: Any = None  # the strategy class the signals are for (strategies.llm_signal.LlmSignal)
 
     def precompute(self, start_ms: int | None = None, news: Sequence[News] | None = None,
                    bars: BarSeries | None = None) -> Any:
@@ -120,14 +122,14 @@ def prepare_llm_backtest(plan: BacktestPlan, *, progress: bool = False, say: Say
     the series cut to the traded part. ``say`` receives one line per stage (progress)."""
     with translated_errors(plan.config):
         setup = setup_llm(plan, progress=progress, say=say)
-        make_strategy, predictions = _strategy_factory(setup, plan.config.llm.signal_source)
+        make_strategy, predictions = _strategy_factory(setup, llm_settings(plan.config).signal_source)
     return llm_plan(plan, setup, make_strategy, predictions)
 
 
 def llm_plan(plan: BacktestPlan, setup: LlmSetup, make_strategy: Callable[[], Any],
              predictions: dict[str, Any]) -> BacktestPlan:
     """``plan`` cut to ``setup``'s traded part, with ``make_strategy`` and the LLM summary keys."""
-    split, llm = setup.split, plan.config.llm
+    split, llm = setup.split, llm_settings(plan.config)
     trade = split.trade
     extra = {
         "train_period": _period(split.train, split.train_news, split.train.ts_open[0], split.trade_start_ms),
@@ -157,7 +159,7 @@ def translated_errors(config: Config) -> Iterator[None]:
     try:
         yield
     except BackboneError as exc:
-        raise ConfigError(f"llm.backbone = {config.llm.backbone!r}: {exc}") from exc
+        raise ConfigError(f"llm.backbone = {llm_settings(config).backbone!r}: {exc}") from exc
     except CheckpointError as exc:
         raise ConfigError(f"llm: {exc}") from exc
     except DatasetError as exc:
@@ -168,15 +170,15 @@ def setup_llm(plan: BacktestPlan, *, progress: bool = False, say: Say | None = N
     """Cut ``plan``'s series at ``llm.train_fraction``, then train (or reuse) both adapters on the
     part before the cut, on a freshly loaded backbone."""
     from models.backbone import load_backbone
-    from strategies.llm_signal import LlmSignal
 
     config = plan.config
-    llm = config.llm
+    llm = llm_settings(config)
     report = _Reporter(progress, say)
     if len(plan.series) != 1:
         raise ConfigError("strategies.llm_signal trades one series at a time")
-    params = plan.make_strategy().params  # the checked [strategies.llm_signal] table
-    LlmSignal.check_instruments(params, plan.instruments.values())  # before minutes of training, not after
+    probe = plan.make_strategy()  # the LLM strategy, its [strategies.<name>] table checked
+    strategy, params = type(probe), probe.params
+    strategy.check_instruments(params, plan.instruments.values())  # before minutes of training, not after
     split = split_market(plan.series[0], plan.news, llm.train_fraction, llm.aggregation.news_lookback_ms)
     report.say(f"training part: {len(split.train):,} bars {iso(int(split.train.ts_open[0]))} .. "
                f"{iso(split.trade_start_ms)} and {len(split.train_news):,} headlines; traded part: {len(split.trade):,} "
@@ -184,7 +186,7 @@ def setup_llm(plan: BacktestPlan, *, progress: bool = False, say: Say | None = N
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     report.say(f"loading the backbone ({llm.backbone}, {llm.precision})")
-    backbone = load_backbone(_backbone_config(llm))
+    backbone = load_backbone(llm.backbone_config)
     seconds["backbone"] = round(time.perf_counter() - started, 2)
 
     checkpoints: dict[str, dict[str, Any]] = {}
@@ -193,10 +195,10 @@ def setup_llm(plan: BacktestPlan, *, progress: bool = False, say: Say | None = N
     for task, info in checkpoints.items():
         seconds[f"train_{task}"] = info["seconds"]
     model = _signal_model(llm, backbone, regressor, sentiment, split.trade)
-    return LlmSetup(split, model, params, backbone, checkpoints, seconds, report)
+    return LlmSetup(split, model, params, backbone, checkpoints, seconds, report, strategy)
 
 
-def _signal_model(llm: LlmConfig, backbone: Any, regressor: Any, sentiment: Any, trade: BarSeries) -> Any:
+def _signal_model(llm: LlmSettings, backbone: Any, regressor: Any, sentiment: Any, trade: BarSeries) -> Any:
     """One predictor with both adapters, prompting as the regressor was trained."""
     from models.cache import PredictionCache
     from models.features import FeatureScaler
@@ -225,7 +227,6 @@ def _strategy_factory(setup: LlmSetup, signal_source: str) -> tuple[Callable[[],
     """(a factory of strategies with their signal source, what was predicted). Precomputed: every
     prediction now, through the cache; online: a fresh source per strategy, warmed up on the
     training part, computing every answer during the loop (no cache), as live."""
-    from strategies.llm_signal import LlmSignal
     from strategies.llm_signals import OnlineSignals
 
     split, params = setup.split, setup.params
@@ -238,29 +239,14 @@ def _strategy_factory(setup: LlmSetup, signal_source: str) -> tuple[Callable[[],
         def make_online() -> Any:
             online = OnlineSignals(live, symbol)
             online.warm_up(split.train, split.context_news)
-            return LlmSignal(params, {symbol: online})
+            return setup.strategy(params, {symbol: online})
 
         return make_online, {}
     source = setup.precompute()
-    return (lambda: LlmSignal(params, {symbol: source})), dict(source.stats)
+    return (lambda: setup.strategy(params, {symbol: source})), dict(source.stats)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
-def _training_config(base: Any, llm: LlmConfig, s: Any, **extra: Any) -> Any:
-    """A trainer's config (``base``: its defaults) with the ``[llm.<task>]`` settings ``s`` applied."""
-    return dataclasses.replace(
-        base, backbone=_backbone_config(llm), lora=dataclasses.replace(base.lora, rank=s.lora_rank, alpha=2 * s.lora_rank),
-        optim=dataclasses.replace(base.optim, epochs=s.epochs, max_steps=s.max_steps, batch_size=s.batch_size,
-                                  lr=s.lr, head_lr=s.head_lr, seed=s.seed),
-        max_train_samples=s.max_train_samples, **extra)
-
-
-def _backbone_config(llm: LlmConfig) -> Any:
-    from models.backbone import BackboneConfig
-
-    return BackboneConfig(source=llm.backbone, precision=llm.precision, cache_dir=llm.model_cache_dir)
-
-
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -276,25 +262,23 @@ def _regressor_checkpoint(config: Config, split: MarketSplit, backbone_fingerpri
                           report: _Reporter, out: dict[str, dict[str, Any]]) -> Any:
     from models.datasets import DatasetError
     from models.training.checkpoint import read_checkpoint
-    from models.training.regressor_config import RegressorTrainingConfig
     from models.training.regressor_trainer import BarArrays, RegressorTrainer
 
-    llm = config.llm
+    llm = llm_settings(config)
     if llm.regressor_checkpoint:
         return _given("regressor", llm.regressor_checkpoint, out)
-    s = llm.regressor
-    training = _training_config(RegressorTrainingConfig(), llm, s, max_val_samples=s.max_val_samples,
-                                feature_digits=s.feature_digits)
+    training = llm.training("regressor")
     train = split.train
+    samples = training.max_train_samples or len(train)
     folder = Path(llm.cache_dir) / "checkpoints" / (
         "regressor-" + _key("regressor", _bars_fingerprint(train), training.to_dict(), backbone_fingerprint))
     if (folder / "config.json").is_file():
         report.say(f"reusing the regressor trained earlier on these bars with these settings ({folder})")
         out["regressor"] = {"folder": str(folder), "trained": False, "seconds": 0.0}
         return read_checkpoint(folder, "regressor")
-    steps = training.optim.total_steps(min(s.max_train_samples, len(train)))
-    report.say(f"fine-tuning the regressor on up to {s.max_train_samples} samples of the training bars "
-               f"(about {steps} steps; validation on {s.max_val_samples})")
+    steps = training.optim.total_steps(min(samples, len(train)))
+    report.say(f"fine-tuning the regressor on up to {samples} samples of the training bars "
+               f"(about {steps} steps; validation on {training.max_val_samples or 'all'})")
     bars = BarArrays(train.symbol, train.timeframe, train.timeframe_ms, train.ts_open, train.open, train.high,
                      train.low, train.close, train.volume, source=train.source)
     started = time.perf_counter()
@@ -314,18 +298,16 @@ def _regressor_checkpoint(config: Config, split: MarketSplit, backbone_fingerpri
 def _sentiment_checkpoint(config: Config, split: MarketSplit, plan: BacktestPlan, backbone_fingerprint: str,
                           progress: bool, report: _Reporter, out: dict[str, dict[str, Any]]) -> Any:
     from models.training.checkpoint import read_checkpoint
-    from models.training.sentiment_config import SentimentTrainingConfig
     from models.training.sentiment_trainer import SentimentTrainer, prepare_sentiment_data
 
-    llm = config.llm
+    llm = llm_settings(config)
     if llm.sentiment_checkpoint:
         return _given("sentiment", llm.sentiment_checkpoint, out)
     if not split.train_news and not split.trade_news:
         report.say("no headlines in this run: the signal is the regression alone")
         return None
     data = _labelled_headlines(plan, split.train_news)
-    s = llm.sentiment
-    training = _training_config(SentimentTrainingConfig(), llm, s)
+    training = llm.training("sentiment")
     folder = Path(llm.cache_dir) / "checkpoints" / (
         "sentiment-" + _key("sentiment", data.fingerprint(), training.to_dict(), backbone_fingerprint))
     if (folder / "config.json").is_file():

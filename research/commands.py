@@ -178,12 +178,19 @@ def _out(args: argparse.Namespace) -> Path:
 
 def _bars(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """``BarArrays`` from the flags (or the description recorded in a checkpoint) and that description."""
-    from models.training.regressor_trainer import BarArrays
 
     desc = {"path": args.data, "symbol": args.symbol, "timeframe": args.timeframe, "start": args.start,
             "end": args.end, "drop_bad_rows": bool(args.drop_bad_rows)}
     if args.data is None and recorded:
         desc = {k: recorded.get(k) for k in desc}
+    return bars_of(desc), desc
+
+
+def bars_of(desc: dict[str, Any]) -> Any:
+    """``BarArrays`` of a bar description (``path`` None: the synthetic sample market)."""
+    from models.training.regressor_trainer import BarArrays
+
+    desc = {"symbol": None, "timeframe": None, "start": None, "end": None, "drop_bad_rows": False, **desc}
     if desc["path"] is None:
         from engine.feeds.sample import generate_sample_market
 
@@ -202,14 +209,12 @@ def _bars(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -> t
                            drop_bad_rows=desc["drop_bad_rows"]).series.between(start, end)
     if len(series) == 0:
         raise DataError(f"{desc['path']}: no bars in the chosen period")
-    bars = BarArrays(series.symbol, series.timeframe, series.timeframe_ms, series.ts_open, series.open,
+    return BarArrays(series.symbol, series.timeframe, series.timeframe_ms, series.ts_open, series.open,
                      series.high, series.low, series.close, series.volume, source=series.source or str(desc["path"]))
-    return bars, desc
 
 
 def _train_regressor(args: argparse.Namespace) -> dict[str, Any]:
     from models.training.regressor_config import RegressorTrainingConfig
-    from models.training.regressor_trainer import RegressorTrainer
 
     base = RegressorTrainingConfig()
     changes: dict[str, Any] = {"backbone": _backbone_config(args, base.backbone), "optim": _optim(args, base.optim),
@@ -222,9 +227,16 @@ def _train_regressor(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     config = replace(base, **changes)
-    bars, desc = _bars(args)
-    out = _out(args)
-    metrics = RegressorTrainer(config, progress=_progress(args)).train(bars, out, describe=desc)
+    _, desc = _bars(args)
+    return train_regressor(config, desc, _out(args), progress=_progress(args))
+
+
+def train_regressor(config: Any, data: dict[str, Any], out: Path, *, progress: bool = False) -> dict[str, Any]:
+    """Fine-tune the regressor (``RegressorTrainingConfig``) on the bars ``data`` describes
+    (``path``, optional ``symbol``, ``timeframe``, ``start``, ``end``) into ``out``; the metrics."""
+    from models.training.regressor_trainer import RegressorTrainer
+
+    metrics = RegressorTrainer(config, progress=progress).train(bars_of(data), out, describe=data)
     return {"command": "train", "task": "regressor", "checkpoint": str(out), **metrics}
 
 
@@ -236,9 +248,17 @@ def _texts(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -> 
     desc = {"path": args.data, "format": args.format, "label_map": args.label_map, "test": args.test}
     if args.data is None and recorded:
         desc = {k: recorded.get(k) for k in desc}
-    data = _read_texts(desc["path"], desc["format"], desc["label_map"])
-    test = _read_texts(desc["test"], desc["format"], desc["label_map"]) if desc["test"] else None
+    data, test = texts_of(desc)
     return data, test, desc
+
+
+def texts_of(desc: dict[str, Any]) -> tuple[Any, Any]:
+    """(labelled texts, separate test set or None) of a description: ``path``, ``format``,
+    ``label_map``, ``test`` (``path`` None: the synthetic sample's headlines)."""
+    fmt, label_map = desc.get("format"), desc.get("label_map")
+    data = _read_texts(desc.get("path"), fmt, label_map)
+    test = _read_texts(desc["test"], fmt, label_map) if desc.get("test") else None
+    return data, test
 
 
 def _read_texts(path: str | None, fmt: str | None, label_map: str | None) -> Any:
@@ -260,7 +280,6 @@ def _read_texts(path: str | None, fmt: str | None, label_map: str | None) -> Any
 
 def _train_sentiment(args: argparse.Namespace) -> dict[str, Any]:
     from models.training.sentiment_config import SentimentTrainingConfig
-    from models.training.sentiment_trainer import SentimentTrainer, prepare_sentiment_data
 
     base = SentimentTrainingConfig()
     changes: dict[str, Any] = {"backbone": _backbone_config(args, base.backbone), "optim": _optim(args, base.optim),
@@ -268,10 +287,18 @@ def _train_sentiment(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_train_samples is not None:
         changes["max_train_samples"] = args.max_train_samples
     config = replace(base, **changes)
-    data, test, desc = _texts(args)
-    prepared = prepare_sentiment_data(data, config, test)
-    out = _out(args)
-    metrics = SentimentTrainer(config, progress=_progress(args)).train(prepared, out, describe=desc)
+    _, _, desc = _texts(args)
+    return train_sentiment(config, desc, _out(args), progress=_progress(args))
+
+
+def train_sentiment(config: Any, data: dict[str, Any], out: Path, *, progress: bool = False) -> dict[str, Any]:
+    """Fine-tune the sentiment adapter (``SentimentTrainingConfig``) on the labelled texts ``data``
+    describes (``texts_of``) into ``out``; the metrics."""
+    from models.training.sentiment_trainer import SentimentTrainer, prepare_sentiment_data
+
+    texts, test = texts_of(data)
+    prepared = prepare_sentiment_data(texts, config, test)
+    metrics = SentimentTrainer(config, progress=progress).train(prepared, out, describe=data)
     return {"command": "train", "task": "sentiment", "checkpoint": str(out), **metrics}
 
 

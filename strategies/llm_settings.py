@@ -1,0 +1,96 @@
+"""The ``[llm]`` section: the predictor behind the ``llm_signal`` strategy (backbone, the train /
+trade split, fine-tuning, inference, aggregation and the walk-forward).
+
+``[llm.regressor]`` and ``[llm.sentiment]`` decode straight into the trainers' own configs
+(``models.training``), so ``python -m engine train`` and a backtest share one set of defaults: the
+trainers'. What differs in a backtest is only how much it trains on (``max_train_samples`` and the
+like, sized for a first run of minutes on a 2-core CPU). The backbone is ``llm.backbone`` for both
+adapters. Imported on use: it brings torch with it (``Config.section`` decodes it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from engine.config import Config
+from models.aggregation import AggregationConfig
+from models.backbone import BackboneConfig
+from models.training.regressor_config import RegressorTrainingConfig
+from models.training.sentiment_config import SentimentTrainingConfig
+
+SECTION = "llm"
+
+
+@dataclass(frozen=True)
+class WalkForwardSettings:
+    """``backtest --walk-forward``: retrain on rolling windows and trade each following window
+    (``research.walk_forward``)."""
+
+    train_bars: int = 3000  # bars each fold trains on (the regressor's own validation is inside them)
+    test_bars: int = 600  # bars each fold then trades out of sample; the window moves on by this much
+    in_sample_bars: int = 0  # the last this many training bars are also traded, in sample (0: test_bars)
+    max_folds: int = 0  # 0: as many as the data holds; else the most recent this many
+
+    def __post_init__(self) -> None:
+        if self.train_bars < 2 or self.test_bars < 2:
+            raise ValueError("train_bars and test_bars must be >= 2")
+        if not 0 <= self.in_sample_bars <= self.train_bars:
+            raise ValueError(f"in_sample_bars must be in [0, train_bars = {self.train_bars}]")
+        if self.max_folds < 0:
+            raise ValueError("max_folds must be >= 0")
+
+
+def _backtest_regressor() -> RegressorTrainingConfig:
+    # A first default run trains in about 3 minutes: 192 samples, short prompts; validation on 32.
+    return RegressorTrainingConfig(max_train_samples=192, max_val_samples=32, feature_digits=1)
+
+
+def _backtest_sentiment() -> SentimentTrainingConfig:
+    return SentimentTrainingConfig(max_train_samples=128)
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    backbone: str = "smollm2"  # smollm2, tiny (random, for tests), a model folder, a .gguf file or a hub id
+    precision: Literal["fp32", "bf16", "int8", "nf4"] = "fp32"
+    train_fraction: float = 0.8  # the first 80% of the bars (and their headlines) train, the rest is traded
+    cache_dir: str = ".cache/llm"  # trained checkpoints and the prediction cache (git-ignored)
+    model_cache_dir: str = ".cache/models"  # converted GGUF backbones
+    signal_source: Literal["precomputed", "online"] = "precomputed"
+    batch_size: int = 1  # prompts per forward pass at inference; 1 = exactly what the online path computes
+    regressor_checkpoint: str = ""  # "" = train or reuse automatically; a folder = use it (no training)
+    sentiment_checkpoint: str = ""
+    regressor: RegressorTrainingConfig = field(default_factory=_backtest_regressor)
+    sentiment: SentimentTrainingConfig = field(default_factory=_backtest_sentiment)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    walk_forward: WalkForwardSettings = field(default_factory=WalkForwardSettings)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.train_fraction < 1:
+            raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not self.backbone:
+            raise ValueError("backbone must not be empty (smollm2, tiny, a folder, a .gguf file or a hub id)")
+        for task in ("regressor", "sentiment"):
+            if getattr(self, task).backbone != BackboneConfig():
+                raise ValueError(f"set the backbone with llm.backbone / llm.precision, not llm.{task}.backbone")
+
+    @property
+    def backbone_config(self) -> BackboneConfig:
+        return BackboneConfig(source=self.backbone, precision=self.precision, cache_dir=self.model_cache_dir)
+
+    def training(self, task: Literal["regressor", "sentiment"]) -> RegressorTrainingConfig | SentimentTrainingConfig:
+        """The trainer's config of ``task``, on this section's backbone."""
+        return dataclasses.replace(getattr(self, task), backbone=self.backbone_config)
+
+
+def llm_settings(config: Config) -> LlmSettings:
+    return config.section(SECTION, LlmSettings)
+
+
+def with_llm(config: Config, **changes: object) -> Config:
+    """``config`` with some ``[llm]`` settings replaced."""
+    return config.with_section(SECTION, dataclasses.replace(llm_settings(config), **changes))
