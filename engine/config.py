@@ -57,6 +57,9 @@ class DataConfig:
     source: Literal["auto", "csv", "sample", "yfinance", "bybit"] = "auto"
     cache_dir: str = ".cache/market"  # the fetched-data cache (git-ignored)
     gap_policy: Literal["keep", "ffill", "refuse"] = "keep"  # what a backtest does with missing bars
+    # Suspicious prices (outlier bar returns, spikes out and back, stale stretches of identical OHLC; see
+    # engine.feeds.quality): "warn" = run on them with a note; "refuse" = stop, naming the bars.
+    quality_policy: Literal["warn", "refuse"] = "warn"
     timeout_s: float = 10.0  # seconds to wait for one answer from a data source
     retries: int = 5  # retries (with back-off) of a request that failed on network trouble
 

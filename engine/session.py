@@ -38,7 +38,7 @@ def prepare_backtest(config: Config, *, progress: bool = False, say: Callable[[s
     else:
         series, label = remote.series, remote.label
         news = _load_news(config, series.symbol, notes) if config.data.news else []
-    series = bar_quality(_slice(series, config), config, notes)  # gaps reported; data.gap_policy applied
+    series = bar_quality(_slice(series, config), config, notes)  # reported; data.quality_policy, gap_policy applied
     instrument = remote.instrument if remote is not None and remote.instrument else make_instrument(config, series.symbol)
     costs = make_costs(config)
     if remote is not None and remote.funding is not None:

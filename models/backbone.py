@@ -25,12 +25,16 @@ Precision (``BackboneConfig.precision``):
   machine without a CUDA GPU they fail with ``BackboneError`` before anything is loaded.
 
 The returned model is frozen (no parameter requires grad) and in eval mode; LoRA adapters go on top.
+Loading and converting run under ``quiet_loading``: transformers' own progress bars ("Loading
+weights", "Writing model shards", GGUF de-quantising) are off while they run, so a run shows only
+the engine's bars.
 torch and transformers are imported here, so the engine imports this module only when it needs it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -151,9 +155,10 @@ def load_backbone(config: BackboneConfig | None = None) -> Backbone:
         model, tokenizer = _tiny_model(config), tiny_tokenizer()
         fingerprint = _hash_json({"tiny": asdict(config.tiny), "seed": config.seed, "vocab": len(tokenizer)})
     else:
-        folder, load_kwargs = _resolve(config)
-        tokenizer = _load_tokenizer(folder, load_kwargs)
-        model = _load_model(folder, load_kwargs, config)
+        with quiet_loading():
+            folder, load_kwargs = _resolve(config)
+            tokenizer = _load_tokenizer(folder, load_kwargs)
+            model = _load_model(folder, load_kwargs, config)
         fingerprint = _folder_fingerprint(folder, load_kwargs)
     if config.random_init:
         fingerprint = _hash_json({"random_init_of": fingerprint, "seed": config.seed})
@@ -375,7 +380,7 @@ def convert_gguf(gguf_path: str | Path, cache_dir: str | Path) -> Path:
     log.info("converting %s to safetensors in %s (once)", gguf_path.name, target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _offline():
+    with _offline(), quiet_loading(), _no_gguf_bar():
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     hf_config = loaded.config.to_dict()
@@ -385,8 +390,9 @@ def convert_gguf(gguf_path: str | Path, cache_dir: str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        rebuilt.save_pretrained(scratch, safe_serialization=True)
-        tokenizer.save_pretrained(scratch)
+        with quiet_loading():  # "Writing model shards"
+            rebuilt.save_pretrained(scratch, safe_serialization=True)
+            tokenizer.save_pretrained(scratch)
         mark["seconds"] = round(time.perf_counter() - started, 2)
         (scratch / _CONVERSION_MARK).write_text(json.dumps(mark, indent=1))
         if target.exists():
@@ -397,6 +403,42 @@ def convert_gguf(gguf_path: str | Path, cache_dir: str | Path) -> Path:
         raise
     log.info("converted %s in %.1f s", gguf_path.name, mark["seconds"])
     return target
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """transformers' (and the hub's) progress bars off inside, as they were after. Each model load
+    drew a "Loading weights" bar, several per run; the engine's own bars are plain tqdm, not theirs,
+    and warnings and errors are not touched."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _no_gguf_bar():
+    """transformers de-quantises GGUF tensors under a plain tqdm bar of its own (not switched off by
+    ``quiet_loading``): that module's ``tqdm`` is a disabled one inside."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -145,7 +146,9 @@ class Predictor:
         if self.model is None:
             from peft import get_peft_model
 
-            self.model = get_peft_model(self.backbone.model, peft_config, adapter_name=task)
+            with warnings.catch_warnings():  # peft reads a property transformers 5 deprecated: not ours to fix
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+                self.model = get_peft_model(self.backbone.model, peft_config, adapter_name=task)
         else:
             self.model.add_adapter(task, peft_config)
         for name, param in self.model.named_parameters():  # only LoRA weights can ever train

@@ -61,6 +61,34 @@ def test_local_folder_round_trip_and_random_init_baseline(tmp_path):
     assert not any(p.requires_grad for p in randomised.model.parameters())
 
 
+def test_loading_a_saved_model_draws_no_third_party_progress_bar(tmp_path, capfd):
+    from transformers.utils import logging as hf_logging
+
+    tiny = tiny_backbone(3)
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    capfd.readouterr()
+    assert hf_logging.is_progress_bar_enabled()  # transformers would draw "Loading weights" here
+    load_backbone(BackboneConfig(source=str(tmp_path)))
+    load_backbone(BackboneConfig(source=str(tmp_path), random_init=True))
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "it/s]" not in err, err
+    assert hf_logging.is_progress_bar_enabled()  # switched off only while loading
+
+
+def test_the_gguf_de_quantising_bar_is_off_while_converting(capfd):
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from models.backbone import _no_gguf_bar
+
+    capfd.readouterr()
+    with _no_gguf_bar():  # what convert_gguf loads under; the real conversion is in test_smollm2 (slow)
+        list(gguf_utils.tqdm(range(3), desc="de-quantising"))
+    assert "de-quantising" not in capfd.readouterr().err
+    list(gguf_utils.tqdm(range(3), desc="after"))
+    assert "after" in capfd.readouterr().err  # the module's own bar is back as it was
+
+
 @pytest.mark.parametrize(("source", "message"), [
     ("missing/model.gguf", "GGUF file not found"),
     ("./no/such/folder", "neither a folder with config.json nor a .gguf"),

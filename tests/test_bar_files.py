@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import time
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from engine.cli import main
 from engine.errors import DataError
 from engine.feeds.bar_files import MAX_PROBLEMS, load_bars, symbol_from_path
 from engine.timeutil import MS_PER_DAY, MS_PER_HOUR, parse_instant
@@ -95,6 +101,89 @@ def test_txt_and_gz_files(tmp_path):
     gz = load_bars(write(tmp_path, "nvda.csv.gz", hourly(4))).series
     assert np.array_equal(txt.ts_open, gz.ts_open) and np.array_equal(txt.close, gz.close)
     assert len(gz) == 4 and gz.symbol == "NVDA"
+
+
+def test_bz2_xz_and_zip_files_with_a_semicolon_delimiter(tmp_path):
+    body = hourly(4).replace(",", ";").encode()
+    (tmp_path / "a.csv.bz2").write_bytes(bz2.compress(body))
+    (tmp_path / "a.csv.xz").write_bytes(lzma.compress(body))
+    with zipfile.ZipFile(tmp_path / "a.csv.zip", "w") as archive:
+        archive.writestr("inner.csv", body)
+    for name in ("a.csv.bz2", "a.csv.xz", "a.csv.zip"):
+        s = load_bars(tmp_path / name).series
+        assert len(s) == 4 and s.close[-1] == 14.0, name
+
+
+# ---------------------------------------------------------------- damaged and binary files
+
+
+def gz_body(rows: int = 2000) -> bytes:
+    return gzip.compress(hourly(rows).encode())
+
+
+def damaged(tmp_path: Path) -> dict[str, Path]:
+    """A truncated .csv.gz, a .gz of random bytes, a plain-text .gz, binary .csv files, a truncated .bz2 and .xz,
+    a zip of two files and a non-UTF-8 file."""
+    rng = np.random.default_rng(0)
+    body = hourly(2000).encode()
+    gz, xz = gz_body(), lzma.compress(body)
+    files = {
+        "truncated.csv.gz": gz[: len(gz) // 2],
+        "garbage.csv.gz": rng.bytes(4000),
+        "plain.csv.gz": body,
+        "binary.csv": rng.bytes(4000),
+        "zeros.csv": bytes(4000),
+        "gzipped.csv": gz,
+        "truncated.csv.bz2": bz2.compress(body)[:-100],
+        "truncated.csv.xz": xz[: len(xz) // 2],
+        "latin.csv": hourly(3).encode() + b"\n# caf\xe9\n",
+    }
+    paths = {}
+    for name, data in files.items():
+        paths[name] = tmp_path / name
+        paths[name].write_bytes(data)
+    paths["two.csv.zip"] = tmp_path / "two.csv.zip"
+    with zipfile.ZipFile(paths["two.csv.zip"], "w") as archive:
+        archive.writestr("a.csv", body)
+        archive.writestr("b.csv", body)
+    return paths
+
+
+DAMAGED = [
+    ("truncated.csv.gz", "the gzip data ends early (the file is truncated): the text is readable up to line "),
+    ("garbage.csv.gz", "the gzip data cannot be decompressed: not one line of text could be read"),
+    ("plain.csv.gz", "the gzip data cannot be decompressed: not one line of text could be read"),
+    ("binary.csv", "binary data (a NUL byte at byte "),
+    ("zeros.csv", "line 1: binary data (a NUL byte at byte 0)"),
+    ("gzipped.csv", "line 1: the file holds gzip-compressed data, not text"),
+    ("truncated.csv.bz2", "the bzip2 data ends early (the file is truncated)"),
+    ("truncated.csv.xz", "the xz data ends early (the file is truncated): the text is readable up to line "),
+    ("two.csv.zip", "a zip archive must hold exactly one file; it holds 2 (a.csv, b.csv)"),
+    ("latin.csv", "line 5: not UTF-8 text (byte "),
+]
+
+
+@pytest.mark.parametrize(("name", "problem"), DAMAGED)
+def test_damaged_or_binary_file_is_a_data_error_naming_the_file(tmp_path, name, problem):
+    message = error_of(damaged(tmp_path)[name])
+    assert message.startswith(f"{name}: ") and problem in message, message
+
+
+def test_truncated_gz_says_up_to_which_line_the_text_was_read(tmp_path):
+    gz = gz_body()
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(gz[: len(gz) // 2])
+    lines = zlib.decompressobj(wbits=31).decompress(gz[: len(gz) // 2]).count(b"\n")  # all that can be read
+    assert 0 < lines < 2000
+    assert f"the text is readable up to line {lines} (EOFError: " in error_of(path)
+
+
+@pytest.mark.parametrize(("name", "problem"), [DAMAGED[0], DAMAGED[1], DAMAGED[3]])
+def test_damaged_file_through_the_cli_exits_2_naming_the_file(tmp_path, capsys, name, problem):
+    path = damaged(tmp_path)[name]
+    assert main(["backtest", "--data", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {name}: ") and problem in err and "Traceback" not in err, err
 
 
 # ---------------------------------------------------------------- dates

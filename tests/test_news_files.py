@@ -3,11 +3,15 @@ dedupe and ticker filtering, errors, and the real headline files."""
 
 from __future__ import annotations
 
+import bz2
+import gzip
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from engine.cli import main
 from engine.domain.values import News
 from engine.errors import DataError
 from engine.feeds.news_files import load_news
@@ -139,6 +143,54 @@ def test_year_less_time_is_an_error(tmp_path):
 def test_invalid_time_zone_is_named(tmp_path):
     with pytest.raises(DataError, match="unknown time zone 'Mars/Olympus'"):
         load_news(write(tmp_path, "x.csv", "title,date\na,2020-01-01"), tz="Mars/Olympus")
+
+
+def test_unparseable_time_in_a_bz2_file_names_the_line(tmp_path):
+    path = tmp_path / "x.csv.bz2"
+    path.write_bytes(bz2.compress(b"title;date\na;2020-01-01\nbad;someday soon\n"))
+    with pytest.raises(DataError, match=r"^x\.csv\.bz2: line 3: cannot parse time 'someday soon' in column 'date'$"):
+        load_news(path)
+
+
+# ---------------------------------------------------------------- damaged and binary files
+
+
+def damaged_news(tmp_path: Path, name: str) -> Path:
+    """A news file named ``name``: truncated gzip (csv or JSON lines), random bytes (.gz or plain)."""
+    rng = np.random.default_rng(1)
+    if name.endswith(".jsonl.gz"):
+        body = "".join(f'{{"date": "2020-07-01", "title": "headline {i}"}}\n' for i in range(3000)).encode()
+    else:
+        body = ("date,title\n" + "".join(f"2020-07-{1 + i % 28:02d},headline {i}\n" for i in range(3000))).encode()
+    data = {"truncated": gzip.compress(body)[:-200], "garbage": rng.bytes(3000)}[name.split(".")[0]]
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+NEWS_DAMAGED = [
+    ("truncated.csv.gz", "the gzip data ends early (the file is truncated): the text is readable up to line "),
+    ("truncated.jsonl.gz", "the gzip data ends early (the file is truncated): the text is readable up to line "),
+    ("garbage.csv.gz", "the gzip data cannot be decompressed"),
+    ("garbage.jsonl.gz", "the gzip data cannot be decompressed"),
+    ("garbage.csv", "binary data (a NUL byte at byte "),
+    ("garbage.jsonl", "binary data (a NUL byte at byte "),
+]
+
+
+@pytest.mark.parametrize(("name", "problem"), NEWS_DAMAGED)
+def test_damaged_or_binary_news_file_is_a_data_error_naming_the_file(tmp_path, name, problem):
+    with pytest.raises(DataError) as info:
+        load_news(damaged_news(tmp_path, name))
+    assert str(info.value).startswith(f"{name}: ") and problem in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(("name", "problem"), [NEWS_DAMAGED[0], NEWS_DAMAGED[2], NEWS_DAMAGED[4]])
+def test_damaged_news_file_through_the_cli_exits_2_naming_the_file(tmp_path, capsys, name, problem):
+    path = damaged_news(tmp_path, name)
+    assert main(["backtest", "--news", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {name}: ") and problem in err and "Traceback" not in err, err
 
 
 # ---------------------------------------------------------------- skipping, dedupe, symbols

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,14 @@ HEADLINES = [headline_text(h) for h in ("Shares jump after record quarter", "Reg
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
     return tiny_predictor(seed=0)
+
+
+def test_the_first_adapter_raises_no_future_warning():
+    backbone = tiny_backbone(4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # over pytest's filters: everything a plain run would print
+        Predictor(backbone).add_task("regressor")
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
 
 
 def test_shared_prefix_path_agrees_with_the_per_sample_path(predictor):

@@ -3,18 +3,26 @@
 Real files differ in column order, names, case, date format and sort direction; this module accepts
 those differences so nobody hand-edits data, and refuses what would silently corrupt a backtest
 (impossible prices, duplicate or shuffled bars). Every error names the file, the 1-based line in the
-file (the header is line 1) and the problem. The work is vectorised: checks run on whole columns and
-messages are built only for the rows that fail, so a million-row file loads in about a second.
+file (the header is line 1) and the problem; a damaged compressed file (``.gz``, ``.bz2``, ``.xz``,
+``.zip``) or a binary one is refused the same way, never with a decompressor's traceback. The work is
+vectorised: checks run on whole columns and messages are built only for the rows that fail, so a
+million-row file loads in about a second.
 """
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import io
+import lzma
 import os
 import re
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -27,6 +35,13 @@ from engine.timeutil import iso
 MAX_PROBLEMS = 20  # descriptions kept in LoadedBars.problems
 _PRICES = ("open", "high", "low", "close")
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zip")
+_OPENERS = {".gz": (gzip.open, "gzip"), ".bz2": (bz2.open, "bzip2"), ".xz": (lzma.open, "xz")}
+# What a decompressor raises on damaged input, at open or at read time.
+_DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile, NotImplementedError, RuntimeError)
+# Leading bytes of compressed data, to name what a file without the matching suffix holds.
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"PK\x03\x04", "zip"),
+          (b"\x28\xb5\x2f\xfd", "zstd"))
+_CHUNK = 1 << 20  # most bytes taken per read of a decompressed stream
 # Normalised column name (see normalise_name) -> canonical field. The first time alias found wins.
 _TIME_ALIASES = ("open time", "opentime", "timestamp", "unix", "unix timestamp", "datetime", "date time", "ts")
 _FIELD_ALIASES = {
@@ -77,7 +92,8 @@ def load_bars(
     path: str | Path, *, symbol: str | None = None, timeframe_ms: int | None = None,
     drop_bad_rows: bool = False, adjusted: bool = False,
 ) -> LoadedBars:
-    """Read a CSV / ``.txt`` / ``.csv.gz`` bar file into a ``BarSeries`` (ascending, bar open times).
+    """Read a CSV / ``.txt`` bar file, maybe compressed (``.gz``, ``.bz2``, ``.xz``, ``.zip``), into a
+    ``BarSeries`` (ascending, bar open times).
 
     Columns may come in any order and case; the time column may be called timestamp, time, date,
     datetime, open time, unix, ... and hold epoch seconds / milliseconds (told apart per value by
@@ -135,15 +151,90 @@ def file_stem(path: str | Path) -> str:
     return Path(name).stem
 
 
-def sniff_delimiter(path: Path) -> str:
-    """The most frequent of ``, ; tab |`` in the first line (comma when none occurs)."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+def read_text(path: Path) -> bytes:
+    """The bytes of a text data file, decompressed by its suffix (``.gz``, ``.bz2``, ``.xz``, or a
+    ``.zip`` holding one file), checked to be UTF-8 text.
+
+    Every problem is a ``DataError`` naming the file and where it is: a file that cannot be opened, a
+    compressed stream that is truncated or corrupt (up to which line its text could be read), a zip
+    that does not hold exactly one file, binary data (NUL bytes, or compressed data without the
+    matching suffix) and bytes that are not UTF-8 (their line and byte offset).
+    """
+    name = path.name
     try:
-        with opener(path, "rt", encoding="utf-8-sig", errors="replace") as handle:
-            first = handle.readline()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path.name}: cannot read the file: {exc}") from exc
-    counts = {sep: first.count(sep) for sep in (",", ";", "\t", "|")}
+        data = _decompress(path, name)
+    except OSError as exc:  # missing, a directory, no permission: before a byte was read
+        raise DataError(f"{name}: cannot read the file: {exc}") from exc
+    _check_text(data, name)
+    return data
+
+
+def _decompress(path: Path, name: str) -> bytes:
+    """The file's bytes, decompressed by its suffix; a damaged stream says up to which line it was read."""
+    suffix = next((s for s in _COMPRESSION_SUFFIXES if name.lower().endswith(s)), "")
+    if not suffix:
+        return path.read_bytes()
+    chunks: list[bytes] = []
+    try:
+        with _open_compressed(path, name, suffix) as handle:
+            while chunk := handle.read1(_CHUNK):  # read1: what decompressed before a break is kept
+                chunks.append(chunk)
+    except (DataError, FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except _DECOMPRESS_ERRORS as exc:
+        kind = _OPENERS[suffix][1] if suffix in _OPENERS else "zip"
+        lines = sum(c.count(b"\n") for c in chunks)
+        where = f"the text is readable up to line {lines}" if lines else "not one line of text could be read"
+        problem = "ends early (the file is truncated)" if isinstance(exc, EOFError) else "cannot be decompressed"
+        raise DataError(f"{name}: the {kind} data {problem}: {where} ({type(exc).__name__}: {exc})") from exc
+    return b"".join(chunks)
+
+
+def _open_compressed(path: Path, name: str, suffix: str) -> BinaryIO:
+    """A binary reader of the decompressed data; a zip must hold exactly one file."""
+    if suffix in _OPENERS:
+        return _OPENERS[suffix][0](path, "rb")
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise DataError(f"{name}: not a readable zip archive (truncated, or not a zip file): {exc}") from exc
+    with archive:  # the member keeps the file open until it is closed itself
+        members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
+        if len(members) != 1:
+            listed = ", ".join(m.filename for m in members[:5]) + (" ..." if len(members) > 5 else "")
+            raise DataError(f"{name}: a zip archive must hold exactly one file; it holds {len(members)}"
+                            + (f" ({listed})" if members else ""))
+        return archive.open(members[0])
+
+
+def _check_text(data: bytes, name: str) -> None:
+    """Refuse binary data and bytes that are not UTF-8, naming the line and byte where they start."""
+    if data.isascii() and b"\x00" not in data:
+        return
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            raise DataError(f"{name}: line 1: the file holds {kind}-compressed data, not text: name it with "
+                            f"its compression suffix (.gz, .bz2, .xz, .zip) or decompress it")
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{name}: line {_line_at(data, nul)}: binary data (a NUL byte at byte {nul}), not a "
+                        "text file (UTF-16 text must be saved as UTF-8)")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{name}: line {_line_at(data, exc.start)}: not UTF-8 text (byte {exc.start} is "
+                        f"{data[exc.start:exc.start + 1]!r}); save the file as UTF-8") from None
+
+
+def _line_at(data: bytes, offset: int) -> int:
+    """1-based line of byte ``offset``."""
+    return data.count(b"\n", 0, offset) + 1
+
+
+def sniff_delimiter(data: bytes) -> str:
+    """The most frequent of ``, ; tab |`` in the first line of ``data`` (comma when none occurs)."""
+    first = data[: 1 << 20].split(b"\n", 1)[0]
+    counts = {sep: first.count(sep.encode()) for sep in (",", ";", "\t", "|")}
     best = max(counts, key=counts.__getitem__)
     return best if counts[best] else ","
 
@@ -170,9 +261,10 @@ def _read_frame(path: Path, name: str) -> pd.DataFrame:
 
     Blank lines are kept as all-empty rows so the index stays aligned with file lines, then removed.
     """
+    data = read_text(path)
     try:
         frame = pd.read_csv(
-            path, sep=sniff_delimiter(path), encoding="utf-8-sig", skip_blank_lines=False,
+            io.BytesIO(data), sep=sniff_delimiter(data), encoding="utf-8-sig", skip_blank_lines=False,
             index_col=False, low_memory=False,
         )
     except pd.errors.EmptyDataError as exc:

@@ -25,8 +25,9 @@ SHOW_EPILOG = """examples:
   python -m engine data show --source bybit --json
 
 Columns: the table (bars-1h, bars-1d-adjusted, funding), the ranges fetched, rows, and the quality of
-the bars: gaps (missing bars under the market's calendar: 24/7 for crypto, weekdays for stocks) and
-stretches of 3+ zero-volume bars."""
+the bars: gaps (missing bars under the market's calendar: 24/7 for crypto, weekdays for stocks),
+stretches of 3+ zero-volume bars, outlier bar returns / spikes out and back, and stale stretches of 5+
+bars with identical OHLC (each suspicious price is listed below the table)."""
 
 
 def add_data_parser(sub: Any) -> None:
@@ -180,8 +181,9 @@ def show(args: argparse.Namespace, config: Any) -> int:
         if key.kind == "bars" and len(frame):
             quality = check_bars(item.series(), "exchange" if key.source == "yfinance" else "24/7")
             row.update(gaps=len(quality.gaps), missing_bars=quality.missing_bars,
-                       zero_volume_stretches=len(quality.zero_volume), calendar=quality.calendar,
-                       bar_time=quality.bar_time)
+                       zero_volume_stretches=len(quality.zero_volume), outliers=len(quality.outliers),
+                       spikes=len(quality.spikes), stale_stretches=len(quality.stale), calendar=quality.calendar,
+                       bar_time=quality.bar_time, suspect=quality.suspect_parts())
         rows.append(row)
     instruments = cache.read_json("bybit/instruments.json")
     problems += cache.notes
@@ -194,6 +196,9 @@ def show(args: argparse.Namespace, config: Any) -> int:
         print(f"the cache at {cache.root} is empty; fill it with `python -m engine data fetch --help`")
         return 0
     print(_table(rows))
+    for row in rows:
+        for part in row.get("suspect", ()):
+            print(f"suspicious prices in {row['source']} {row['symbol']} {row['table']}: {part}")
     if instruments:
         print(f"\nbybit instrument details: {len(instruments.get('markets') or {})} markets (fetched "
               f"{instruments.get('fetched_at')})")
@@ -216,12 +221,14 @@ def _report_dict(report: Any) -> dict[str, Any]:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    header = ("source", "symbol", "table", "range", "rows", "gaps (missing bars)", "zero-vol")
+    header = ("source", "symbol", "table", "range", "rows", "gaps (missing bars)", "zero-vol", "outliers/spikes",
+              "stale")
     body = []
     for r in rows:
         gaps = f"{r['gaps']} ({r['missing_bars']})" if "gaps" in r else "-"
+        odd = f"{r['outliers']}/{r['spikes']}" if "outliers" in r else "-"
         body.append((r["source"], r["symbol"], r["table"], r["ranges"], str(r["rows"]), gaps,
-                     str(r.get("zero_volume_stretches", "-"))))
+                     str(r.get("zero_volume_stretches", "-")), odd, str(r.get("stale_stretches", "-"))))
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *body)]
     return "\n".join(lines)

@@ -382,9 +382,12 @@ def _bybit_funding(config: Any, cache: MarketCache, symbol: str, start: int, end
 
 
 def bar_quality(series: BarSeries, config: Any, notes: list[str]) -> BarSeries:
-    """Report the gaps, duplicates and zero-volume stretches of a backtest's bars and apply
-    ``data.gap_policy``; the synthetic sample market is left alone (it has none by construction)."""
-    from engine.feeds.quality import apply_gap_policy
+    """Report the gaps, duplicates, zero-volume stretches and suspicious prices of a backtest's bars
+    and apply ``data.quality_policy`` and ``data.gap_policy``; the synthetic sample market is left
+    alone (it has none by construction)."""
+    from pathlib import Path
+
+    from engine.feeds.quality import apply_gap_policy, apply_quality_policy
 
     data = config.data
     if data.source == "sample" or (data.source == "auto" and not data.bars):
@@ -392,6 +395,11 @@ def bar_quality(series: BarSeries, config: Any, notes: list[str]) -> BarSeries:
     calendar = {"bybit": "24/7", "yfinance": "exchange"}.get(data.source)  # files: guessed from weekends
     report = check_bars(series, calendar)
     notes.append(f"data: {report.summary()}")
+    local = data.source in ("auto", "csv")
+    source = Path(data.bars).name if local else f"{series.symbol} {series.timeframe} ({data.source})"
+    warning = apply_quality_policy(data.quality_policy, report, source)
+    if warning:
+        notes.append(f"data: {warning}")
     series, note = apply_gap_policy(series, data.gap_policy, report)
     if note:
         notes.append(f"data: {note}")

@@ -2,16 +2,18 @@
 
 Headline files carry their publish time in many forms: ISO with an offset, naive local times, CNBC's
 ``" 7:51  PM ET Fri, 17 July 2020"``, Guardian's ``17-Jul-20`` and month-only ``Jul-20``, dates such as
-``Jun 6, 2017``, epoch seconds or milliseconds. CSV files and JSON lines files (one object per line,
-``.jsonl`` / ``.ndjson``, optionally gzipped) are read. A headline must never be visible before it existed, so a value without a time of day
-is stamped at the last millisecond of its day (or month) in the file's time zone. Parsing is
+``Jun 6, 2017``, epoch seconds or milliseconds. CSV files (maybe ``.gz``, ``.bz2``, ``.xz``, ``.zip``)
+and JSON lines files (one object per line, ``.jsonl`` / ``.ndjson``, optionally gzipped) are read; a
+damaged compressed file or a binary one is a ``DataError`` naming the file (``bar_files.read_text``).
+A headline must never be visible before it existed, so a value without a time of day is stamped at
+the last millisecond of its day (or month) in the file's time zone. Parsing is
 vectorised with pandas, one known format at a time; only the rows no format fits go through dateutil.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
+import io
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +26,7 @@ from dateutil import parser as dateutil_parser
 
 from engine.domain.values import News
 from engine.errors import DataError
-from engine.feeds.bar_files import file_stem, normalise_name, sniff_delimiter
+from engine.feeds.bar_files import file_stem, normalise_name, read_text, sniff_delimiter
 from engine.timeutil import to_ms
 
 _HEADLINE_ALIASES = ("title", "headline", "headlines", "text", "tweet")
@@ -110,9 +112,10 @@ def _read_frame(path: Path) -> pd.DataFrame:
     """Every cell as text ("" for empty), so headlines such as "NA" stay what they are."""
     if _is_json_lines(path):
         return _read_json_lines(path)
+    data = read_text(path)
     try:
         frame = pd.read_csv(
-            path, sep=sniff_delimiter(path), dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False,
+            io.BytesIO(data), sep=sniff_delimiter(data), dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False,
         )
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path.name}: file is empty") from exc
@@ -226,9 +229,9 @@ def _line_of(path: Path, row: int) -> int:
     """
     if _is_json_lines(path):
         return _json_lines(path)[row][0]
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle, delimiter=sniff_delimiter(path))
+    data = read_text(path)
+    with io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, delimiter=sniff_delimiter(data))
         record, end = -1, 0  # the header is record -1
         for fields in reader:
             start, end = end + 1, reader.line_num
@@ -249,22 +252,18 @@ def _is_json_lines(path: Path) -> bool:
 
 def _json_lines(path: Path) -> list[tuple[int, dict]]:
     """(1-based line, object) for every non-blank line of a JSON lines file."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
     records = []
-    try:
-        with opener(path, "rt", encoding="utf-8-sig") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path.name}: line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-                if not isinstance(value, dict):
-                    raise DataError(f"{path.name}: line {number}: expected one JSON object per line, got {type(value).__name__}")
-                records.append((number, value))
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path.name}: cannot read the file: {exc}") from exc
+    with io.TextIOWrapper(io.BytesIO(read_text(path)), encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path.name}: line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(value, dict):
+                raise DataError(f"{path.name}: line {number}: expected one JSON object per line, got {type(value).__name__}")
+            records.append((number, value))
     return records
 
 

@@ -1,4 +1,5 @@
-"""Data quality of bar histories: gaps, duplicate bars and zero-volume stretches, and the gap policy.
+"""Data quality of bar histories: gaps, duplicate bars, zero-volume stretches, suspicious prices, and
+the gap and quality policies.
 
 Conventions (recorded with every cached file too): times are UTC epoch milliseconds and a bar is
 stamped with its OPEN time. A *gap* is a run of bars missing between two bars present, judged by the
@@ -12,10 +13,28 @@ market's calendar:
 The gap policy of a backtest (``data.gap_policy``) is ``keep`` (run on the bars as they are),
 ``ffill`` (insert flat bars at the previous close with zero volume) or ``refuse`` (stop with the gaps
 listed).
+
+*Suspicious prices* are judged against the series' own close-to-close log returns, on a robust scale
+(1.4826 x their median absolute deviation, "robust sd", which one bad tick cannot inflate):
+
+- an *outlier* is a bar whose return is more than ``OUTLIER_SDS`` robust sd from the median AND at
+  least ``MIN_JUMP`` (+50% / -33%). Both are needed: on daily bars a real crash is a big move but
+  fewer than 25 robust sd (BTC on 2020-03-12: -40%, 23 sd), on hourly bars it can be 45 sd but is a
+  move of -18%;
+- a *spike* is a jump out and a jump back (each ``SPIKE_SDS`` robust sd and ``MIN_JUMP``) within
+  ``SPIKE_BARS`` bars that ends within ``SPIKE_REVERT`` of the jump from where it started: a price
+  that is 1000x for one bar and comes back is a bad tick, not a market;
+- a *stale stretch* is ``MIN_STALE_RUN`` or more consecutive bars with identical open, high, low and
+  close while volume is traded: a feed that stopped updating. Identical bars without any volume are
+  an exchange outage and are reported as zero-volume stretches instead.
+
+The quality policy (``data.quality_policy``) is ``warn`` (run, with a note listing them) or
+``refuse`` (stop with the file, the bar times and the problem).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +48,15 @@ from engine.timeutil import MS_PER_DAY, format_timeframe, iso
 CALENDARS = ("24/7", "exchange")
 GAP_POLICIES = ("keep", "ffill", "refuse")
 BAR_TIME = "open"  # the convention: a bar's timestamp is its open time (UTC epoch ms)
+QUALITY_POLICIES = ("warn", "refuse")
 MIN_ZERO_RUN = 3  # consecutive zero-volume bars reported as a stretch
+OUTLIER_SDS = 50.0  # a bar return this many robust sd from the median (and MIN_JUMP) is an outlier
+MIN_JUMP = math.log(1.5)  # log return of an outlier or of each jump of a spike: at least +50% / -33%
+SPIKE_SDS = 10.0  # each jump of a spike, out and back, is at least this many robust sd
+SPIKE_BARS = 3  # the jump back comes within this many bars of the jump out
+SPIKE_REVERT = 0.25  # and ends within this share of the jump out from the price before it
+MIN_STALE_RUN = 5  # consecutive bars with identical OHLC (and volume traded) reported as stale
+MIN_RETURNS = 10  # fewer returns than this are too few to judge outliers by
 _LISTED = 5  # gaps / stretches spelled out in a summary
 
 
@@ -47,7 +74,7 @@ class Gap:
 
 @dataclass(frozen=True, slots=True)
 class Stretch:
-    """Consecutive zero-volume bars."""
+    """Consecutive zero-volume bars, or consecutive bars with identical prices (stale)."""
 
     first: int  # open time of the first
     last: int  # open time of the last
@@ -55,6 +82,33 @@ class Stretch:
 
     def __str__(self) -> str:
         return f"{iso(self.first)} .. {iso(self.last)} ({self.bars} bars)"
+
+
+@dataclass(frozen=True, slots=True)
+class Outlier:
+    """A bar whose close-to-close return is far outside the series' own returns."""
+
+    ts: int  # open time of the bar
+    previous: float  # close of the bar before it
+    close: float
+    sds: float  # distance of its log return from the median, in robust sd
+
+    def __str__(self) -> str:
+        return f"{iso(self.ts)} close {self.previous:g} -> {self.close:g} ({self.close / self.previous - 1:+.1%}, {self.sds:.0f} robust sd)"
+
+
+@dataclass(frozen=True, slots=True)
+class Spike:
+    """Bars whose price jumped away and came straight back."""
+
+    first: int  # open time of the first bar away
+    last: int  # open time of the last bar away (the next one is back)
+    bars: int
+    factor: float  # close of the first bar away / close of the bar before it
+
+    def __str__(self) -> str:
+        span = iso(self.first) if self.bars == 1 else f"{iso(self.first)} .. {iso(self.last)}"
+        return f"{span} (x{self.factor:.4g} for {self.bars} bar{'s' if self.bars > 1 else ''}, then back)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +124,33 @@ class QualityReport:
     duplicates: int = 0  # repeated bars with identical values (removed)
     conflicts: int = 0  # repeated open times with different values (the latest fetched was kept)
     bar_time: str = BAR_TIME
+    outliers: tuple[Outlier, ...] = ()  # single-bar jumps (those of a spike are in spikes)
+    spikes: tuple[Spike, ...] = ()
+    stale: tuple[Stretch, ...] = ()
 
     @property
     def missing_bars(self) -> int:
         return sum(g.missing for g in self.gaps)
 
     @property
+    def suspect(self) -> bool:
+        """Outliers, spikes or stale stretches: what ``data.quality_policy`` acts on."""
+        return bool(self.outliers or self.spikes or self.stale)
+
+    @property
     def clean(self) -> bool:
-        return not (self.gaps or self.zero_volume or self.duplicates or self.conflicts)
+        return not (self.gaps or self.zero_volume or self.duplicates or self.conflicts or self.suspect)
+
+    def suspect_parts(self) -> list[str]:
+        """The suspicious prices found, one phrase per kind with the first few listed."""
+        parts = []
+        for items, what in ((self.outliers, f"outlier bar returns (beyond {OUTLIER_SDS:g} robust sd)"),
+                            (self.spikes, "spikes out and back"),
+                            (self.stale, f"stale stretches of {MIN_STALE_RUN}+ bars with identical OHLC")):
+            if items:
+                listed = "; ".join(map(str, items[:_LISTED])) + (" ..." if len(items) > _LISTED else "")
+                parts.append(f"{len(items)} {what} ({listed})")
+        return parts
 
     def summary(self) -> str:
         """One line for people: what was found, the first few of each."""
@@ -96,6 +169,7 @@ class QualityReport:
                 listed = "; ".join(map(str, self.zero_volume[:_LISTED]))
                 more = " ..." if len(self.zero_volume) > _LISTED else ""
                 parts.append(f"{len(self.zero_volume)} zero-volume stretches of {MIN_ZERO_RUN}+ bars ({listed}{more})")
+        parts += self.suspect_parts()
         return (f"quality of {self.symbol} {format_timeframe(self.timeframe_ms)} ({self.bars} bars, {self.calendar} "
                 f"calendar, stamped at bar {self.bar_time}, UTC): " + ", ".join(parts))
 
@@ -109,6 +183,8 @@ class QualityReport:
             "gap_list": [{"after": iso(g.after), "before": iso(g.before), "missing": g.missing} for g in self.gaps[:50]],
             "zero_volume_stretches": len(self.zero_volume),
             "duplicates": self.duplicates, "conflicts": self.conflicts,
+            "outliers": [str(o) for o in self.outliers[:50]], "spikes": [str(x) for x in self.spikes[:50]],
+            "stale_stretches": [str(x) for x in self.stale[:50]],
         }
 
 
@@ -124,18 +200,20 @@ def guess_calendar(series: BarSeries) -> str:
 
 def check_bars(series: BarSeries, calendar: str | None = None, *, duplicates: int = 0, conflicts: int = 0,
                min_zero_run: int = MIN_ZERO_RUN) -> QualityReport:
-    """Gaps and zero-volume stretches of ``series`` (``calendar=None`` guesses it); the duplicate
-    counts come from whoever merged the raw rows (a ``BarSeries`` cannot hold duplicates)."""
+    """Gaps, zero-volume stretches and suspicious prices of ``series`` (``calendar=None`` guesses it);
+    the duplicate counts come from whoever merged the raw rows (a ``BarSeries`` cannot hold duplicates)."""
     calendar = calendar or guess_calendar(series)
     if calendar not in CALENDARS:
         raise ValueError(f"unknown calendar {calendar!r}: expected one of {', '.join(CALENDARS)}")
     n = len(series)
+    outliers, spikes = price_outliers(series)
     return QualityReport(
         symbol=series.symbol, timeframe_ms=series.timeframe_ms, calendar=calendar, bars=n,
         first=int(series.ts_open[0]) if n else None, last=int(series.ts_open[-1]) if n else None,
         gaps=tuple(find_gaps(series.ts_open, series.timeframe_ms, calendar)),
         zero_volume=tuple(zero_volume_stretches(series, min_zero_run)),
-        duplicates=duplicates, conflicts=conflicts,
+        duplicates=duplicates, conflicts=conflicts, outliers=tuple(outliers), spikes=tuple(spikes),
+        stale=tuple(stale_stretches(series)),
     )
 
 
@@ -165,6 +243,68 @@ def zero_volume_stretches(series: BarSeries, min_run: int = MIN_ZERO_RUN) -> lis
     starts, ends = edges[::2], edges[1::2]  # run = [start, end)
     return [Stretch(int(series.ts_open[s]), int(series.ts_open[e - 1]), int(e - s))
             for s, e in zip(starts, ends) if e - s >= min_run]
+
+
+def robust_sds(returns: np.ndarray) -> np.ndarray:
+    """Each return's distance from the median in robust sd (1.4826 x the median absolute deviation;
+    the mean absolute deviation x 1.2533 when most returns are zero; all zeros for a flat price)."""
+    deviation = returns - np.median(returns)
+    scale = 1.4826 * float(np.median(np.abs(deviation)))
+    if scale == 0:
+        scale = 1.2533 * float(np.mean(np.abs(deviation)))
+    return deviation / scale if scale > 0 else np.zeros_like(returns)
+
+
+def price_outliers(series: BarSeries) -> tuple[list[Outlier], list[Spike]]:
+    """Single-bar outliers and spikes out and back of the close (see the module docstring)."""
+    close, ts = series.close, series.ts_open
+    if len(close) <= MIN_RETURNS:
+        return [], []
+    returns = np.diff(np.log(close))  # returns[i]: bar i + 1 against bar i
+    sds = robust_sds(returns)
+    big = np.abs(returns) >= MIN_JUMP
+    spikes, in_spike = [], np.zeros(len(returns), bool)
+    jumps = np.flatnonzero(big & (np.abs(sds) > SPIKE_SDS))
+    for i in jumps:
+        if in_spike[i]:
+            continue
+        for j in jumps[(jumps > i) & (jumps <= i + SPIKE_BARS)]:
+            if returns[j] * returns[i] < 0 and abs(returns[i:j + 1].sum()) <= SPIKE_REVERT * abs(returns[i]):
+                spikes.append(Spike(int(ts[i + 1]), int(ts[j]), int(j - i), float(close[i + 1] / close[i])))
+                in_spike[i:j + 1] = True
+                break
+    rows = np.flatnonzero(big & (np.abs(sds) > OUTLIER_SDS) & ~in_spike)
+    outliers = [Outlier(int(ts[i + 1]), float(close[i]), float(close[i + 1]), float(abs(sds[i]))) for i in rows]
+    return outliers, spikes
+
+
+def stale_stretches(series: BarSeries, min_run: int = MIN_STALE_RUN) -> list[Stretch]:
+    """Runs of at least ``min_run`` consecutive bars with identical open, high, low and close. A run
+    whose repeated bars have no volume at all is an outage, left to ``zero_volume_stretches`` (unless
+    the series has no volume anywhere: then prices are all there is to judge by)."""
+    o, h, lo, c, v = series.open, series.high, series.low, series.close, series.volume
+    repeats = (o[1:] == o[:-1]) & (h[1:] == h[:-1]) & (lo[1:] == lo[:-1]) & (c[1:] == c[:-1])
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], repeats, [False])).astype(np.int8)))
+    starts, ends = edges[::2], edges[1::2]  # run = bars [start, end]: bars start+1..end repeat bar start
+    traded = bool(np.any(v > 0))
+    return [Stretch(int(series.ts_open[s]), int(series.ts_open[e]), int(e - s + 1))
+            for s, e in zip(starts, ends) if e - s + 1 >= min_run and (not traded or np.any(v[s + 1:e + 1] > 0))]
+
+
+def apply_quality_policy(policy: str, report: QualityReport, source: str) -> str | None:
+    """A warning note (``warn``) or a ``DataError`` (``refuse``) when ``report`` found suspicious
+    prices; ``source`` names the file (or market) in the message. ``None`` when there are none."""
+    if policy not in QUALITY_POLICIES:
+        raise ValueError(f"unknown quality policy {policy!r}: expected one of {', '.join(QUALITY_POLICIES)}")
+    if not report.suspect:
+        return None
+    if policy == "refuse":
+        raise DataError(f"{source}: {'; '.join(report.suspect_parts())}, and data.quality_policy = 'refuse'. "
+                        "Correct or remove those bars, or set data.quality_policy = 'warn' to run on them")
+    counts = ", ".join(f"{len(items)} {what}" for items, what in (
+        (report.outliers, "outlier bar returns"), (report.spikes, "spikes"), (report.stale, "stale stretches")) if items)
+    return (f"WARNING {source}: the backtest runs on suspicious prices ({counts}, listed above) because "
+            "data.quality_policy = 'warn'; 'refuse' stops on them")
 
 
 def dedupe_rows(frame: pd.DataFrame, key: str = "timestamp") -> tuple[pd.DataFrame, int, int]:
