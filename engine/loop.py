@@ -170,8 +170,9 @@ class EventLoop:
     def process_bar(self, bar: Bar) -> None:
         ctx: StrategyContext = self.ctx  # type: ignore[assignment]  # bound before the first event
         symbol, _, ts, _, _, _, close, _ = bar
-        if self._advance is not None:
-            self._advance(ts)
+        advance = self._advance
+        if advance is not None:
+            advance(ts)
         ctx.time = ts
         self.bars_seen += 1
         self._broker_on_bar(bar)

@@ -208,15 +208,17 @@ def test_growing_history_rolls_over_keeps_order_and_answers_since():
         h.view("close")[0] = 5.0
 
 
-def test_a_history_over_a_series_refuses_a_bar_that_is_not_the_next_one():
+def test_a_history_over_a_series_grows_over_it_and_no_further():
     series = candles([(1, 1, 1, 1)] * 3)
     h = BarHistory.of_series(series)
     assert len(h) == 0
     with pytest.raises(LookupError):
         h.last()
-    wrong = Bar("TEST", T0 + MS_PER_HOUR, T0 + 2 * MS_PER_HOUR, 1, 1, 1, 1, 1)
-    with pytest.raises(DataError, match="not the next bar"):
-        h.append(wrong)
+    for bar in bars([1.0, 1.0, 1.0]):
+        h.append(bar)
+    assert h.count == 3 and list(h.view("ts_open")) == list(series.ts_open)
+    with pytest.raises(DataError, match="past the end"):
+        h.append(bars([1.0])[0])
 
 
 # -- order life cycle ------------------------------------------------------------------------

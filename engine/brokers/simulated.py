@@ -92,7 +92,8 @@ class SimulatedBroker:
         return [o for orders in self._open.values() for o in orders]
 
     def on_bar(self, bar: Bar) -> None:
-        self._last_bar[bar.symbol] = bar  # close mode: the close that market orders decided now fill at
+        if self.fill_mode == "close" or self._clock is None:
+            self._last_bar[bar.symbol] = bar  # close mode: the close market orders fill at; cancels' time
         orders = self._open.get(bar.symbol)
         if not orders:
             return
