@@ -22,7 +22,7 @@ restart the kernel takes the portfolio rebuilt from the store and the order ids 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from engine.broker import Broker, EmitFn
@@ -75,7 +75,6 @@ class Kernel:
     strategy: Any
     clock: Clock
     journal: Journal | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> None:
         self.loop.start()
