@@ -19,6 +19,27 @@ log = logging.getLogger("engine")
 DEFAULT_CONFIG = Path("config.toml")
 
 
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """What to run and on which bars: shared by `backtest` and `paper start`."""
+    p.add_argument("--config", type=Path, help="TOML config file (default: ./config.toml if present)")
+    p.add_argument("--strategy", help="strategy name (see `python -m engine strategies`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value; repeatable, e.g. --set costs.slippage_bps=5")
+    p.add_argument("--data", help="CSV of bars (epoch ms/s, ISO or M/D/YYYY dates; any column order)")
+    p.add_argument("--source", choices=["auto", "csv", "sample", "yfinance", "bybit"],
+                   help="where bars come from: auto (default: --data if given, else the synthetic sample), or "
+                   "yfinance / bybit: the local cache, fetching only missing ranges (needs --symbol, --timeframe, "
+                   "--start, --end; see `python -m engine data --help`)")
+    p.add_argument("--news", help="CSV of headlines (title/headline + date/published columns)")
+    p.add_argument("--symbol", help="symbol name (default: derived from the file name)")
+    p.add_argument("--timeframe", help="bar length such as 1h or 1d (default: inferred)")
+    p.add_argument("--start", help="first bar open time to include, ISO (UTC), e.g. 2020-01-01")
+    p.add_argument("--end", help="bars opening before this instant are included, ISO (UTC)")
+    p.add_argument("--drop-bad-rows", action="store_true", help="drop malformed rows (reporting how many) instead of stopping")
+    p.add_argument("--fill-mode", choices=["next_open", "close"],
+                   help="next_open (default, realistic) or close (compatibility only)")
+
+
 def _parser() -> argparse.ArgumentParser:
     from strategies import DEFAULT_STRATEGY
 
@@ -41,27 +62,11 @@ def _parser() -> argparse.ArgumentParser:
         ,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bt.add_argument("--config", type=Path, help="TOML config file (default: ./config.toml if present)")
-    bt.add_argument("--strategy", help="strategy name (see `python -m engine strategies`)")
-    bt.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="override a config value; repeatable, e.g. --set costs.slippage_bps=5")
-    bt.add_argument("--data", help="CSV of bars (epoch ms/s, ISO or M/D/YYYY dates; any column order)")
-    bt.add_argument("--source", choices=["auto", "csv", "sample", "yfinance", "bybit"],
-                    help="where bars come from: auto (default: --data if given, else the synthetic sample), or "
-                    "yfinance / bybit: the local cache, fetching only missing ranges (needs --symbol, --timeframe, "
-                    "--start, --end; see `python -m engine data --help`)")
-    bt.add_argument("--news", help="CSV of headlines (title/headline + date/published columns)")
-    bt.add_argument("--symbol", help="symbol name (default: derived from the file name)")
-    bt.add_argument("--timeframe", help="bar length such as 1h or 1d (default: inferred)")
-    bt.add_argument("--start", help="first bar open time to include, ISO (UTC), e.g. 2020-01-01")
-    bt.add_argument("--end", help="bars opening before this instant are included, ISO (UTC)")
-    bt.add_argument("--drop-bad-rows", action="store_true", help="drop malformed rows (reporting how many) instead of stopping")
-    bt.add_argument("--fill-mode", choices=["next_open", "close"],
-                    help="next_open (default, realistic) or close (compatibility only)")
+    add_run_options(bt)
     bt.add_argument("--report", action="store_true",
-                    help="after the run, write its HTML report and PNG charts (as `report RUN_ID` does) and print where")
+                   help="after the run, write its HTML report and PNG charts (as `report RUN_ID` does) and print where")
     bt.add_argument("--walk-forward", action="store_true",
-                    help="the LLM strategy only: retrain on rolling windows ([llm.walk_forward]) and trade each following "
+                   help="the LLM strategy only: retrain on rolling windows ([llm.walk_forward]) and trade each following "
                          "window; prints in-sample and out-of-sample results per fold and a chart")
     bt.add_argument("--crosscheck", choices=["backtrader"], help="rerun through backtrader and report the differences")
     bt.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -80,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     from research import commands as ml_commands  # light too: torch and the models are imported on use
 
     ml_commands.add_parsers(sub)
+
+    from engine.daemon.commands import (
+        add_parsers as add_paper_parsers,  # light: the daemon is imported on use
+    )
+
+    add_paper_parsers(sub, add_run_options)
     return parser
 
 
@@ -96,6 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from engine.feeds import commands as data_commands
 
             return data_commands.main(args, _config)
+        if args.command == "paper":
+            from engine.daemon import commands as paper_commands
+
+            if args.verb == "start":
+                _setup_logging(_config(args, _flag_overrides(args)))
+            return paper_commands.main(args, _config, _flag_overrides(args) if args.verb == "start" else [])
         if args.command in ("train", "evaluate"):
             from research import commands as ml_commands
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -62,6 +63,7 @@ class DataConfig:
     quality_policy: Literal["warn", "refuse"] = "warn"
     timeout_s: float = 10.0  # seconds to wait for one answer from a data source
     retries: int = 5  # retries (with back-off) of a request that failed on network trouble
+    api_url: str = ""  # Bybit only: another base URL (a fake Bybit on 127.0.0.1, to rehearse offline)
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
@@ -135,6 +137,37 @@ class StoreConfig:
             raise ValueError("busy_timeout must be >= 0")
 
 
+@dataclass(frozen=True)
+class PaperConfig:
+    """The paper daemon (``python -m engine paper``; live trading shares it)."""
+
+    settle_s: float = 3.0  # seconds after a bar's close before the daemon asks for it (exchanges lag)
+    max_wait_s: float = 60.0  # how long to keep asking for a bar that is due and has not come
+    late_fraction: float = 0.5  # a bar taken later than this share of its length after its close does not trade
+    catch_up: Literal["no_trade", "trade"] = "no_trade"  # bars missed while stopped: update state only, or trade them
+    warmup_bars: int = 500  # bars before the first live one replayed (no orders) so indicators are ready
+    poll_s: float = 30.0  # the news and health job's period
+    stale_after_s: float = 0.0  # `paper status` fails when the heartbeat is older; 0 = 2 bars or 3 polls, the longer
+    lease_stale_s: float = 300.0  # a lease held from another host is taken over after this long without a heartbeat
+    retry_max_s: float = 60.0  # back-off ceiling while the exchange is unreachable
+    history_capacity: int = 20_000  # bars held per symbol in memory
+    news_feeds: tuple[str, ...] = ()  # live headlines: "yahoo:TICKER" or an RSS/Atom feed URL, each polled every poll_s
+
+    def __post_init__(self) -> None:
+        for name in ("settle_s", "max_wait_s", "poll_s", "lease_stale_s", "retry_max_s", "stale_after_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0 < self.late_fraction <= 1:
+            raise ValueError(f"late_fraction must be in (0, 1], got {self.late_fraction}")
+        if self.warmup_bars < 0:
+            raise ValueError(f"warmup_bars must be >= 0, got {self.warmup_bars}")
+        if self.poll_s == 0:
+            raise ValueError("poll_s must be above 0")
+        if self.history_capacity < 2:
+            raise ValueError("history_capacity must be >= 2")
+
+
 @dataclass(frozen=True, slots=True)
 class SampleMarketConfig:
     """Knobs of the synthetic market; the defaults give ~250 days of hourly bars, ~1000 headlines."""
@@ -163,6 +196,7 @@ class Config:
     costs: CostsConfig = field(default_factory=CostsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    paper: PaperConfig = field(default_factory=PaperConfig)
     # Per-strategy parameter tables, checked against the chosen strategy's Params by ``build``.
     strategies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Tables of components above the core (raw, or decoded by ``with_section``), by name.

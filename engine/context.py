@@ -45,6 +45,10 @@ class StrategyContext:
         self._on_timer = on_timer
         self._ids = order_ids if order_ids is not None else OrderIds(run_id)
         self.time = 0  # epoch ms of the event being handled: an order's decision time
+        # False while the host lets the strategy see events without trading on them (a daemon's late
+        # bar, a halt): order methods then return None and send nothing; ``withheld`` counts them.
+        self.trading = True
+        self.withheld = 0
 
     # -- reading -------------------------------------------------------------------------------
     @property
@@ -148,6 +152,9 @@ class StrategyContext:
         inst = self.instruments.get(symbol)
         if inst is None:
             raise KeyError(f"unknown symbol {symbol!r}; this run trades {', '.join(self.instruments)}")
+        if not self.trading:
+            self.withheld += 1
+            return None
         order_id = self._ids.next(self.time)
         requested = abs(quantity) if math.isfinite(quantity) else quantity
         rounded = inst.round_quantity(requested) if math.isfinite(requested) and requested > 0 else 0.0

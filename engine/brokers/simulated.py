@@ -71,6 +71,12 @@ class SimulatedBroker:
             return
         self._open.setdefault(order.symbol, []).append(order)
 
+    def restore(self, orders: list[Order]) -> None:
+        """Orders accepted by an earlier process of the run and still open (read from the store),
+        working again in submission order; nothing is emitted: they were acknowledged then."""
+        for order in orders:
+            self._open.setdefault(order.symbol, []).append(order)
+
     def cancel(self, client_order_id: str) -> bool:
         for orders in self._open.values():
             for i, order in enumerate(orders):

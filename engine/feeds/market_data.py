@@ -78,13 +78,15 @@ class FetchReport:
 
 
 def make_source(name: str, *, adjusted: bool = False, timeout_s: float = 10.0, retries: int = 5,
-                cache: MarketCache | None = None) -> Any:
-    """The production source object for ``name`` (imports ccxt / yfinance only now)."""
+                cache: MarketCache | None = None, api_url: str = "") -> Any:
+    """The production source object for ``name`` (imports ccxt / yfinance only now); ``api_url``
+    points Bybit's client at another server (a fake Bybit on 127.0.0.1, to rehearse offline)."""
     policy = RetryPolicy(retries=retries)
     if name == "bybit":
-        from engine.feeds.bybit import BybitSource
+        from engine.feeds.bybit import BybitSource, make_exchange
 
-        return BybitSource(policy=policy, timeout_s=timeout_s)
+        exchange = make_exchange(timeout_s=timeout_s, api_url=api_url) if api_url else None
+        return BybitSource(exchange, policy=policy, timeout_s=timeout_s)
     if name == "yfinance":
         from engine.feeds.yahoo import YahooSource
 
@@ -319,7 +321,7 @@ def remote_market(config: Any, notes: list[str], *, source: Any = None, now_ms: 
         raise ConfigError(f"run.end ({run.end}) must be after run.start ({run.start})")
     cache = MarketCache(data.cache_dir)
     holder = _SourceHolder(source, lambda: make_source(name, adjusted=data.adjusted, timeout_s=data.timeout_s,
-                                                        retries=data.retries, cache=cache))
+                                                        retries=data.retries, cache=cache, api_url=data.api_url))
     series, report = ensure_bars(cache, name, data.symbol, tf, start, end, make=holder.get, adjusted=data.adjusted,
                                  progress=progress, now_ms=now_ms)
     notes.extend(report.notes)

@@ -20,13 +20,13 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from itertools import chain
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Dialect, Float, Table, bindparam, insert, update
+from sqlalchemy import Connection, Dialect, Float, Table, bindparam, func, insert, select, update
 
 from engine.domain import (
     Fill,
@@ -73,8 +73,10 @@ def now_ms() -> int:
 
 def start_run(store: Store, *, run_id: str, mode: str, strategy: str, symbols: list[str], timeframe_ms: int | None,
               starting_cash: float, config: Mapping[str, Any], data_label: str = "", data_fingerprint: str = "",
-              code_version: str = "", timeframes: Mapping[str, int] | None = None) -> SqlJournal:
-    """Create the run's row (status "running", with this process's host and pid) and return its journal."""
+              code_version: str = "", timeframes: Mapping[str, int] | None = None,
+              also: Callable[[Connection, int], None] | None = None) -> SqlJournal:
+    """Create the run's row (status "running", with this process's host and pid) and return its
+    journal; ``also(conn, run_pk)`` writes more in the same transaction (a daemon's row)."""
     started = now_ms()
     row = {
         "run_id": run_id, "mode": mode, "status": "running", "strategy": strategy, "symbols": list(symbols),
@@ -86,7 +88,37 @@ def start_run(store: Store, *, run_id: str, mode: str, strategy: str, symbols: l
     }
     with store.write() as conn:
         run_pk = conn.execute(insert(Run).returning(Run.pk), row).scalar_one()
+        if also is not None:
+            also(conn, run_pk)
     return SqlJournal(store, run_pk, run_id, timeframes=timeframes or {})
+
+
+def resume_run(store: Store, run_pk: int, run_id: str, *, timeframes: Mapping[str, int],
+               history_counts: Mapping[str, int]) -> SqlJournal:
+    """The journal of a run an earlier process recorded, carrying on where its last checkpoint
+    ended: orders not final yet are updated in place, fills and funding continue its sequence, bar
+    closes already held (``history_counts`` bars per symbol, the warm-up's) are not written again.
+    Marks the run "running" under this process."""
+    journal = SqlJournal(store, run_pk, run_id, timeframes=timeframes)
+    with store.write() as conn:
+        for row in conn.execute(select(OrderRow.__table__).where(
+                OrderRow.run_pk == run_pk, OrderRow.status.not_in(_TERMINAL))).mappings():
+            journal._working[row["client_order_id"]] = {k: row[k] for k in _WORKING_KEYS}
+        seqs = [conn.scalar(select(func.max(t.seq)).where(t.run_pk == run_pk)) for t in (FillRow, FundingRow)]
+        journal._seq = max([s for s in seqs if s is not None], default=0)
+        last = select(PositionSnapshot.__table__).where(PositionSnapshot.run_pk == run_pk).order_by(
+            PositionSnapshot.id)
+        for row in conn.execute(last).mappings():
+            journal._snapshot_state[row["symbol"]] = (row["quantity"], row["average_price"], row["realized_pnl"],
+                                                      row["ts_event"], row["last_price"])
+        conn.execute(update(Run).where(Run.pk == run_pk).values(
+            status="running", finished_ms=None, error=None, host=socket.gethostname(), pid=os.getpid(),
+            heartbeat_ms=now_ms()))
+    journal._prices_written = dict(history_counts)
+    return journal
+
+
+_WORKING_KEYS = ("status", "reject_reason", "filled_quantity", "ts_updated", "quantity")
 
 
 class SqlJournal:
@@ -113,6 +145,22 @@ class SqlJournal:
         self._loop: LoopState | None = None
         self._seq = 0  # order of fills and funding payments in the run: the portfolio replays them so
         self.batches = 0
+        # Called inside each checkpoint's transaction, after its rows and before the commit: a daemon
+        # writes its heartbeat there and checks it still holds the lease (raising rolls it all back).
+        self.before_commit: Callable[[Connection], None] | None = None
+        # A backtest holds the newest equity point back (other symbols may still close at that
+        # instant); a daemon checkpoints once every bar of an instant is in and turns this off.
+        self.hold_last_equity = True
+
+    def skip_prices(self, counts: Mapping[str, int]) -> None:
+        """The first ``counts[symbol]`` bars of each history are not the run's (a daemon's warm-up)."""
+        self._prices_written.update(counts)
+
+    def set_status(self, status: str) -> None:
+        """Set the run's status (a daemon that stopped and may resume: "stopped")."""
+        with self.store.write() as conn:
+            conn.execute(update(Run).where(Run.pk == self.run_pk).values(status=status, finished_ms=now_ms(),
+                                                                          heartbeat_ms=now_ms()))
 
     # -- the Journal protocol ------------------------------------------------------------------
     def order_submitted(self, order: Order) -> None:
@@ -235,6 +283,8 @@ class SqlJournal:
                 _insert(conn, table.__table__, rows)
             _insert_flat(conn, EquityPoint.__table__, EQUITY_COLUMNS, equity)
             conn.execute(update(Run).where(Run.pk == self.run_pk).values(**run_values))
+            if self.before_commit is not None:
+                self.before_commit(conn)
         # Committed: advance past what was written.
         self.batches += 1
         for coid, row in self._new_orders.items():
@@ -262,7 +312,7 @@ class SqlJournal:
             return [], [], []
         run_pk = self.run_pk
         ts, eq, gross = loop.equity_since(self._equity_written)
-        if not final and len(ts):  # the newest point may still change (other symbols closing then)
+        if not final and self.hold_last_equity and len(ts):  # the newest point may still change (other symbols closing then)
             ts, eq, gross = ts[:-1], eq[:-1], gross[:-1]
         equity: list[Any] = [run_pk] * (4 * len(ts))  # flat, row after row: EQUITY_COLUMNS
         equity[1::4], equity[2::4], equity[3::4] = ts.tolist(), eq.tolist(), gross.tolist()

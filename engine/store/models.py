@@ -289,4 +289,32 @@ class SignalRow(Base):
     __table_args__ = (Index(None, "run_pk", "ts_event"),)
 
 
+class DaemonRow(Base):
+    """A paper or live run's daemon: what it is (``key``: mode, strategy, account, symbols, bar
+    length and a digest of the settings, so the same ``paper start`` finds its run again), its
+    lease (one process at a time: host, pid, a token and a heartbeat), where its warm-up starts
+    and its first live bar, and the controls ``paper stop`` / ``paper halt`` set."""
+
+    __tablename__ = "daemons"
+
+    run_pk: Mapped[int] = mapped_column(Key, _run_fk(), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), index=True)
+    state: Mapped[str] = mapped_column(String(16))  # starting, waiting, running, halted, stopped, finished, failed
+    note: Mapped[str] = mapped_column(Text, default="")  # what it is doing or waiting for, in words
+    lease_host: Mapped[str] = mapped_column(String(255), default="")
+    lease_pid: Mapped[int | None] = mapped_column(Integer)
+    lease_token: Mapped[str] = mapped_column(String(32), default="")
+    heartbeat_ms: Mapped[int | None] = mapped_column(BigInteger)
+    warmup_from_ms: Mapped[int | None] = mapped_column(BigInteger)  # first warm-up bar's open
+    first_bar_ms: Mapped[int | None] = mapped_column(BigInteger)  # first live bar's open
+    last_bar_ms: Mapped[int | None] = mapped_column(BigInteger)  # close of the last bar decided
+    missing_bars: Mapped[int] = mapped_column(Integer, default=0)
+    halted: Mapped[int] = mapped_column(Integer, default=0)
+    halt_reason: Mapped[str] = mapped_column(Text, default="")
+    flatten_requested: Mapped[int] = mapped_column(Integer, default=0)
+    stop_requested: Mapped[int] = mapped_column(Integer, default=0)
+    format_version: Mapped[int] = mapped_column(Integer, default=1)  # of what the daemon records
+    latency: Mapped[dict[str, Any] | None]  # bar close -> decision recorded: last, p50, p99 (ms)
+
+
 TABLES = Base.metadata.tables

@@ -1,0 +1,387 @@
+"""``python -m engine paper start|status|stop|halt``: the paper-trading daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError, TemporaryError
+
+log = logging.getLogger("engine.daemon")
+
+EPILOG = """examples:
+  python -m engine paper start --replay ../shared/data/ohlcv/crypto/binance_BTCUSDT_1h.csv --speed max --json
+  python -m engine paper start --source bybit --symbol BTC/USDT:USDT --timeframe 1h --detach
+  python -m engine paper status
+  python -m engine paper halt --flatten
+  python -m engine paper stop
+
+Running the same `paper start` again after a crash or a stop resumes the same run (its portfolio
+and open orders from the store, its strategy state rebuilt by a replay that sends nothing); --new
+starts a fresh one."""
+
+
+def add_parsers(sub: Any, add_run_options: Any) -> None:
+    paper = sub.add_parser("paper", help="the paper-trading daemon: live (or replayed) bars, simulated fills, "
+                           "recorded in the store", description="The paper-trading daemon. " + __doc__.split(":")[0],
+                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = paper.add_subparsers(dest="verb", required=True, metavar="VERB")
+    start = verbs.add_parser("start", help="start (or resume) the daemon", epilog=EPILOG,
+                             formatter_class=argparse.RawDescriptionHelpFormatter,
+                             description="Trade a strategy on closed bars as they arrive, with the backtest's fill "
+                             "and cost rules. Live bars come from --source bybit or yfinance (--symbol, --timeframe); "
+                             "--replay serves a recorded file through the same path on a simulated clock.")
+    add_run_options(start)
+    start.add_argument("--replay", metavar="FILE", help="serve this bar CSV as if it arrived live (offline rehearsal)")
+    start.add_argument("--speed", default="max", help="replay speed: 'max' or bars per second (default max)")
+    start.add_argument("--warmup", type=int, help="bars replayed without orders before the first live bar "
+                       "(default: paper.warmup_bars live, 0 for a replay)")
+    start.add_argument("--new", action="store_true", help="start a fresh run instead of resuming this command's run")
+    start.add_argument("--detach", action="store_true", help="run in the background, logging to logs/paper-*.log")
+    start.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
+    for name, text in (("status", "the daemon's state, positions, orders and equity (exit 1 when its heartbeat "
+                                  "is stale)"),
+                       ("stop", "stop the daemon cleanly (it finishes its current step)"),
+                       ("halt", "stop sending orders (optionally cancel and flatten); --clear resumes trading")):
+        verb = verbs.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        verb.add_argument("run_id", nargs="?", help="the run (default: the newest paper run)")
+        verb.add_argument("--config", type=Path, help="TOML config file (default: ./config.toml if present)")
+        verb.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                          help="override a config value, e.g. --set store.url=sqlite:///other.db")
+        if name == "status":
+            verb.add_argument("--json", action="store_true", help="print one JSON object")
+        if name == "stop":
+            verb.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to stop (default 60)")
+        if name == "halt":
+            verb.add_argument("--flatten", action="store_true", help="also cancel open orders and close positions")
+            verb.add_argument("--clear", action="store_true", help="lift the halt: trade again")
+            verb.add_argument("--reason", default="halted by hand (paper halt)", help="recorded with the halt")
+
+
+def main(args: argparse.Namespace, config_loader: Any, flags: list[str]) -> int:
+    if args.verb == "start":
+        return _start(args, config_loader(args, _start_flags(args, flags)))
+    config = config_loader(args)
+    from engine.store.db import open_store
+
+    store = open_store(config.store.url, create=False, busy_timeout=config.store.busy_timeout)
+    try:
+        daemon = _find(store, args.run_id)
+        if args.verb == "status":
+            return _status(store, daemon, config, args.json)
+        if args.verb == "stop":
+            return _stop(store, daemon, args.timeout)
+        return _halt(store, daemon, args)
+    finally:
+        store.close()
+
+
+def _start_flags(args: argparse.Namespace, flags: list[str]) -> list[str]:
+    if args.replay:
+        if args.data or (args.source and args.source not in ("csv", "auto")):
+            raise ConfigError("--replay serves a bar file as if live: drop --data / --source")
+        return [*flags, f"data.bars={json.dumps(args.replay)}", 'data.source="csv"']
+    return flags
+
+
+def _find(store: Any, run_id: str | None) -> Any:
+    from engine.store.daemons import find_daemon
+    from engine.store.db import RunNotFound
+    from engine.store.queries import find_run
+
+    if run_id:
+        daemon = find_daemon(store, run_id=find_run(store, run_id).run_id)
+    else:
+        daemon = find_daemon(store, mode="paper")
+    if daemon is None:
+        raise RunNotFound(f"no paper run {'named ' + repr(run_id) + ' ' if run_id else ''}in {store.name}; start one "
+                          "with `python -m engine paper start`")
+    return daemon
+
+
+# -- start -----------------------------------------------------------------------------------------
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _start(args: argparse.Namespace, config: Any) -> int:
+    if args.detach:
+        return _detach()
+    if not config.store.enabled:
+        raise ConfigError("the paper daemon records everything in the store: store.enabled = false cannot run it")
+    from engine.daemon.runner import Daemon
+    from engine.daemon.schedule import StopSignals, run_replay, run_scheduled
+
+    speed = _speed(args.speed)
+    spec, time_source = _spec(args, config)
+    daemon = Daemon(spec, new=args.new, say=_say)
+    with StopSignals() as signals:
+        daemon.open()
+        try:
+            if spec.replay:
+                news_end = max((n.ts_event for n in spec.plan.news), default=None)
+                summary = run_replay(daemon, time_source, speed=speed, stop=signals.event, final_news_ms=news_end)
+            else:
+                summary = None
+                run_scheduled(daemon, signals.event, say=_say)
+        except BaseException as exc:
+            daemon.close("failed", error=exc)
+            raise
+    if summary is None:
+        daemon.close("stopped")
+        _say(f"run {daemon.run_id} stopped{' (' + signals.received + ')' if signals.received else ''}; "
+             "the same `paper start` resumes it")
+        return 0
+    if args.json:
+        print(json.dumps(summary, allow_nan=False, default=str))
+    else:
+        from engine.cli import format_summary
+
+        print(format_summary(summary))
+    return 0
+
+
+def _speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"--speed must be 'max' or a positive number of bars per second, got {text!r}")
+    return value
+
+
+def _spec(args: argparse.Namespace, config: Any) -> tuple[Any, Any]:
+    from engine.clock import WallClock
+    from engine.daemon.feeds import ReplayNews, ReplaySource
+    from engine.daemon.runner import DaemonSpec
+    from engine.daemon.schedule import ManualTime
+    from engine.session import prepare_backtest
+
+    if args.replay:
+        plan = prepare_backtest(config, say=_say)
+        series = plan.series[0]
+        warm_n = args.warmup or 0
+        if not 0 <= warm_n < len(series):
+            raise ConfigError(f"--warmup {warm_n}: the replay holds {len(series)} bars")
+        warm = series.between(None, int(series.ts_open[warm_n])) if warm_n else series.between(None, int(series.ts_open[0]))
+        live_from = int(series.ts_open[warm_n])
+        time_source = ManualTime(live_from)
+        clock = WallClock(source=time_source)
+        source = ReplaySource(series, clock.now)
+        for note in plan.notes:
+            _say(note)
+        return DaemonSpec(mode="paper", config=config, plan=plan, source=source, clock=clock,
+                          data_label=f"replay:{Path(args.replay).resolve()}", warmup=warm, live_from_ms=live_from,
+                          news=ReplayNews(plan.news), replay=True,
+                          set_time=lambda ms: setattr(time_source, "ms", ms)), time_source
+    return _live_spec(args, config), None
+
+
+def _live_spec(args: argparse.Namespace, config: Any) -> Any:
+    import dataclasses
+
+    from engine.clock import WallClock
+    from engine.daemon.feeds import LiveNews
+    from engine.daemon.runner import DaemonSpec
+    from engine.feeds.market_data import make_source
+    from engine.session import prepare_backtest
+    from engine.timeutil import iso, parse_timeframe
+
+    data = config.data
+    if data.source not in ("bybit", "yfinance"):
+        raise ConfigError("paper start needs live bars: --source bybit or yfinance with --symbol and --timeframe "
+                          "(or --replay FILE to rehearse offline)")
+    if not data.symbol or not data.timeframe:
+        raise ConfigError(f"--source {data.source} needs --symbol and --timeframe (e.g. --symbol BTC/USDT:USDT "
+                          "--timeframe 1h)")
+    tf = parse_timeframe(data.timeframe)
+    warm_n = args.warmup if args.warmup is not None else config.paper.warmup_bars
+    wait = 1.0
+    while True:  # an exchange that is down at start: wait with back-off, never trade on stale data
+        now = int(time.time() * 1000)
+        start = (now // tf - max(warm_n, 2)) * tf
+        run = dataclasses.replace(config.run, start=iso(start), end=iso(now))
+        try:
+            plan = prepare_backtest(dataclasses.replace(config, run=run), say=_say)
+            break
+        except TemporaryError as exc:
+            _say(f"{data.source} unreachable ({exc}); retrying in {wait:.0f} s")
+            time.sleep(wait)
+            wait = min(wait * 2, config.paper.retry_max_s)
+    warm = plan.series[0]
+    live_from = int(warm.ts_open[-1]) + tf if len(warm) else (now // tf) * tf
+    source = make_source(data.source, adjusted=data.adjusted, timeout_s=data.timeout_s, retries=data.retries,
+                         api_url=data.api_url)
+    news = LiveNews(_news_hub(config, warm.symbol)) if config.paper.news_feeds else None
+    for note in plan.notes:
+        _say(note)
+    return DaemonSpec(mode="paper", config=config, plan=plan, source=source, clock=WallClock(),
+                      data_label=f"{data.source}", warmup=warm, live_from_ms=live_from, news=news)
+
+
+def _news_hub(config: Any, symbol: str) -> Any:
+    from engine.feeds.live_news import NewsHub, RssPoller, YahooNewsPoller
+
+    pollers: list[Any] = []
+    for feed in config.paper.news_feeds:
+        if feed.startswith("yahoo:"):
+            poller: Any = YahooNewsPoller(feed.split(":", 1)[1])
+            poller.symbol = symbol
+            pollers.append(poller)
+        elif feed.startswith(("http://", "https://")):
+            pollers.append(RssPoller(feed, symbol))
+        else:
+            raise ConfigError(f"paper.news_feeds: {feed!r} is neither 'yahoo:TICKER' nor an http(s) feed URL")
+    return NewsHub(pollers, on_error=lambda poller, exc: log.warning("news feed %s: %s", poller.source, exc))
+
+
+def _detach() -> int:
+    argv = [a for a in sys.argv[1:] if a != "--detach"]
+    logs = Path("logs")
+    logs.mkdir(exist_ok=True)
+    path = logs / f"paper-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    with path.open("ab") as out:
+        child = subprocess.Popen([sys.executable, "-m", "engine", *argv], stdout=out, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(2.0)
+    if child.poll() is not None:
+        print(f"error: the daemon exited at once (code {child.returncode}); its log: {path}", file=sys.stderr)
+        print(path.read_text(errors="replace")[-2000:], file=sys.stderr)
+        return 1
+    print(f"paper daemon running in the background: pid {child.pid}, log {path}\n"
+          "`python -m engine paper status` shows it, `paper stop` stops it")
+    return 0
+
+
+# -- status, stop, halt ----------------------------------------------------------------------------
+def stale_after_ms(config: Any, timeframe_ms: int | None) -> int:
+    paper = config.paper
+    if paper.stale_after_s:
+        return int(paper.stale_after_s * 1000)
+    return int(max(2 * (timeframe_ms or 0), 3 * paper.poll_s * 1000))
+
+
+def status_of(store: Any, daemon: Any, config: Any) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from engine.domain import OrderStatus
+    from engine.store.journal import now_ms
+    from engine.store.models import EquityPoint, OrderRow
+    from engine.store.queries import find_run
+    from engine.store.restore import restore_portfolio
+    from engine.timeutil import MS_PER_DAY, iso
+
+    info = find_run(store, daemon.run_id)
+    now = now_ms()
+    portfolio = restore_portfolio(store, info)
+    with store.read() as conn:
+        open_orders = [dict(r) for r in conn.execute(
+            select(OrderRow.client_order_id, OrderRow.symbol, OrderRow.side, OrderRow.type, OrderRow.quantity,
+                   OrderRow.filled_quantity, OrderRow.status, OrderRow.limit_price, OrderRow.stop_price)
+            .where(OrderRow.run_pk == info.pk, OrderRow.status.not_in([s.value for s in OrderStatus if s.is_terminal]))
+        ).mappings()]
+        last = conn.execute(select(EquityPoint.ts_event, EquityPoint.equity).where(EquityPoint.run_pk == info.pk)
+                            .order_by(EquityPoint.ts_event.desc()).limit(1)).first()
+        day_open = None
+        if last is not None:
+            day = last.ts_event // MS_PER_DAY * MS_PER_DAY
+            before = conn.execute(select(EquityPoint.equity).where(EquityPoint.run_pk == info.pk,
+                                                                   EquityPoint.ts_event <= day)
+                                  .order_by(EquityPoint.ts_event.desc()).limit(1)).scalar()
+            day_open = before if before is not None else info.starting_cash
+    alive = daemon.holder_alive(now, int(config.paper.lease_stale_s * 1000))
+    age = None if daemon.heartbeat_ms is None else (now - daemon.heartbeat_ms) / 1000
+    stale = daemon.state not in ("stopped", "finished", "failed") and (
+        not alive or age is None or age * 1000 > stale_after_ms(config, info.timeframe_ms))
+    equity = last.equity if last is not None else info.starting_cash
+    return {
+        "run_id": info.run_id, "state": daemon.state if alive or daemon.state in ("stopped", "finished", "failed")
+        else "dead", "note": daemon.note, "pid": daemon.lease_pid, "host": daemon.lease_host,
+        "strategy": info.strategy, "symbols": info.symbols, "data": info.data_label,
+        "last_bar_close": iso(daemon.last_bar_ms) if daemon.last_bar_ms else None,
+        "heartbeat_age_s": None if age is None else round(age, 1), "stale": stale,
+        "halted": daemon.halted, "halt_reason": daemon.halt_reason, "missing_bars": daemon.missing_bars,
+        "bars": info.bars, "equity": equity, "starting_cash": info.starting_cash,
+        "today_pnl": None if day_open is None else equity - day_open, "cash": portfolio.cash,
+        "positions": {s: {"quantity": p.quantity, "average_price": p.average_price, "realized_pnl": p.realized_pnl}
+                      for s, p in portfolio.positions.items() if p.quantity != 0.0},
+        "open_orders": open_orders, "latency": daemon.latency,
+    }
+
+
+def _status(store: Any, daemon: Any, config: Any, as_json: bool) -> int:
+    s = status_of(store, daemon, config)
+    if as_json:
+        print(json.dumps(s, default=str))
+    else:
+        lat = s["latency"] or {}
+        rows = [("run", s["run_id"]), ("state", s["state"] + (f" (halted: {s['halt_reason']})" if s["halted"] else "")),
+                ("doing", s["note"]), ("process", f"pid {s['pid']} on {s['host']}" if s["pid"] else "-"),
+                ("strategy", f"{s['strategy']} on {', '.join(s['symbols'])} ({s['data']})"),
+                ("last bar", f"closed {s['last_bar_close'] or '-'} ({s['bars']:,} bars decided, "
+                             f"{s['missing_bars']} missing)"),
+                ("heartbeat", "-" if s["heartbeat_age_s"] is None else f"{s['heartbeat_age_s']:.0f} s ago"
+                 + (" (STALE)" if s["stale"] else "")),
+                ("equity", f"{s['equity']:,.2f} (cash {s['cash']:,.2f}; start {s['starting_cash']:,.2f})"),
+                ("today's P&L", "-" if s["today_pnl"] is None else f"{s['today_pnl']:+,.2f}"),
+                ("positions", ", ".join(f"{k} {v['quantity']:g} @ {v['average_price']:,.2f}"
+                                        for k, v in s["positions"].items()) or "none"),
+                ("open orders", ", ".join(f"{o['side']} {o['quantity']:g} {o['symbol']} {o['type']} ({o['status']})"
+                                          for o in s["open_orders"]) or "none"),
+                ("decision time", f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms over {lat['bars']} bars"
+                 if lat else "-")]
+        width = max(len(k) for k, _ in rows)
+        print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    return 1 if s["stale"] else 0
+
+
+def _stop(store: Any, daemon: Any, timeout: float) -> int:
+    import socket
+
+    from engine.store.daemons import find_daemon, set_controls
+
+    if daemon.state in ("stopped", "finished", "failed") or daemon.lease_pid is None:
+        print(f"run {daemon.run_id} is not running ({daemon.state})")
+        return 0
+    set_controls(store, daemon.run_pk, stop_requested=1)
+    if daemon.lease_host == socket.gethostname():
+        try:
+            os.kill(daemon.lease_pid, signal.SIGTERM)
+        except ProcessLookupError:
+            print(f"run {daemon.run_id}: its process {daemon.lease_pid} is gone (it died); "
+                  "the next `paper start` resumes it")
+            return 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = find_daemon(store, run_id=daemon.run_id)
+        if now is not None and now.state in ("stopped", "finished", "failed"):
+            print(f"run {daemon.run_id} {now.state}")
+            return 0
+        time.sleep(0.2)
+    print(f"error: run {daemon.run_id} did not stop within {timeout:g} s (pid {daemon.lease_pid})", file=sys.stderr)
+    return 1
+
+
+def _halt(store: Any, daemon: Any, args: argparse.Namespace) -> int:
+    from engine.store.daemons import set_controls
+
+    if args.clear:
+        set_controls(store, daemon.run_pk, halted=0, halt_reason="", flatten_requested=0)
+        print(f"run {daemon.run_id}: halt lifted; it trades again from its next step")
+        return 0
+    set_controls(store, daemon.run_pk, halted=1, halt_reason=args.reason, flatten_requested=int(args.flatten))
+    what = "cancels its open orders, closes its positions and sends nothing more" if args.flatten else \
+        "sends no new order"
+    print(f"run {daemon.run_id}: halted; from its next step it {what} (`paper halt --clear` lifts it)")
+    return 0
