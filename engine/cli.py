@@ -112,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             if args.verb == "start":
                 _setup_logging(_config(args, _flag_overrides(args)))
-            return paper_commands.main(args, _config, _flag_overrides(args) if args.verb == "start" else [])
+            return paper_commands.main(args, _config, _flag_overrides(args) if args.verb == "start" else [],
+                                       format_summary)
         if args.command in ("train", "evaluate"):
             from research import commands as ml_commands
 

@@ -66,9 +66,11 @@ def add_parsers(sub: Any, add_run_options: Any) -> None:
             verb.add_argument("--reason", default="halted by hand (paper halt)", help="recorded with the halt")
 
 
-def main(args: argparse.Namespace, config_loader: Any, flags: list[str]) -> int:
+def main(args: argparse.Namespace, config_loader: Any, flags: list[str], format_summary: Any = str) -> int:
+    """Dispatch the ``paper`` verbs; ``config_loader(args, flags)`` returns the checked ``Config`` and
+    ``format_summary`` turns a finished replay's summary into the table ``backtest`` prints."""
     if args.verb == "start":
-        return _start(args, config_loader(args, _start_flags(args, flags)))
+        return _start(args, config_loader(args, _start_flags(args, flags)), format_summary)
     config = config_loader(args)
     from engine.store.db import open_store
 
@@ -112,7 +114,7 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _start(args: argparse.Namespace, config: Any) -> int:
+def _start(args: argparse.Namespace, config: Any, format_summary: Any) -> int:
     if args.detach:
         return _detach()
     if not config.store.enabled:
@@ -143,8 +145,6 @@ def _start(args: argparse.Namespace, config: Any) -> int:
     if args.json:
         print(json.dumps(summary, allow_nan=False, default=str))
     else:
-        from engine.cli import format_summary
-
         print(format_summary(summary))
     return 0
 

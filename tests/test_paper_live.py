@@ -1,0 +1,112 @@
+"""The daemon's live-bar path through the real ccxt client against a fake Bybit v5 on 127.0.0.1:
+the closed-bar rule, gaps, late bars, an exchange that is down, and a whole daemon start and step."""
+
+from __future__ import annotations
+
+
+import pytest
+
+from engine.daemon.feeds import ClosedBars
+from engine.feeds.bybit import BybitSource, make_exchange
+from engine.feeds.retry import RetryPolicy
+from engine.timeutil import MS_PER_HOUR, parse_instant
+from tests.fake_bybit import FakeBybit
+from tests.test_paper import ROOT
+
+H = MS_PER_HOUR
+T = parse_instant("2024-03-01T10:00")
+PERP = "BTC/USDT:USDT"
+
+
+@pytest.fixture(scope="module")
+def fake():
+    from tests.conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "bybit").is_dir():
+        pytest.skip(f"recorded Bybit payloads not found under {SHARED_DATA / 'bybit'}")
+    server = FakeBybit(SHARED_DATA / "bybit", missing={T - 3 * H}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(fake):
+    fake.requests.clear()
+    fake.failures.clear()
+    return fake
+
+
+def source(url: str) -> BybitSource:
+    return BybitSource(make_exchange(api_url=url, timeout_s=2.0, rate_limit_ms=1),
+                       policy=RetryPolicy(retries=0), sleep=lambda s: None)
+
+
+def test_only_closed_bars_are_taken_each_once_in_order_and_gaps_are_counted(server):
+    bars = ClosedBars(source(server.url), PERP, H, settle_ms=3000, last_open=T - 6 * H)
+    got = bars.poll(T + 20 * 60_000)  # 10:20: the 10:00 bar is still forming and the fake serves it
+    opens = [b.ts_open for b in got.bars]
+    assert opens == [T - 5 * H, T - 4 * H, T - 2 * H, T - H]  # 07:00 never existed on the exchange
+    assert got.missing == 1 and bars.missing_total == 1
+    assert all(b.ts_event <= T + 20 * 60_000 - 3000 for b in got.bars)
+    assert server.paths("/v5/market/kline"), "asked the exchange over HTTP"
+    assert bars.poll(T + 2000).bars == []  # 11:00 minus the settle delay: the 10:00 bar is not closed yet
+    later = bars.poll(T + H + 3000)
+    assert [b.ts_open for b in later.bars] == [T] and later.missing == 0
+    assert bars.poll(T + H + 60_000).bars == []  # nothing twice
+
+
+def live_config(tmp_path, url, *extra):
+    from engine.session import load_settings
+
+    return load_settings(ROOT / "config.toml", [
+        f'store.url="sqlite:///{tmp_path / "live.db"}"', 'run.strategy="sma_cross"', 'data.source="bybit"',
+        f'data.symbol="{PERP}"', 'data.timeframe="1h"', f'data.api_url="{url}"', "data.retries=0",
+        f'data.cache_dir="{tmp_path / "cache"}"', "paper.warmup_bars=60", 'logging.file=""',
+        "strategies.sma_cross.fast=3", "strategies.sma_cross.slow=8", *extra])
+
+
+def test_a_live_daemon_warms_up_takes_bars_as_they_close_and_waits_out_an_outage(server, tmp_path):
+    from engine.daemon import commands
+    from engine.daemon.runner import Daemon
+
+    config = live_config(tmp_path, server.url)
+
+    class Args:
+        warmup = None
+
+    spec = commands._live_spec(Args, config)
+    assert len(spec.warmup) >= 59 and spec.plan.instruments[PERP].contract.value == "linear_perp"
+    daemon = Daemon(spec)
+    assert daemon.open() == "started"
+    tf = daemon.timeframe_ms
+    first = spec.live_from_ms
+    report = daemon.tick(first + 1000)  # the first live bar is still forming
+    assert report.bars == 0
+    report = daemon.tick(first + tf + 5000)
+    assert report.bars == 1 and report.late == 0
+    assert daemon.kernel.loop.bars_seen == 1
+    server.fail("/v5/market/kline", 502, 502, 502)
+    report = daemon.tick(first + 2 * tf + 5000)
+    assert report.bars == 0 and "unavailable" in report.waiting
+    status = commands.status_of(daemon.store, commands._find(daemon.store, None), config)
+    assert status["state"] == "waiting" and "unavailable" in status["note"] and not status["stale"]
+    server.failures.clear()
+    report = daemon.tick(first + 5 * tf + 5000)  # back after hours: the missed bars are late
+    assert report.bars == 4 and report.late == 3
+    assert daemon.kernel.loop.bars_seen == 5
+    daemon.close()
+    again = Daemon(commands._live_spec(Args, config))  # the same command resumes the run
+    assert again.open() == "resumed" and again.kernel.loop.bars_seen == 5
+    again.close()
+
+
+def test_an_unknown_symbol_is_refused_before_anything_runs(server, tmp_path, capsys):
+    from engine.cli import main
+
+    config_args = ["--set", f'data.api_url="{server.url}"', "--set", "data.retries=0",
+                   "--set", f'data.cache_dir="{tmp_path / "cache"}"']
+    code = main(["paper", "start", "--source", "bybit", "--symbol", "NOPE/USDT", "--timeframe", "1h",
+                 "--strategy", "sma_cross", *config_args])
+    err = capsys.readouterr().err
+    assert code == 2 and "Bybit has no market 'NOPE/USDT'" in err
+    assert not (tmp_path / "live.db").exists()
