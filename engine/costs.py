@@ -74,6 +74,11 @@ class FundingSeries:
             raise ValueError("funding series: ts and rates differ in length")
         self._default = default
 
+    @property
+    def last_ts(self) -> int | None:
+        """The newest settlement recorded, or None."""
+        return int(self._ts[-1]) if len(self._ts) else None
+
     def rate(self, symbol: str, ts: int) -> float:
         i = int(np.searchsorted(self._ts, ts, side="right")) - 1
         return float(self._rates[i]) if i >= 0 else self._default

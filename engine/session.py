@@ -24,7 +24,7 @@ log = logging.getLogger("engine")
 
 
 def prepare_backtest(config: Config, *, progress: bool = False, say: Callable[[str], None] | None = None,
-                     prepare: bool = True) -> BacktestPlan:
+                     prepare: bool = True, online: bool = False) -> BacktestPlan:
     """Everything a backtest of ``config`` needs, then the strategy's own preparation
     (``Strategy.prepare``: the LLM strategy trains or reuses its predictor there), reporting each
     stage to ``say`` and, with ``progress``, drawing progress bars; ``prepare=False`` leaves that to
@@ -49,7 +49,7 @@ def prepare_backtest(config: Config, *, progress: bool = False, say: Callable[[s
         strategy_name=strategy_class(config).name,
     )
     if prepare:
-        plan = strategy_class(config).prepare(plan, progress=progress, say=say)
+        plan = strategy_class(config).prepare(plan, progress=progress, say=say, online=online)
     return plan
 
 

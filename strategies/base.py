@@ -62,11 +62,12 @@ class Strategy:
         """After the last event."""
 
     @classmethod
-    def prepare(cls, plan: BacktestPlan, *, progress: bool = False, say: Callable[[str], None] | None = None
-                ) -> BacktestPlan:
+    def prepare(cls, plan: BacktestPlan, *, progress: bool = False, say: Callable[[str], None] | None = None,
+                online: bool = False) -> BacktestPlan:
         """Work a strategy needs before it can trade ``plan`` (the LLM strategy trains or loads its
         adapters and may cut the plan to the part it has not trained on); the plan to run. None by
-        default. ``say`` receives one line per stage."""
+        default. ``say`` receives one line per stage. ``online``: the plan's bars arrive one at a
+        time (the paper and live daemons), so nothing may be computed ahead of them."""
         return plan
 
     def summary(self) -> dict[str, Any]:

@@ -117,13 +117,18 @@ class LlmSetup:
         return source
 
 
-def prepare_llm_backtest(plan: BacktestPlan, *, progress: bool = False, say: Say | None = None) -> BacktestPlan:
+def prepare_llm_backtest(plan: BacktestPlan, *, progress: bool = False, say: Say | None = None,
+                         online: bool = False) -> BacktestPlan:
     """The plan of an ``llm_signal`` backtest: checkpoints trained or reused, predictions made,
-    the series cut to the traded part. ``say`` receives one line per stage (progress)."""
+    the series cut to the traded part. ``say`` receives one line per stage (progress). ``online``
+    (a daemon): the online signal source whatever ``llm.signal_source`` says."""
     with translated_errors(plan.config):
         setup = setup_llm(plan, progress=progress, say=say)
-        make_strategy, predictions = _strategy_factory(setup, llm_settings(plan.config).signal_source)
-    return llm_plan(plan, setup, make_strategy, predictions)
+        source = "online" if online else llm_settings(plan.config).signal_source
+        make_strategy, predictions = _strategy_factory(setup, source)
+    plan = llm_plan(plan, setup, make_strategy, predictions)
+    plan.extra["signal_source"] = source
+    return plan
 
 
 def llm_plan(plan: BacktestPlan, setup: LlmSetup, make_strategy: Callable[[], Any],

@@ -118,15 +118,17 @@ class LlmSignal(Strategy):
     sections = ("llm",)  # strategies.llm_settings
 
     @classmethod
-    def prepare(cls, plan: Any, *, progress: bool = False, say: Callable[[str], None] | None = None) -> Any:
+    def prepare(cls, plan: Any, *, progress: bool = False, say: Callable[[str], None] | None = None,
+                online: bool = False) -> Any:
         """Train (or reuse) the predictor on the part of the plan before ``llm.train_fraction``, make
-        its predictions and return the plan cut to the rest (``strategies.llm_prepare``)."""
+        its predictions (``online``: none ahead, each one at its bar or headline) and return the plan
+        cut to the rest (``strategies.llm_prepare``)."""
         try:
             from strategies.llm_prepare import prepare_llm_backtest
         except ImportError as exc:  # the llm extra is missing
             raise ConfigError(f"strategies.llm_signal needs the llm extra ({exc.name} is missing): "
                               "pip install -e '.[llm]'") from exc
-        return prepare_llm_backtest(plan, progress=progress, say=say)
+        return prepare_llm_backtest(plan, progress=progress, say=say, online=online)
 
     # -- hooks ---------------------------------------------------------------------------------
     def on_start(self, ctx) -> None:

@@ -110,3 +110,20 @@ def test_an_unknown_symbol_is_refused_before_anything_runs(server, tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2 and "Bybit has no market 'NOPE/USDT'" in err
     assert not (tmp_path / "live.db").exists()
+
+
+def test_paper_funding_follows_the_rates_the_exchange_publishes(server):
+    from engine.costs import FundingSeries
+    from engine.daemon.feeds import LiveFundingRates
+
+    settle = parse_instant("2024-03-01T08:00")
+    base = FundingSeries([settle - 8 * H], [0.0003])
+    rates = LiveFundingRates(source(server.url), PERP, base)
+    assert rates.rate(PERP, settle - 8 * H) == 0.0003 and rates.fetches == 0  # known: no request
+    assert rates.rate(PERP, settle) == float(server.funding_rate(settle))  # published since: fetched
+    assert rates.rate(PERP, settle + 8 * H) == float(server.funding_rate(settle + 8 * H))
+    fetched = rates.fetches
+    assert rates.rate(PERP, settle + H) == float(server.funding_rate(settle)) and rates.fetches == fetched
+    server.fail("/v5/market/funding/history", 502)  # the exchange in trouble: the latest known rate, no error
+    assert rates.rate(PERP, settle + 16 * H) == float(server.funding_rate(settle + 8 * H)) and rates.fetches == fetched
+    assert rates.rate(PERP, settle + 16 * H) == float(server.funding_rate(settle + 16 * H))  # back: fetched

@@ -31,7 +31,9 @@ starts a fresh one."""
 
 def add_parsers(sub: Any, add_run_options: Any) -> None:
     paper = sub.add_parser("paper", help="the paper-trading daemon: live (or replayed) bars, simulated fills, "
-                           "recorded in the store", description="The paper-trading daemon. " + __doc__.split(":")[0],
+                           "recorded in the store", description="The paper-trading daemon: a strategy on live (or replayed) closed bars, with "
+                           "the backtest's fill and cost rules, every decision recorded in the store before it is "
+                           "acted on.",
                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = paper.add_subparsers(dest="verb", required=True, metavar="VERB")
     start = verbs.add_parser("start", help="start (or resume) the daemon", epilog=EPILOG,
@@ -169,7 +171,7 @@ def _spec(args: argparse.Namespace, config: Any) -> tuple[Any, Any]:
     from engine.session import prepare_backtest
 
     if args.replay:
-        plan = prepare_backtest(config, say=_say)
+        plan = prepare_backtest(config, say=_say, online=True)
         series = plan.series[0]
         warm_n = args.warmup or 0
         if not 0 <= warm_n < len(series):
@@ -192,7 +194,7 @@ def _live_spec(args: argparse.Namespace, config: Any) -> Any:
     import dataclasses
 
     from engine.clock import WallClock
-    from engine.daemon.feeds import LiveNews
+    from engine.daemon.feeds import LiveFundingRates, LiveNews
     from engine.daemon.runner import DaemonSpec
     from engine.feeds.market_data import make_source
     from engine.session import prepare_backtest
@@ -213,16 +215,20 @@ def _live_spec(args: argparse.Namespace, config: Any) -> Any:
         start = (now // tf - max(warm_n, 2)) * tf
         run = dataclasses.replace(config.run, start=iso(start), end=iso(now))
         try:
-            plan = prepare_backtest(dataclasses.replace(config, run=run), say=_say)
+            plan = prepare_backtest(dataclasses.replace(config, run=run), say=_say, online=True)
             break
         except TemporaryError as exc:
             _say(f"{data.source} unreachable ({exc}); retrying in {wait:.0f} s")
             time.sleep(wait)
             wait = min(wait * 2, config.paper.retry_max_s)
     warm = plan.series[0]
-    live_from = int(warm.ts_open[-1]) + tf if len(warm) else (now // tf) * tf
     source = make_source(data.source, adjusted=data.adjusted, timeout_s=data.timeout_s, retries=data.retries,
                          api_url=data.api_url)
+    if plan.instruments[warm.symbol].pays_funding and hasattr(source, "fetch_funding"):
+        # Funding from the live rate: the history fetched for the warm-up, extended as the exchange publishes.
+        rates = LiveFundingRates(source, warm.symbol, plan.costs.funding)
+        plan = dataclasses.replace(plan, costs=dataclasses.replace(plan.costs, funding=rates))
+    live_from = int(warm.ts_open[-1]) + tf if len(warm) else (now // tf) * tf
     news = LiveNews(_news_hub(config, warm.symbol)) if config.paper.news_feeds else None
     for note in plan.notes:
         _say(note)

@@ -220,3 +220,51 @@ class LiveNews:
             self._seen.add(key)
             out.append(News(ts, item.headline, item.symbol, item.source))
         return sorted(out, key=lambda n: n.ts_event)
+
+
+class LiveFundingRates:
+    """Perpetual funding rates for the paper daemon, as the exchange publishes them: the history
+    fetched at start (``base``), extended from the exchange's funding history whenever a settlement
+    falls after the last rate known. If the exchange has not published the rate of an instant yet,
+    or cannot be reached, the latest known rate is used and said in the log."""
+
+    def __init__(self, source: Any, symbol: str, base: Any = None, *, default: float = 0.0) -> None:
+        self.source = source
+        self.symbol = symbol
+        self._ts: list[int] = []
+        self._rates: list[float] = []
+        self._base = base
+        self._default = default
+        self.fetches = 0
+
+    def _latest(self) -> int:
+        if self._ts:
+            return self._ts[-1]
+        base_last = getattr(self._base, "last_ts", None)
+        return base_last if base_last is not None else -1
+
+    def rate(self, symbol: str, ts: int) -> float:
+        if ts > self._latest():
+            self._refresh(ts)
+        i = int(np.searchsorted(np.asarray(self._ts, np.int64), ts, side="right")) - 1
+        if i >= 0:
+            return self._rates[i]
+        return self._base.rate(symbol, ts) if self._base is not None else self._default
+
+    def _refresh(self, ts: int) -> None:
+        from engine.errors import TemporaryError
+
+        start = self._latest() + 1 if self._latest() >= 0 else ts - 24 * 3_600_000
+        try:
+            frame = self.source.fetch_funding(self.symbol, start, ts + 1)
+        except TemporaryError as exc:
+            log.warning("%s funding rate at %s: the exchange did not answer (%s); using the latest known", self.symbol,
+                        iso(ts), exc)
+            return
+        self.fetches += 1
+        for t, r in sorted(zip(np.asarray(frame["timestamp"]).tolist(), np.asarray(frame["fundingRate"]).tolist())):
+            if t > self._latest() and math.isfinite(r):
+                self._ts.append(int(t))
+                self._rates.append(float(r))
+        if ts > self._latest():
+            log.info("%s funding rate at %s not published yet; using the latest known", self.symbol, iso(ts))

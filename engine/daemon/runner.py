@@ -185,10 +185,11 @@ class Daemon:
         for series in prefill:
             for bar in iter_bars(series):
                 histories[self.symbol].append(bar)
+        self._funding = SimulatedFunding(plan.costs.funding)
         parts = Parts(clock=self.spec.clock, histories=histories,
                       broker=lambda portfolio, emit, clock: SimulatedBroker(
                           portfolio, plan.instruments, plan.costs, emit=emit, fill_mode=fill_mode, clock=clock),
-                      funding=SimulatedFunding(plan.costs.funding))
+                      funding=self._funding)
         kernel = assemble("paper", parts, strategy=strategy, instruments=plan.instruments, costs=plan.costs,
                           starting_cash=self.config.run.starting_cash, run_id=self.run_id, journal=journal,
                           restored=restored)
@@ -276,6 +277,8 @@ class Daemon:
         self.journal = journal
         self.kernel = self._kernel(strategy, journal, restored, [warm, decided])
         self.kernel.loop.bars_seen = info.bars
+        if daemon.last_bar_ms is not None:  # settlements up to the last decided close were applied
+            self._funding.resume_after(self.symbol, daemon.last_bar_ms)
         self.kernel.loop.news_seen = len(seen)
         broker = self.kernel.broker
         assert isinstance(broker, SimulatedBroker)
