@@ -250,6 +250,10 @@ def test_second_start_refused_status_stop_then_resume(btc_file, tmp_path, capsys
         assert first.returncode == 0
         stopped_at = json.loads(cli(capsys, "paper", "status", "--json", *store_arg(db))[1])
         assert stopped_at["state"] == "stopped" and 0 < stopped_at["bars"] < 1500
+        code, out, err = cli(capsys, "report", stopped_at["run_id"], "--json", "--out", str(tmp_path / "report"),
+                             *store_arg(db))
+        assert code == 0, err
+        assert Path(json.loads(out)["html"]).is_file()  # a stopped paper run is reported like a backtest
     finally:
         if first.poll() is None:
             first.kill()
@@ -339,3 +343,12 @@ def test_paper_start_refuses_bad_settings_before_running(capsys):
     assert code == 2 and "needs --symbol and --timeframe" in err
     code, _, err = cli(capsys, "paper", "start", "--replay", "x.csv", "--data", "y.csv")
     assert code == 2 and "drop --data" in err
+
+
+def test_a_corrupt_store_is_refused_with_its_name_and_left_as_it_was(btc_file, tmp_path, capsys):
+    db = tmp_path / "broken.db"
+    db.write_bytes(b"this is not a database" * 100)
+    code, _, err = cli(capsys, "paper", "start", "--replay", str(btc_file), "--strategy", "sma_cross",
+                       *store_arg(db))
+    assert code == 1 and str(db) in err and "not a database" in err.lower(), err
+    assert db.read_bytes() == b"this is not a database" * 100

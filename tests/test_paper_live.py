@@ -3,6 +3,7 @@ the closed-bar rule, gaps, late bars, an exchange that is down, and a whole daem
 
 from __future__ import annotations
 
+import time
 
 import pytest
 
@@ -127,3 +128,82 @@ def test_paper_funding_follows_the_rates_the_exchange_publishes(server):
     server.fail("/v5/market/funding/history", 502)  # the exchange in trouble: the latest known rate, no error
     assert rates.rate(PERP, settle + 16 * H) == float(server.funding_rate(settle + 8 * H)) and rates.fetches == fetched
     assert rates.rate(PERP, settle + 16 * H) == float(server.funding_rate(settle + 16 * H))  # back: fetched
+
+
+@pytest.mark.filterwarnings("ignore:The inplace keyword")  # inside yfinance's pandas calls
+def test_stock_bars_through_yfinance_recorded_responses(monkeypatch, tmp_path):
+    """yfinance's own parsing of constructed Yahoo chart responses (the seam of tests/test_yahoo.py):
+    daily bars, closed once their day is over, weekends not counted as missing."""
+    from yfinance import data as yf_data
+
+    from engine.feeds.yahoo import YahooSource
+    from engine.timeutil import MS_PER_DAY
+    from tests.test_yahoo import FakeYahoo
+
+    fake = FakeYahoo()
+    monkeypatch.setattr(yf_data.YfData, "get", lambda self, *a, **k: fake.get(self, *a, **k))
+    monkeypatch.setattr(yf_data.YfData, "cache_get", lambda self, *a, **k: fake.get(self, *a, **k))
+    yahoo = YahooSource(state_dir=tmp_path / "_yf", policy=RetryPolicy(retries=0))
+    friday = parse_instant("2024-01-05")
+    bars = ClosedBars(yahoo, "AAPL", MS_PER_DAY, settle_ms=3000, last_open=friday - 4 * MS_PER_DAY)  # after Monday
+    got = bars.poll(parse_instant("2024-01-09T12:00"))  # Tuesday midday: Tuesday's bar is still forming
+    assert [b.ts_open for b in got.bars] == [friday - 3 * MS_PER_DAY, friday - 2 * MS_PER_DAY, friday - MS_PER_DAY,
+                                             friday, friday + 3 * MS_PER_DAY]  # Tue..Fri, then Monday the 8th
+    assert got.missing == 0 and fake.requests
+    assert bars.poll(parse_instant("2024-01-09T23:59")).bars == []
+    assert [b.ts_open for b in bars.poll(parse_instant("2024-01-10T00:01")).bars] == [friday + 4 * MS_PER_DAY]
+
+
+def test_live_headlines_are_deduplicated_and_never_stamped_in_the_future():
+    from engine.daemon.feeds import LiveNews
+    from engine.domain import News
+
+    class Hub:
+        def __init__(self):
+            self.rounds = [[News(T - 60_000, "BTC rallies", PERP, "rss"), News(T + 3_600_000, "from the future", PERP)],
+                           [News(T - 60_000, "BTC rallies", PERP, "rss"), News(T + 1000, "ETF approved", PERP)]]
+
+        def poll(self):
+            return self.rounds.pop(0)
+
+    news = LiveNews(Hub())
+    first = news.poll(T)
+    assert [(n.ts_event, n.headline) for n in first] == [(T - 60_000, "BTC rallies"), (T, "from the future")]
+    assert [n.headline for n in news.poll(T + 2000)] == ["ETF approved"]  # the repeat is dropped
+
+
+def test_apscheduler_runs_the_poll_job_and_stops_cleanly(server, tmp_path):
+    import threading
+
+    from engine.daemon import commands
+    from engine.daemon.runner import Daemon
+    from engine.daemon.schedule import run_scheduled
+
+    config = live_config(tmp_path, server.url, "paper.poll_s=0.2")
+
+    class Args:
+        warmup = None
+
+    daemon = Daemon(commands._live_spec(Args, config))
+    daemon.open()
+    calls: list[float] = []
+    tick = daemon.tick
+    daemon.tick = lambda now=None: (calls.append(time.monotonic()), tick(now))[1]
+    stop = threading.Event()
+    said: list[str] = []
+    runner = threading.Thread(target=run_scheduled, args=(daemon, stop), kwargs={"say": said.append})
+    runner.start()
+    try:
+        deadline = time.monotonic() + 20
+        ticks = 0
+        while time.monotonic() < deadline and ticks < 3:
+            ticks = len(calls)
+            time.sleep(0.05)
+        assert ticks >= 3, "the poll job runs the step every 0.2 s"
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+    assert not runner.is_alive() and any("scheduled: bar job" in line for line in said)
+    status = commands.status_of(daemon.store, commands._find(daemon.store, None), config)
+    assert status["state"] == "running" and status["heartbeat_age_s"] < 5 and not status["stale"]
+    daemon.close()

@@ -49,6 +49,7 @@ class ReplaySource:
     opened by then, the last one still forming (``LIVE.md``: exchanges return it)."""
 
     name = "replay"
+    calendar = "24/7"  # holes in a recorded file are counted as missing bars
 
     def __init__(self, series: BarSeries, now: Callable[[], int]) -> None:
         self.series = series
@@ -89,6 +90,9 @@ class ClosedBars:
         self.last_open = last_open  # the open of the last bar taken
         self.page = page
         self.missing_total = 0
+        # A 24/7 market has a bar every interval, so a hole is a missing bar; an exchange's calendar
+        # (nights, weekends, holidays: yfinance) has holes by design.
+        self.continuous = getattr(source, "calendar", "24/7") == "24/7"
 
     def latest_closed_open(self, now_ms: int) -> int:
         """The open of the newest bar that is closed at ``now_ms`` by the closed-bar rule."""
@@ -121,7 +125,7 @@ class ClosedBars:
                     log.warning(out.refused[-1])
                     continue
                 expected = self.last_open + tf if self.last_open is not None else ts
-                if ts > expected:
+                if ts > expected and self.continuous:
                     out.missing += (ts - expected) // tf
                 out.bars.append(Bar(self.symbol, ts, ts + tf, o, h, lo, c, v))
                 self.last_open = ts
