@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backtest import backtest_parts, buy_and_hold_return, drive, iter_bars
+from engine.backtest import backtest_parts, drive, iter_bars
 from engine.brokers.simulated import SimulatedBroker
 from engine.clock import WallClock
 from engine.config import Config
@@ -135,6 +135,7 @@ class Daemon:
         self.last_bar_close: int | None = None
         self._latencies: deque[float] = deque(maxlen=1000)
         self._controls_read = -math.inf
+        self._orders_seen = self._fills_seen = 0  # what the last checkpoint held (for the crash points)
         self.bars: ClosedBars | None = None
         self.resumed = False
         self.started_wall = time.perf_counter()
@@ -284,7 +285,7 @@ class Daemon:
         assert isinstance(broker, SimulatedBroker)
         book = restored.book
         working = [s.order for s in book.open()] if book is not None else []
-        broker.restore([o for o in working])
+        broker.restore(working)
         if shadow_warm is None and shadow is None:
             self.kernel.ctx.time = self.spec.clock.now()
             self.kernel.start()
@@ -396,9 +397,9 @@ class Daemon:
         orders, fills = len(loop.orders), len(loop.fills)
         self.state, self.note = state, note
         self.kernel.checkpoint()
-        if len(loop.orders) != getattr(self, "_orders_seen", 0):
+        if len(loop.orders) != self._orders_seen:
             crash.reached("intent_committed")
-        if len(loop.fills) != getattr(self, "_fills_seen", 0):
+        if len(loop.fills) != self._fills_seen:
             crash.reached("fill_committed")
         self._orders_seen, self._fills_seen = orders, fills
         self._clear_flatten = False
@@ -549,4 +550,4 @@ def run_summary(store: Any, info: Any, plan: BacktestPlan, kernel: Kernel, *, el
     return out
 
 
-__all__ = ["Daemon", "DaemonSpec", "TickReport", "buy_and_hold_return", "run_summary"]
+__all__ = ["Daemon", "DaemonSpec", "TickReport", "run_summary"]

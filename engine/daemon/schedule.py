@@ -118,7 +118,7 @@ def run_scheduled(daemon: Daemon, stop: threading.Event, *, say: Callable[[str],
     now = clock.now()
     settle_s = paper.settle_s
     next_close = daemon.bars.latest_closed_open(now) + 2 * tf
-    start = datetime.fromtimestamp((next_close - 0) / 1000 + settle_s, UTC)
+    start = datetime.fromtimestamp(next_close / 1000 + settle_s, UTC)
     scheduler = BackgroundScheduler(
         executors={"default": ThreadPoolExecutor(max_workers=1)},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": max(1, int(tf / 2000))},
@@ -131,7 +131,7 @@ def run_scheduled(daemon: Daemon, stop: threading.Event, *, say: Callable[[str],
     say(f"scheduled: bar job {settle_s:g} s after each {tf // 1000} s bar close (next {start:%Y-%m-%d %H:%M:%S} UTC), "
         f"poll job every {paper.poll_s:g} s")
     try:
-        while not stop.wait(1.0):
-            pass
+        while not stop.wait(1.0):  # a timeout, so that signals reach the main thread promptly
+            continue
     finally:
         scheduler.shutdown(wait=True)  # the step in progress finishes; none starts after
