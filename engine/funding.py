@@ -65,6 +65,15 @@ class ReportedFunding:
         for p in sorted(payments, key=lambda p: p.ts_event):
             self._pending.setdefault(p.symbol, deque()).append(p)
 
+    def earliest_pending(self, symbol: str) -> int | None:
+        """The time of the oldest payment reported and not applied yet (a restart must read it again)."""
+        queue = self._pending.get(symbol)
+        return queue[0].ts_event if queue else None
+
+    def pending_amount(self, symbol: str) -> float:
+        """What the reported payments not applied yet add up to (already taken by the exchange)."""
+        return sum(p.amount for p in self._pending.get(symbol, ()))
+
     def due(self, bar: Bar, quantity: float) -> list[FundingPayment]:
         queue = self._pending.get(bar.symbol)
         out = []

@@ -127,8 +127,15 @@ class EventLoop:
             if journal is not None:
                 journal.rejection(event)  # type: ignore[arg-type]
         elif journal is not None:
-            journal.order_event(event)  # type: ignore[arg-type]  # accepted, cancelled or expired
-        self._notices.append(event)
+            journal.order_event(event)  # type: ignore[arg-type]  # accepted, cancelled, expired, a live step
+        if kind in _HOOKS:  # a live order's intermediate steps (sending, ambiguous, ...) are the store's alone
+            self._notices.append(event)
+
+    def deliver(self) -> None:
+        """Hand the strategy the order events a live broker reported between steps (after a send,
+        during a reconciliation); in a step they are handed over as it goes."""
+        if self._notices:
+            self._notify()
 
     def _notify(self) -> None:
         strategy, ctx = self.strategy, self.ctx

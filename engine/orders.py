@@ -16,10 +16,14 @@ from engine.domain import (
     Fill,
     Order,
     OrderAccepted,
+    OrderAmbiguous,
     OrderCancelled,
+    OrderCancelPending,
     OrderEvent,
     OrderExpired,
+    OrderSending,
     OrderStatus,
+    OrderUnknown,
     Rejection,
 )
 from engine.domain.orders import advance, after_fill
@@ -34,7 +38,9 @@ class OrderState:
 
 
 _STATUS_OF = {OrderAccepted: OrderStatus.ACCEPTED, OrderCancelled: OrderStatus.CANCELLED,
-              OrderExpired: OrderStatus.EXPIRED, Rejection: OrderStatus.REJECTED}
+              OrderExpired: OrderStatus.EXPIRED, Rejection: OrderStatus.REJECTED,
+              OrderSending: OrderStatus.SENDING, OrderAmbiguous: OrderStatus.AMBIGUOUS,
+              OrderUnknown: OrderStatus.UNKNOWN, OrderCancelPending: OrderStatus.CANCEL_PENDING}
 
 
 class OrderBook:

@@ -111,6 +111,7 @@ class Fill:
     ts_event: int
     order_type: OrderType = OrderType.MARKET
     fee_currency: str = "USDT"
+    trade_id: str | None = None  # the venue's execution id (live): fills are unique by it; None in simulation
 
     @property
     def signed_quantity(self) -> float:
@@ -143,7 +144,52 @@ class FundingPayment:
     mark_price: float
     position_quantity: float
     amount: float
+    trade_id: str | None = None  # the venue's id of the settlement (live); None when simulated
 
 
-OrderEvent: TypeAlias = OrderAccepted | Fill | OrderCancelled | Rejection | OrderExpired
+@dataclass(frozen=True, slots=True)
+class OrderSending:
+    """A live broker is about to send the order (``attempt`` counts the sends, the same client id
+    every time). Committed to the store before the request leaves the process (``LIVE.md``)."""
+
+    client_order_id: str
+    symbol: str
+    ts_event: int
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class OrderAmbiguous:
+    """A submit whose answer was unclear (a timeout, a 5xx, a rate limit, a lost connection): the
+    order may or may not exist; it is looked up by its client id, never taken as rejected."""
+
+    client_order_id: str
+    symbol: str
+    ts_event: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUnknown:
+    """A submit still unresolved after the look-ups: its symbol halts until a person looks."""
+
+    client_order_id: str
+    symbol: str
+    ts_event: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCancelPending:
+    """A cancel request for a working order is on its way to the venue."""
+
+    client_order_id: str
+    symbol: str
+    ts_event: int
+
+
+LifecycleEvent: TypeAlias = OrderSending | OrderAmbiguous | OrderUnknown | OrderCancelPending
+"""Steps of a live order's life that the store records and strategies do not hear about."""
+
+OrderEvent: TypeAlias = OrderAccepted | Fill | OrderCancelled | Rejection | OrderExpired | LifecycleEvent
 """What a broker reports about an order, each an immutable value with the time it happened."""

@@ -25,7 +25,7 @@ def order_row(run_pk: int, order: Order, status: str) -> dict[str, Any]:
         "symbol": order.symbol, "side": _SIDE[order.side], "type": str(order.type), "quantity": order.quantity,
         "limit_price": order.limit_price, "stop_price": order.stop_price, "tag": order.tag,
         "ts_init": order.ts_init, "status": status, "reject_reason": None, "filled_quantity": 0.0,
-        "ts_updated": order.ts_init,
+        "ts_updated": order.ts_init, "attempts": 0, "sent_ms": None,
     }
 
 
@@ -41,7 +41,7 @@ def fill_row(run_pk: int, fill: Fill, seq: int | None = None) -> dict[str, Any]:
         "order_type": str(fill.order_type), "quantity": fill.quantity, "price": fill.price,
         "reference_price": fill.reference_price, "fee": fill.fee, "fee_currency": fill.fee_currency,
         "liquidity": str(fill.liquidity), "spread_cost": fill.spread_cost, "slippage_cost": fill.slippage_cost,
-        "ts_event": fill.ts_event,
+        "ts_event": fill.ts_event, "trade_id": fill.trade_id,
     }
 
 
@@ -50,19 +50,20 @@ def fill_from_row(row: Mapping[str, Any]) -> Fill:
                 quantity=row["quantity"], price=row["price"], reference_price=row["reference_price"],
                 fee=row["fee"], liquidity=Liquidity(row["liquidity"]), spread_cost=row["spread_cost"],
                 slippage_cost=row["slippage_cost"], ts_event=row["ts_event"],
-                order_type=OrderType(row["order_type"]), fee_currency=row["fee_currency"])
+                order_type=OrderType(row["order_type"]), fee_currency=row["fee_currency"],
+                trade_id=row.get("trade_id"))
 
 
 def funding_row(run_pk: int, payment: FundingPayment, seq: int | None = None) -> dict[str, Any]:
     return {"run_pk": run_pk, "seq": seq, "symbol": payment.symbol, "ts_event": payment.ts_event, "rate": payment.rate,
             "mark_price": payment.mark_price, "position_quantity": payment.position_quantity,
-            "amount": payment.amount}
+            "amount": payment.amount, "trade_id": payment.trade_id}
 
 
 def funding_from_row(row: Mapping[str, Any]) -> FundingPayment:
     return FundingPayment(symbol=row["symbol"], ts_event=row["ts_event"], rate=row["rate"],
                           mark_price=row["mark_price"], position_quantity=row["position_quantity"],
-                          amount=row["amount"])
+                          amount=row["amount"], trade_id=row.get("trade_id"))
 
 
 def news_row(run_pk: int, news: News) -> dict[str, Any]:

@@ -58,6 +58,7 @@ class DaemonInfo:
     stop_requested: bool
     format_version: int
     latency: dict[str, Any] | None
+    live: dict[str, Any] | None = None  # live runs: venue, starting balances, reconciliation progress
 
     def holder_alive(self, now_ms: int, stale_ms: int) -> bool:
         """Whether the process named in the lease may still be running this daemon."""
@@ -75,7 +76,7 @@ def _info(row: Any) -> DaemonInfo:
         warmup_from_ms=row.warmup_from_ms, first_bar_ms=row.first_bar_ms, last_bar_ms=row.last_bar_ms,
         missing_bars=row.missing_bars, halted=bool(row.halted), halt_reason=row.halt_reason,
         flatten_requested=bool(row.flatten_requested), stop_requested=bool(row.stop_requested),
-        format_version=row.format_version, latency=row.latency)
+        format_version=row.format_version, latency=row.latency, live=row.live)
 
 
 def _select() -> Any:
@@ -101,7 +102,7 @@ def daemon_row(key: str, *, warmup_from_ms: int | None, first_bar_ms: int | None
     return {"key": key, "state": "starting", "note": "", "lease_host": "", "lease_pid": None, "lease_token": "",
             "heartbeat_ms": None, "warmup_from_ms": warmup_from_ms, "first_bar_ms": first_bar_ms,
             "last_bar_ms": None, "missing_bars": 0, "halted": 0, "halt_reason": "", "flatten_requested": 0,
-            "stop_requested": 0, "format_version": FORMAT_VERSION, "latency": None}
+            "stop_requested": 0, "format_version": FORMAT_VERSION, "latency": None, "live": None}
 
 
 def insert_daemon(conn: Connection, run_pk: int, row: dict[str, Any]) -> None:

@@ -34,9 +34,13 @@ from engine.domain import (
     News,
     Order,
     OrderAccepted,
+    OrderAmbiguous,
     OrderCancelled,
+    OrderCancelPending,
     OrderExpired,
+    OrderSending,
     OrderStatus,
+    OrderUnknown,
     Rejection,
 )
 from engine.errors import OperationalError
@@ -52,6 +56,7 @@ from engine.store.models import (
     PositionSnapshot,
     PredictionRow,
     PriceChunk,
+    ReconciliationRow,
     Run,
     SignalRow,
 )
@@ -63,7 +68,9 @@ log = logging.getLogger(__name__)
 
 _TERMINAL = frozenset(s.value for s in OrderStatus if s.is_terminal)
 _EVENT_STATUS = {OrderAccepted: OrderStatus.ACCEPTED.value, OrderCancelled: OrderStatus.CANCELLED.value,
-                 OrderExpired: OrderStatus.EXPIRED.value}
+                 OrderExpired: OrderStatus.EXPIRED.value, OrderSending: OrderStatus.SENDING.value,
+                 OrderAmbiguous: OrderStatus.AMBIGUOUS.value, OrderUnknown: OrderStatus.UNKNOWN.value,
+                 OrderCancelPending: OrderStatus.CANCEL_PENDING.value}
 _FILLED_TOLERANCE = 1e-9  # relative: an order whose fills sum to its quantity within this is filled
 
 
@@ -118,7 +125,8 @@ def resume_run(store: Store, run_pk: int, run_id: str, *, timeframes: Mapping[st
     return journal
 
 
-_WORKING_KEYS = ("status", "reject_reason", "filled_quantity", "ts_updated", "quantity")
+_WORKING_KEYS = ("status", "reject_reason", "filled_quantity", "ts_updated", "quantity", "exchange_order_id",
+                 "attempts", "sent_ms")
 
 
 class SqlJournal:
@@ -133,6 +141,7 @@ class SqlJournal:
         self._working: dict[str, dict[str, Any]] = {}  # written and not final: their current rows
         self._dirty: set[str] = set()  # working orders changed since they were written
         self._events: list[dict[str, Any]] = []
+        self._reconciliations: list[dict[str, Any]] = []  # live: differences found between store and exchange
         self._fills: list[dict[str, Any]] = []
         self._funding: list[dict[str, Any]] = []
         self._news: list[dict[str, Any]] = []
@@ -168,9 +177,18 @@ class SqlJournal:
         self._events.append({"run_pk": self.run_pk, "client_order_id": order.client_order_id,
                              "ts_event": order.ts_init, "status": "submitted", "detail": None})
 
-    def order_event(self, event: OrderAccepted | OrderCancelled | OrderExpired) -> None:
-        detail = getattr(event, "reason", None) or getattr(event, "exchange_order_id", None)
-        self._change(event.client_order_id, event.ts_event, _EVENT_STATUS[type(event)], detail)
+    def order_event(self, event: Any) -> None:
+        """Accepted, cancelled, expired, or a live order's step (sending, ambiguous, unknown,
+        cancel pending); the exchange's order id, the send attempts and the last send time go on the
+        order's row."""
+        kind = type(event)
+        row = self._change(event.client_order_id, event.ts_event, _EVENT_STATUS[kind],
+                           getattr(event, "reason", None) or getattr(event, "exchange_order_id", None)
+                           or (f"attempt {event.attempt}" if kind is OrderSending else None))
+        if kind is OrderSending:
+            row["attempts"], row["sent_ms"] = event.attempt, event.ts_event
+        elif kind is OrderAccepted and event.exchange_order_id:
+            row["exchange_order_id"] = event.exchange_order_id
 
     def fill(self, fill: Fill) -> None:
         row = self._order(fill.client_order_id, "a fill")
@@ -191,6 +209,13 @@ class SqlJournal:
 
     def news(self, news: News) -> None:
         self._news.append(news_row(self.run_pk, news))
+
+    def reconciliation(self, kind: str, action: str, detail: str, *, symbol: str = "", client_order_id: str = "",
+                       ts_ms: int | None = None) -> None:
+        """A difference a live reconciliation found and what it did (written with the next checkpoint)."""
+        self._reconciliations.append({"run_pk": self.run_pk, "ts_ms": now_ms() if ts_ms is None else ts_ms,
+                                      "kind": kind, "symbol": symbol, "client_order_id": client_order_id,
+                                      "action": action, "detail": detail[:4000]})
 
     def checkpoint(self, state: LoopState) -> None:
         self._loop = state
@@ -249,7 +274,7 @@ class SqlJournal:
         return row
 
     def _change(self, client_order_id: str, ts: int, status: str, detail: str | None, *,
-                reject_reason: str | None = None, event: str | None = None) -> None:
+                reject_reason: str | None = None, event: str | None = None) -> dict[str, Any]:
         row = self._order(client_order_id, event or status)
         self._events.append({"run_pk": self.run_pk, "client_order_id": client_order_id, "ts_event": ts,
                              "status": event or status, "detail": detail})
@@ -257,11 +282,13 @@ class SqlJournal:
         row["ts_updated"] = ts
         if reject_reason is not None:
             row["reject_reason"] = reject_reason
+        return row
 
     def _flush(self, loop: LoopState | None, *, final: bool, run_values: dict[str, Any] | None = None) -> None:
         equity, prices, snapshots = self._curves(loop, final)
         updates = [{"b_coid": coid, "b_status": row["status"], "b_reason": row["reject_reason"],
-                    "b_filled": row["filled_quantity"], "b_ts": row["ts_updated"]}
+                    "b_filled": row["filled_quantity"], "b_ts": row["ts_updated"],
+                    "b_xid": row["exchange_order_id"], "b_attempts": row["attempts"], "b_sent": row["sent_ms"]}
                    for coid, row in self._working.items() if coid in self._dirty]
         run_values = dict(run_values or {})
         run_values["heartbeat_ms"] = now_ms()
@@ -274,12 +301,14 @@ class SqlJournal:
                     update(OrderRow).where(OrderRow.run_pk == self.run_pk,
                                            OrderRow.client_order_id == bindparam("b_coid"))
                     .values(status=bindparam("b_status"), reject_reason=bindparam("b_reason"),
-                            filled_quantity=bindparam("b_filled"), ts_updated=bindparam("b_ts")),
+                            filled_quantity=bindparam("b_filled"), ts_updated=bindparam("b_ts"),
+                            exchange_order_id=bindparam("b_xid"), attempts=bindparam("b_attempts"),
+                            sent_ms=bindparam("b_sent")),
                     updates)
             for table, rows in ((OrderEvent, self._events), (FillRow, self._fills), (FundingRow, self._funding),
                                 (NewsRow, self._news), (SignalRow, self._signals),
                                 (PredictionRow, self._predictions), (PositionSnapshot, snapshots),
-                                (PriceChunk, prices)):
+                                (PriceChunk, prices), (ReconciliationRow, self._reconciliations)):
                 _insert(conn, table.__table__, rows)
             _insert_flat(conn, EquityPoint.__table__, EQUITY_COLUMNS, equity)
             conn.execute(update(Run).where(Run.pk == self.run_pk).values(**run_values))
@@ -294,7 +323,8 @@ class SqlJournal:
             if self._working[coid]["status"] in _TERMINAL:
                 del self._working[coid]
         self._new_orders, self._dirty = {}, set()
-        for buffer in (self._events, self._fills, self._funding, self._news, self._signals, self._predictions):
+        for buffer in (self._events, self._fills, self._funding, self._news, self._signals, self._predictions,
+                       self._reconciliations):
             buffer.clear()
         self._equity_written += len(equity) // len(EQUITY_COLUMNS)
         for row in snapshots:

@@ -109,6 +109,8 @@ class OrderRow(Base):
     reject_reason: Mapped[str | None] = mapped_column(Text)
     filled_quantity: Mapped[float] = mapped_column(Float, default=0.0)
     ts_updated: Mapped[int] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # live: how many times it was sent (one client id)
+    sent_ms: Mapped[int | None] = mapped_column(BigInteger)  # live: when it was last sent; None = never
 
     __table_args__ = (Index(None, "run_pk", "ts_init"),)
 
@@ -153,12 +155,14 @@ class FillRow(Base):
     spread_cost: Mapped[float] = mapped_column(Float)
     slippage_cost: Mapped[float] = mapped_column(Float)
     ts_event: Mapped[int] = mapped_column(BigInteger)
+    trade_id: Mapped[str | None] = mapped_column(String(96))  # live: the exchange's execution id (unique)
 
     __table_args__ = (
         ForeignKeyConstraint(["run_pk", "client_order_id"], ["orders.run_pk", "orders.client_order_id"],
                              ondelete="CASCADE"),
         Index(None, "run_pk", "ts_event"),
         Index(None, "run_pk", "client_order_id"),
+        Index(None, "run_pk", "trade_id", unique=True),
     )
 
 
@@ -176,8 +180,9 @@ class FundingRow(Base):
     mark_price: Mapped[float] = mapped_column(Float)
     position_quantity: Mapped[float] = mapped_column(Float)
     amount: Mapped[float] = mapped_column(Float)
+    trade_id: Mapped[str | None] = mapped_column(String(96))  # live: the exchange's id of the settlement (unique)
 
-    __table_args__ = (Index(None, "run_pk", "ts_event"),)
+    __table_args__ = (Index(None, "run_pk", "ts_event"), Index(None, "run_pk", "trade_id", unique=True))
 
 
 class PositionSnapshot(Base):
@@ -315,6 +320,28 @@ class DaemonRow(Base):
     stop_requested: Mapped[int] = mapped_column(Integer, default=0)
     format_version: Mapped[int] = mapped_column(Integer, default=1)  # of what the daemon records
     latency: Mapped[dict[str, Any] | None]  # bar close -> decision recorded: last, p50, p99 (ms)
+    # Live: the venue (demo, testnet, mainnet), the account's balances when the run began, the last
+    # reconciliation's time and the executions read up to (``engine.daemon.reconcile``).
+    live: Mapped[dict[str, Any] | None]
+
+
+class ReconciliationRow(Base):
+    """One difference a live reconciliation found between the store and the exchange, and what it
+    did about it (``LIVE.md``): an order brought up to date, an execution or a funding payment
+    ingested, an order or a position nobody here made, a balance that does not add up."""
+
+    __tablename__ = "reconciliations"
+
+    id: Mapped[int] = mapped_column(Key, primary_key=True, autoincrement=True)
+    run_pk: Mapped[int] = mapped_column(Key, _run_fk())
+    ts_ms: Mapped[int] = mapped_column(BigInteger)  # wall time of the reconciliation
+    kind: Mapped[str] = mapped_column(String(32))
+    symbol: Mapped[str] = mapped_column(String(64), default="")
+    client_order_id: Mapped[str] = mapped_column(String(96), default="")
+    action: Mapped[str] = mapped_column(String(16))  # updated, ingested, adopted, halted, ignored
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (Index(None, "run_pk", "id"),)
 
 
 TABLES = Base.metadata.tables
