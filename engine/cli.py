@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from engine.feeds import commands as data_commands
 
             return data_commands.main(args, _config)
-        if args.command == "paper":
+        if args.command in ("paper", "live"):
             from engine.daemon import commands as paper_commands
 
             if args.verb == "start":

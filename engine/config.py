@@ -168,6 +168,41 @@ class PaperConfig:
             raise ValueError("history_capacity must be >= 2")
 
 
+@dataclass(frozen=True)
+class LiveConfig:
+    """Live trading on Bybit (``python -m engine live``); the daemon's timing is ``[paper]``'s. API keys
+    are never here: they come from the environment (BYBIT_API_KEY, BYBIT_API_SECRET)."""
+
+    venue: Literal["demo", "testnet", "mainnet"] = "demo"  # mainnet also needs `live start --mainnet` and a typed confirmation
+    api_url: str = ""  # another Bybit base URL: a fake Bybit on 127.0.0.1 (python -m engine.testing.fake_bybit)
+    timeout_s: float = 10.0  # seconds to wait for one answer; no answer is an unclear one, never a rejection
+    recv_window_ms: int = 5000  # how old a signed request may be when Bybit reads it
+    rate_limit: bool = True  # ccxt's client-side rate limiter (off only against a fake on loopback)
+    reconcile_every_s: float = 300.0  # store and exchange compared again this often (and before the first order)
+    external_orders: Literal["halt", "ignore"] = "halt"  # open orders on the account that this run did not make
+    adopt: bool = False  # executions and position differences nobody here made: false = halt, true = record them
+    # as reconciliation fills (so the store explains every unit held) and carry on
+    max_attempts: int = 5  # sends of one order (always the same client id) before it is UNKNOWN and its symbol halts
+    max_lookups: int = 5  # unanswered look-ups of an unsettled order before it is UNKNOWN
+    backoff_s: float = 1.0  # first wait after a rate limit (doubles, at most 30 s), then the same id again
+    stale_intent_fraction: float = 0.5  # an intent never sent, found at restart older than this share of a bar, is dropped
+
+    def __post_init__(self) -> None:
+        for name in ("timeout_s", "reconcile_every_s", "backoff_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0 or value > 86_400:
+                raise ValueError(f"{name} must be a number of seconds in (0, 86400], got {value}")
+        if not 1000 <= self.recv_window_ms <= 60_000:
+            raise ValueError(f"recv_window_ms must be between 1000 and 60000, got {self.recv_window_ms}")
+        for name in ("max_attempts", "max_lookups"):
+            if not 1 <= getattr(self, name) <= 100:
+                raise ValueError(f"{name} must be between 1 and 100")
+        if not 0 < self.stale_intent_fraction <= 10:
+            raise ValueError("stale_intent_fraction must be in (0, 10]")
+        if self.api_url and not self.api_url.startswith(("http://", "https://")):
+            raise ValueError(f"api_url must be an http(s) URL, got {self.api_url!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class SampleMarketConfig:
     """Knobs of the synthetic market; the defaults give ~250 days of hourly bars, ~1000 headlines."""
@@ -197,6 +232,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     paper: PaperConfig = field(default_factory=PaperConfig)
+    live: LiveConfig = field(default_factory=LiveConfig)
     # Per-strategy parameter tables, checked against the chosen strategy's Params by ``build``.
     strategies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Tables of components above the core (raw, or decoded by ``with_section``), by name.

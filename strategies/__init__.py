@@ -6,10 +6,11 @@ import difflib
 
 from strategies.base import Strategy
 from strategies.buy_and_hold import BuyAndHold
+from strategies.churn import Churn
 from strategies.llm_signal import LlmSignal
 from strategies.sma_cross import SmaCross
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (BuyAndHold, SmaCross, LlmSignal)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (BuyAndHold, SmaCross, LlmSignal, Churn)}
 DEFAULT_STRATEGY = SmaCross.name  # what run.strategy = "" runs
 
 

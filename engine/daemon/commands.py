@@ -29,32 +29,70 @@ and open orders from the store, its strategy state rebuilt by a replay that send
 starts a fresh one."""
 
 
+LIVE_EPILOG = """examples (against the fake Bybit, offline: python -m engine.testing.fake_bybit --port 8123):
+  export BYBIT_API_KEY=fake-key BYBIT_API_SECRET=fake-secret
+  python -m engine live start --api-url http://127.0.0.1:8123 --symbol BTC/USDT:USDT --timeframe 1h
+  python -m engine live status
+  python -m engine live halt --flatten
+  python -m engine live stop
+
+Bybit demo trading (mainnet prices, simulated funds) is the default venue; --testnet for the testnet;
+--mainnet trades real money and asks you to type the account id. Keys come from the environment
+only (BYBIT_API_KEY, BYBIT_API_SECRET). The same `live start` again resumes the run: the exchange
+is reconciled with the store before any order is sent."""
+
+_ABOUT = {
+    "paper": ("the paper-trading daemon: live (or replayed) bars, simulated fills, recorded in the store",
+              "The paper-trading daemon: a strategy on live (or replayed) closed bars, with the backtest's fill and "
+              "cost rules, every decision recorded in the store before it is acted on.", EPILOG),
+    "live": ("live trading on Bybit (demo by default): the paper daemon with the Bybit broker",
+             "Live trading on Bybit through ccxt: the paper daemon's strategy, bars and store, with orders sent to "
+             "Bybit (demo trading unless --testnet or --mainnet), every intent committed before it is sent and the "
+             "exchange reconciled with the store before the first order after every start.", LIVE_EPILOG),
+}
+
+
 def add_parsers(sub: Any, add_run_options: Any) -> None:
-    paper = sub.add_parser("paper", help="the paper-trading daemon: live (or replayed) bars, simulated fills, "
-                           "recorded in the store", description="The paper-trading daemon: a strategy on live (or replayed) closed bars, with "
-                           "the backtest's fill and cost rules, every decision recorded in the store before it is "
-                           "acted on.",
-                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    verbs = paper.add_subparsers(dest="verb", required=True, metavar="VERB")
-    start = verbs.add_parser("start", help="start (or resume) the daemon", epilog=EPILOG,
+    for mode in ("paper", "live"):
+        _add_daemon_parser(sub, mode, add_run_options)
+
+
+def _add_daemon_parser(sub: Any, mode: str, add_run_options: Any) -> None:
+    short, description, epilog = _ABOUT[mode]
+    parser = sub.add_parser(mode, help=short, description=description, epilog=epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    start = verbs.add_parser("start", help="start (or resume) the daemon", epilog=epilog,
                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                             description="Trade a strategy on closed bars as they arrive, with the backtest's fill "
-                             "and cost rules. Live bars come from --source bybit or yfinance (--symbol, --timeframe); "
-                             "--replay serves a recorded file through the same path on a simulated clock.")
+                             description="Trade a strategy on closed bars as they arrive"
+                             + (", with the backtest's fill and cost rules" if mode == "paper" else " on Bybit")
+                             + ". Live bars come from --source bybit"
+                             + (" or yfinance" if mode == "paper" else "") + " (--symbol, --timeframe); --replay "
+                             "serves a recorded file through the same path on a simulated clock"
+                             + (" (live: only against a fake exchange on this machine)." if mode == "live" else "."))
     add_run_options(start)
     start.add_argument("--replay", metavar="FILE", help="serve this bar CSV as if it arrived live (offline rehearsal)")
     start.add_argument("--speed", default="max", help="replay speed: 'max' or bars per second (default max)")
     start.add_argument("--warmup", type=int, help="bars replayed without orders before the first live bar "
                        "(default: paper.warmup_bars live, 0 for a replay)")
     start.add_argument("--new", action="store_true", help="start a fresh run instead of resuming this command's run")
-    start.add_argument("--detach", action="store_true", help="run in the background, logging to logs/paper-*.log")
+    start.add_argument("--detach", action="store_true", help=f"run in the background, logging to logs/{mode}-*.log")
     start.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
+    if mode == "live":
+        venue = start.add_mutually_exclusive_group()
+        venue.add_argument("--testnet", action="store_true", help="trade on Bybit's testnet (its own keys and prices)")
+        venue.add_argument("--mainnet", action="store_true", help="trade REAL money on Bybit mainnet (asks you to type "
+                           "the account id; needs risk limits set)")
+        start.add_argument("--api-url", help="another Bybit base URL, e.g. a fake Bybit on http://127.0.0.1:8123 "
+                           "(live.api_url)")
+        start.add_argument("--confirm", metavar="ACCOUNT_ID", help="mainnet without a terminal: the account id you "
+                           "would have typed")
     for name, text in (("status", "the daemon's state, positions, orders and equity (exit 1 when its heartbeat "
                                   "is stale)"),
                        ("stop", "stop the daemon cleanly (it finishes its current step)"),
                        ("halt", "stop sending orders (optionally cancel and flatten); --clear resumes trading")):
         verb = verbs.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
-        verb.add_argument("run_id", nargs="?", help="the run (default: the newest paper run)")
+        verb.add_argument("run_id", nargs="?", help=f"the run (default: the newest {mode} run)")
         verb.add_argument("--config", type=Path, help="TOML config file (default: ./config.toml if present)")
         verb.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                           help="override a config value, e.g. --set store.url=sqlite:///other.db")
@@ -65,7 +103,7 @@ def add_parsers(sub: Any, add_run_options: Any) -> None:
         if name == "halt":
             verb.add_argument("--flatten", action="store_true", help="also cancel open orders and close positions")
             verb.add_argument("--clear", action="store_true", help="lift the halt: trade again")
-            verb.add_argument("--reason", default="halted by hand (paper halt)", help="recorded with the halt")
+            verb.add_argument("--reason", default=f"halted by hand ({mode} halt)", help="recorded with the halt")
 
 
 def main(args: argparse.Namespace, config_loader: Any, flags: list[str], format_summary: Any = str) -> int:
@@ -78,7 +116,7 @@ def main(args: argparse.Namespace, config_loader: Any, flags: list[str], format_
 
     store = open_store(config.store.url, create=False, busy_timeout=config.store.busy_timeout)
     try:
-        daemon = _find(store, args.run_id)
+        daemon = _find(store, args.run_id, args.command)
         if args.verb == "status":
             return _status(store, daemon, config, args.json)
         if args.verb == "stop":
@@ -89,6 +127,8 @@ def main(args: argparse.Namespace, config_loader: Any, flags: list[str], format_
 
 
 def _start_flags(args: argparse.Namespace, flags: list[str]) -> list[str]:
+    if args.command == "live":
+        flags = [*flags, *_live_flags(args)]
     if args.replay:
         if args.data or (args.source and args.source not in ("csv", "auto")):
             raise ConfigError("--replay serves a bar file as if live: drop --data / --source")
@@ -96,7 +136,18 @@ def _start_flags(args: argparse.Namespace, flags: list[str]) -> list[str]:
     return flags
 
 
-def _find(store: Any, run_id: str | None) -> Any:
+def _live_flags(args: argparse.Namespace) -> list[str]:
+    out = []
+    if args.testnet:
+        out.append('live.venue="testnet"')
+    if args.mainnet:
+        out.append('live.venue="mainnet"')
+    if args.api_url:
+        out.append(f"live.api_url={json.dumps(args.api_url)}")
+    return out
+
+
+def _find(store: Any, run_id: str | None, mode: str = "paper") -> Any:
     from engine.store.daemons import find_daemon
     from engine.store.db import RunNotFound
     from engine.store.queries import find_run
@@ -104,10 +155,10 @@ def _find(store: Any, run_id: str | None) -> Any:
     if run_id:
         daemon = find_daemon(store, run_id=find_run(store, run_id).run_id)
     else:
-        daemon = find_daemon(store, mode="paper")
+        daemon = find_daemon(store, mode=mode)
     if daemon is None:
-        raise RunNotFound(f"no paper run {'named ' + repr(run_id) + ' ' if run_id else ''}in {store.name}; start one "
-                          "with `python -m engine paper start`")
+        raise RunNotFound(f"no {mode} run {'named ' + repr(run_id) + ' ' if run_id else ''}in {store.name}; start one "
+                          f"with `python -m engine {mode} start`")
     return daemon
 
 
@@ -118,15 +169,22 @@ def _say(line: str) -> None:
 
 def _start(args: argparse.Namespace, config: Any, format_summary: Any) -> int:
     if args.detach:
-        return _detach()
+        return _detach(args.command)
+    mode = args.command
     if not config.store.enabled:
-        raise ConfigError("the paper daemon records everything in the store: store.enabled = false cannot run it")
+        raise ConfigError(f"the {mode} daemon records everything in the store: store.enabled = false cannot run it")
     from engine.daemon.runner import Daemon
     from engine.daemon.schedule import StopSignals, run_replay, run_scheduled
 
     speed = _speed(args.speed)
-    spec, time_source = _spec(args, config)
-    daemon = Daemon(spec, new=args.new, say=_say)
+    if mode == "live":
+        from engine.daemon.live_commands import live_daemon
+
+        daemon, time_source = live_daemon(args, config, say=_say)
+        spec = daemon.spec
+    else:
+        spec, time_source = _spec(args, config)
+        daemon = Daemon(spec, new=args.new, say=_say)
     with StopSignals() as signals:
         daemon.open()
         try:
@@ -142,7 +200,7 @@ def _start(args: argparse.Namespace, config: Any, format_summary: Any) -> int:
     if summary is None:
         daemon.close("stopped")
         _say(f"run {daemon.run_id} stopped{' (' + signals.received + ')' if signals.received else ''}; "
-             "the same `paper start` resumes it")
+             f"the same `{mode} start` resumes it")
         return 0
     if args.json:
         print(json.dumps(summary, allow_nan=False, default=str))
@@ -163,7 +221,7 @@ def _speed(text: str) -> float | None:
     return value
 
 
-def _spec(args: argparse.Namespace, config: Any) -> tuple[Any, Any]:
+def _spec(args: argparse.Namespace, config: Any, mode: str = "paper") -> tuple[Any, Any]:
     from engine.clock import WallClock
     from engine.daemon.feeds import ReplayNews, ReplaySource
     from engine.daemon.runner import DaemonSpec
@@ -183,14 +241,14 @@ def _spec(args: argparse.Namespace, config: Any) -> tuple[Any, Any]:
         source = ReplaySource(series, clock.now)
         for note in plan.notes:
             _say(note)
-        return DaemonSpec(mode="paper", config=config, plan=plan, source=source, clock=clock,
+        return DaemonSpec(mode=mode, config=config, plan=plan, source=source, clock=clock,
                           data_label=f"replay:{Path(args.replay).resolve()}", warmup=warm, live_from_ms=live_from,
                           news=ReplayNews(plan.news), replay=True,
                           set_time=lambda ms: setattr(time_source, "ms", ms)), time_source
-    return _live_spec(args, config), None
+    return _live_spec(args, config, mode), None
 
 
-def _live_spec(args: argparse.Namespace, config: Any) -> Any:
+def _live_spec(args: argparse.Namespace, config: Any, mode: str = "paper") -> Any:
     import dataclasses
 
     from engine.clock import WallClock
@@ -202,7 +260,7 @@ def _live_spec(args: argparse.Namespace, config: Any) -> Any:
 
     data = config.data
     if data.source not in ("bybit", "yfinance"):
-        raise ConfigError("paper start needs live bars: --source bybit or yfinance with --symbol and --timeframe "
+        raise ConfigError(f"{mode} start needs live bars: --source bybit or yfinance with --symbol and --timeframe "
                           "(or --replay FILE to rehearse offline)")
     if not data.symbol or not data.timeframe:
         raise ConfigError(f"--source {data.source} needs --symbol and --timeframe (e.g. --symbol BTC/USDT:USDT "
@@ -232,7 +290,7 @@ def _live_spec(args: argparse.Namespace, config: Any) -> Any:
     news = LiveNews(_news_hub(config, warm.symbol)) if config.paper.news_feeds else None
     for note in plan.notes:
         _say(note)
-    return DaemonSpec(mode="paper", config=config, plan=plan, source=source, clock=WallClock(),
+    return DaemonSpec(mode=mode, config=config, plan=plan, source=source, clock=WallClock(),
                       data_label=f"{data.source}", warmup=warm, live_from_ms=live_from, news=news)
 
 
@@ -252,11 +310,11 @@ def _news_hub(config: Any, symbol: str) -> Any:
     return NewsHub(pollers, on_error=lambda poller, exc: log.warning("news feed %s: %s", poller.source, exc))
 
 
-def _detach() -> int:
+def _detach(mode: str = "paper") -> int:
     argv = [a for a in sys.argv[1:] if a != "--detach"]
     logs = Path("logs")
     logs.mkdir(exist_ok=True)
-    path = logs / f"paper-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    path = logs / f"{mode}-{time.strftime('%Y%m%dT%H%M%S')}.log"
     with path.open("ab") as out:
         child = subprocess.Popen([sys.executable, "-m", "engine", *argv], stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
@@ -265,8 +323,8 @@ def _detach() -> int:
         print(f"error: the daemon exited at once (code {child.returncode}); its log: {path}", file=sys.stderr)
         print(path.read_text(errors="replace")[-2000:], file=sys.stderr)
         return 1
-    print(f"paper daemon running in the background: pid {child.pid}, log {path}\n"
-          "`python -m engine paper status` shows it, `paper stop` stops it")
+    print(f"{mode} daemon running in the background: pid {child.pid}, log {path}\n"
+          f"`python -m engine {mode} status` shows it, `{mode} stop` stops it")
     return 0
 
 
@@ -323,7 +381,26 @@ def status_of(store: Any, daemon: Any, config: Any) -> dict[str, Any]:
         "positions": {s: {"quantity": p.quantity, "average_price": p.average_price, "realized_pnl": p.realized_pnl}
                       for s, p in portfolio.positions.items() if p.quantity != 0.0},
         "open_orders": open_orders, "latency": daemon.latency,
-    }
+    } | (_live_status(store, info, daemon) if info.mode == "live" else {})
+
+
+def _live_status(store: Any, info: Any, daemon: Any) -> dict[str, Any]:
+    """The venue, the last reconciliation and the differences it recorded (newest first)."""
+    from sqlalchemy import func, select
+
+    from engine.store.models import ReconciliationRow
+    from engine.timeutil import iso
+
+    live = daemon.live or {}
+    with store.read() as conn:
+        rows = [dict(r) for r in conn.execute(
+            select(ReconciliationRow.ts_ms, ReconciliationRow.kind, ReconciliationRow.action, ReconciliationRow.symbol,
+                   ReconciliationRow.client_order_id, ReconciliationRow.detail)
+            .where(ReconciliationRow.run_pk == info.pk).order_by(ReconciliationRow.id.desc()).limit(10)).mappings()]
+        count = conn.scalar(select(func.count()).select_from(ReconciliationRow).where(ReconciliationRow.run_pk == info.pk))
+    last = live.get("last_reconciled_ms")
+    return {"venue": live.get("venue"), "last_reconciliation": iso(last) if last else None,
+            "reconciliation_records": count, "reconciliations": rows}
 
 
 def _status(store: Any, daemon: Any, config: Any, as_json: bool) -> int:
@@ -347,6 +424,11 @@ def _status(store: Any, daemon: Any, config: Any, as_json: bool) -> int:
                                           for o in s["open_orders"]) or "none"),
                 ("decision time", f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms over {lat['bars']} bars"
                  if lat else "-")]
+        if "venue" in s:
+            rows.insert(1, ("venue", f"Bybit {s['venue']}"))
+            rows.append(("reconciled", f"{s['last_reconciliation'] or 'never'} ({s['reconciliation_records']} "
+                                       "differences recorded)"))
+            rows.extend((f"  {r['kind']}", f"{r['action']}: {r['detail'][:160]}") for r in s["reconciliations"][:5])
         width = max(len(k) for k, _ in rows)
         print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
     return 1 if s["stale"] else 0
@@ -366,7 +448,7 @@ def _stop(store: Any, daemon: Any, timeout: float) -> int:
             os.kill(daemon.lease_pid, signal.SIGTERM)
         except ProcessLookupError:
             print(f"run {daemon.run_id}: its process {daemon.lease_pid} is gone (it died); "
-                  "the next `paper start` resumes it")
+                  "the next `start` resumes it")
             return 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -389,5 +471,5 @@ def _halt(store: Any, daemon: Any, args: argparse.Namespace) -> int:
     set_controls(store, daemon.run_pk, halted=1, halt_reason=args.reason, flatten_requested=int(args.flatten))
     what = "cancels its open orders, closes its positions and sends nothing more" if args.flatten else \
         "sends no new order"
-    print(f"run {daemon.run_id}: halted; from its next step it {what} (`paper halt --clear` lifts it)")
+    print(f"run {daemon.run_id}: halted; from its next step it {what} (`halt --clear` lifts it)")
     return 0

@@ -4,7 +4,9 @@ process with SIGKILL (no clean-up, no buffered write, as ``kill -9``) the 3rd ti
 
 Points: ``bar_processed`` (a bar decided, before its checkpoint), ``mid_checkpoint`` (the checkpoint's
 rows written, its transaction not committed), ``intent_committed`` (a checkpoint holding new orders
-committed), ``fill_committed`` (a checkpoint holding fills committed).
+committed), ``fill_committed`` (a checkpoint holding fills committed); live only: ``after_sending``
+(``SENDING`` committed, the request not sent yet) and ``after_post`` (the exchange answered, nothing
+of the answer recorded).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import signal
 from collections import Counter
 
-POINTS = ("bar_processed", "mid_checkpoint", "intent_committed", "fill_committed")
+POINTS = ("bar_processed", "mid_checkpoint", "intent_committed", "fill_committed", "after_sending", "after_post")
 _hits: Counter[str] = Counter()
 
 

@@ -86,7 +86,7 @@ class DaemonSpec:
         """The daemon's identity: the same command finds the same run again."""
         config = self.config
         settings = {"strategy": self.plan.strategy_name, "params": config.strategies.get(self.plan.strategy_name, {}),
-                    "cash": config.run.starting_cash, "fill_mode": config.run.fill_mode,
+                    "cash": None if self.mode == "live" else config.run.starting_cash, "fill_mode": config.run.fill_mode,
                     "instrument": [dataclass_dict(i) for i in self.plan.instruments.values()],
                     "costs": dataclass_dict(config.costs), "sections": config.sections}
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -111,6 +111,8 @@ class TickReport:
 
 
 class Daemon:
+    MODE = "paper"
+
     def __init__(self, spec: DaemonSpec, *, new: bool = False, say: Callable[[str], None] | None = None) -> None:
         self.spec = spec
         self.config = spec.config
@@ -181,22 +183,45 @@ class Daemon:
         return kernel
 
     def _kernel(self, strategy: Any, journal: Any, restored: Restored | None, prefill: Sequence[BarSeries]) -> Kernel:
-        plan, fill_mode = self.spec.plan, self.config.run.fill_mode
+        plan = self.spec.plan
         histories = {self.symbol: BarHistory(self.symbol, self.timeframe_ms, capacity=self.paper.history_capacity)}
         for series in prefill:
             for bar in iter_bars(series):
                 histories[self.symbol].append(bar)
-        self._funding = SimulatedFunding(plan.costs.funding)
-        parts = Parts(clock=self.spec.clock, histories=histories,
-                      broker=lambda portfolio, emit, clock: SimulatedBroker(
-                          portfolio, plan.instruments, plan.costs, emit=emit, fill_mode=fill_mode, clock=clock),
-                      funding=self._funding)
-        kernel = assemble("paper", parts, strategy=strategy, instruments=plan.instruments, costs=plan.costs,
+        parts = self._parts(histories)
+        kernel = assemble(self.MODE, parts, strategy=strategy, instruments=plan.instruments, costs=plan.costs,
                           starting_cash=self.config.run.starting_cash, run_id=self.run_id, journal=journal,
                           restored=restored)
         journal.before_commit = self._fence
         journal.hold_last_equity = False  # a daemon checkpoints after every bar close: no point is still open
         return kernel
+
+    def _parts(self, histories: dict[str, BarHistory]) -> Parts:
+        """Paper: the backtest's simulated fills and funding, on the wall clock."""
+        plan, fill_mode = self.spec.plan, self.config.run.fill_mode
+        self._funding = SimulatedFunding(plan.costs.funding)
+        return Parts(clock=self.spec.clock, histories=histories,
+                     broker=lambda portfolio, emit, clock: SimulatedBroker(
+                         portfolio, plan.instruments, plan.costs, emit=emit, fill_mode=fill_mode, clock=clock),
+                     funding=self._funding)
+
+    def _restore_broker(self, restored: Restored, daemon: Any) -> int:
+        """Orders an earlier process left working, given back to the broker; how many."""
+        broker = self.kernel.broker if self.kernel is not None else None
+        assert isinstance(broker, SimulatedBroker)
+        working = [s.order for s in restored.book.open()] if restored.book is not None else []
+        broker.restore(working)
+        if daemon.last_bar_ms is not None:  # settlements up to the last decided close were applied
+            self._funding.resume_after(self.symbol, daemon.last_bar_ms)
+        return len(working)
+
+    def _exchange_step(self, now: int, report: TickReport) -> bool:
+        """Before the bars of a step: nothing to do for paper (live: the exchange's news). False
+        stops the step (nothing may be decided yet)."""
+        return True
+
+    def _after_commit(self) -> None:
+        """After a checkpoint that may hold new intents: paper's broker already has them (live sends them)."""
 
     def _start_new(self) -> None:
         from engine.backtest import new_run_id
@@ -271,21 +296,15 @@ class Daemon:
         shadow_warm = self._shadow(strategy, warm, [], start=True)
         shadow = self._shadow(strategy, decided, seen, start=shadow_warm is None)
         restored = restored_state(self.store, info)
-        if shadow is not None:
+        if shadow is not None and self.MODE == "paper":  # live: the exchange's fills, not the simulation's
             self._compare(shadow, restored)
         journal = resume_run(self.store, info.pk, info.run_id, timeframes={self.symbol: tf},
                              history_counts={self.symbol: len(warm) + len(decided)})
         self.journal = journal
         self.kernel = self._kernel(strategy, journal, restored, [warm, decided])
         self.kernel.loop.bars_seen = info.bars
-        if daemon.last_bar_ms is not None:  # settlements up to the last decided close were applied
-            self._funding.resume_after(self.symbol, daemon.last_bar_ms)
         self.kernel.loop.news_seen = len(seen)
-        broker = self.kernel.broker
-        assert isinstance(broker, SimulatedBroker)
-        book = restored.book
-        working = [s.order for s in book.open()] if book is not None else []
-        broker.restore(working)
+        working = self._restore_broker(restored, daemon)
         if shadow_warm is None and shadow is None:
             self.kernel.ctx.time = self.spec.clock.now()
             self.kernel.start()
@@ -296,7 +315,7 @@ class Daemon:
             spec.news.skip_seen({(n.ts_event, n.headline) for n in seen}, daemon.last_bar_ms or 0)
         self._halted, self._halt_reason = daemon.halted, daemon.halt_reason
         self.kernel.ctx.trading = not self._halted
-        open_text = f", {len(working)} open orders" if working else ""
+        open_text = f", {working} open orders" if working else ""
         self.say(f"run {self.run_id} resumed after the bar closing {iso(daemon.last_bar_ms) if daemon.last_bar_ms else '-'}"
                  f"{open_text}; equity {restored.portfolio.equity:,.2f}")
         self._set_state("halted" if self._halted else "running", "resumed")
@@ -337,7 +356,7 @@ class Daemon:
             now = self.spec.clock.now() if now is None else int(now)
             report = TickReport()
             self._apply_controls(now)
-            if self.stop_requested:
+            if self.stop_requested or not self._exchange_step(now, report):
                 return report
             news = self.spec.news.poll(now) if self.spec.news is not None else []
             started = time.perf_counter()
@@ -366,6 +385,7 @@ class Daemon:
                 self.last_bar_close = bar.ts_event
                 crash.reached("bar_processed")
                 self._checkpoint("running", f"last bar closed {iso(bar.ts_event)}")
+                self._after_commit()  # intents are in the store: now they may be sent
                 latency = (time.perf_counter() - started) * 1000
                 report.latencies_ms.append(latency)
                 self._latencies.append(latency)
@@ -381,6 +401,7 @@ class Daemon:
                 self._checkpoint("waiting", report.waiting + "; retrying, nothing is traded meanwhile")
             elif news[i:] or not got.bars:
                 self._checkpoint("halted" if self._halted else "running", self._idle_note(now, got))
+            self._after_commit()  # what headlines and timers decided
             return report
 
     def _idle_note(self, now: int, got: PollResult) -> str:
@@ -416,7 +437,12 @@ class Daemon:
                                   "latency": self.latency_figures()}
         if self._clear_flatten:
             values["flatten_requested"] = 0
+        values.update(self._more_fence_values())
         fence(conn, self.run_pk, self._token, values)
+
+    def _more_fence_values(self) -> dict[str, Any]:
+        """More of the daemon's row to write with each checkpoint (live: reconciliation progress)."""
+        return {}
 
     def latency_figures(self) -> dict[str, float] | None:
         if not self._latencies:
@@ -462,6 +488,7 @@ class Daemon:
         self._clear_flatten = True
         self.say(f"flatten: {cancelled} open orders cancelled, closing {', '.join(closed) or 'nothing'}")
         self._checkpoint("halted" if self._halted else self.state, "flattening")
+        self._after_commit()
 
     # -- the end -------------------------------------------------------------------------------
     def close(self, state: str = "stopped", error: BaseException | None = None) -> None:

@@ -1,0 +1,374 @@
+"""The live daemon against the fake Bybit through the real ccxt client: every scenario of
+``LIVE.md``'s "Testing it offline", each followed by the checks of ``tests.live_helpers.LiveRig.check``
+after the scenario and again after the restart that follows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.live_helpers import KEY, SECRET, SYMBOL, SYMBOL_ID, LiveRig
+
+ROOT = Path(__file__).resolve().parents[1]
+CREATE, CANCEL = "/v5/order/create", "/v5/order/cancel"
+
+
+@pytest.fixture
+def rig(tmp_path):
+    rig = LiveRig(tmp_path)
+    yield rig
+    rig.stop()
+
+
+def scenario(rig: LiveRig, before: int = 3, after: int = 3, **check) -> None:
+    """Check now, restart, take ``after`` more bars, check again."""
+    rig.check(**check)
+    rig.restart()
+    rig.step(after)
+    rig.check(**check)
+
+
+def statuses(rig: LiveRig) -> dict[str, str]:
+    return dict(rig.rows("SELECT client_order_id, status FROM orders"))
+
+
+def events(rig: LiveRig, coid: str) -> list[str]:
+    return [s for (s,) in rig.rows("SELECT status FROM order_events WHERE client_order_id = ? ORDER BY id", coid)]
+
+
+def last_order(rig: LiveRig) -> str:
+    return rig.rows("SELECT client_order_id FROM orders ORDER BY ts_init DESC, client_order_id DESC LIMIT 1")[0][0]
+
+
+def test_a_clean_run_trades_every_bar_and_agrees_with_the_exchange(rig):
+    rig.open()
+    rig.step(6)
+    assert len(rig.fake.creates()) == 6 and rig.counts()["fills"] == 6
+    assert set(statuses(rig).values()) == {"filled"}
+    coid = last_order(rig)
+    assert events(rig, coid) == ["submitted", "sending", "accepted", "filled"]
+    assert rig.rows("SELECT attempts, exchange_order_id IS NOT NULL, sent_ms IS NOT NULL FROM orders "
+                    "WHERE client_order_id = ?", coid) == [(1, 1, 1)]
+    scenario(rig)
+
+
+def test_lost_ack_the_order_exists_is_found_by_its_client_id_and_not_sent_again(rig):
+    rig.open()
+    rig.step(2)
+    rig.fake.fault(CREATE, "timeout", when="after")
+    rig.step(1)
+    coid = last_order(rig)
+    assert rig.fake.creates()[coid] == 1
+    assert events(rig, coid)[:3] == ["submitted", "sending", "ambiguous"] and statuses(rig)[coid] == "filled"
+    scenario(rig)
+
+
+@pytest.mark.parametrize("status", [502, 504, 503])
+def test_5xx_before_processing_is_unclear_looked_up_and_sent_again_with_the_same_id(rig, status):
+    rig.open()
+    rig.step(2)
+    rig.fake.fault(CREATE, status, when="before")
+    rig.step(1)
+    coid = last_order(rig)
+    assert rig.fake.creates()[coid] == 1 and statuses(rig)[coid] == "filled"
+    assert rig.rows("SELECT attempts FROM orders WHERE client_order_id = ?", coid) == [(2,)]
+    assert "ambiguous" in events(rig, coid)
+    scenario(rig)
+
+
+def test_500_after_processing_is_not_a_rejection(rig):
+    rig.open()
+    rig.step(2)
+    rig.fake.fault(CREATE, 500, when="after")
+    rig.step(1)
+    coid = last_order(rig)
+    assert rig.fake.creates()[coid] == 1 and statuses(rig)[coid] == "filled"
+    assert rig.rows("SELECT attempts FROM orders WHERE client_order_id = ?", coid) == [(1,)]  # found, not resent
+    scenario(rig)
+
+
+def test_rate_limit_10006_backs_off_and_resends_the_same_id(rig):
+    rig.open()
+    rig.step(2)
+    rig.fake.fault(CREATE, ("ret", 10006), when="before", times=2)
+    rig.step(1)
+    coid = last_order(rig)
+    assert rig.fake.creates()[coid] == 1 and statuses(rig)[coid] == "filled"
+    assert rig.rows("SELECT attempts FROM orders WHERE client_order_id = ?", coid) == [(3,)]
+    scenario(rig)
+
+
+def test_an_ip_ban_403_pauses_sending_and_halts_with_the_reason(rig):
+    rig.open()
+    rig.step(2)
+    rig.fake.fault(CREATE, 403, when="before")
+    rig.step(1)
+    coid = last_order(rig)
+    assert coid not in rig.fake.creates() and statuses(rig)[coid] == "ambiguous"
+    halted, reason = rig.rows("SELECT halted, halt_reason FROM daemons")[0]
+    assert halted == 1 and "403" in reason
+    rig.daemon.broker.paused_until = 0  # the ban lifted
+    rig.step(1)  # the ambiguous order is looked up, not found, sent again with its id; halted: nothing new
+    assert rig.fake.creates()[coid] == 1 and statuses(rig)[coid] == "filled"
+    assert len(rig.fake.creates()) == 3
+    scenario(rig)
+
+
+def test_a_duplicate_id_answer_after_a_lost_ack_is_adopted(rig):
+    rig.open()
+    rig.step(2)
+    rig.fake.fault(CREATE, "timeout", when="after")
+    rig.fake.fault("/v5/order/realtime", 502, when="before", times=2)  # the look-ups fail, so it is sent again
+    rig.fake.fault("/v5/order/history", 502, when="before", times=1)
+    rig.step(1)
+    coid = last_order(rig)
+    assert rig.fake.creates()[coid] == 1  # the second send was answered "duplicate" and the order adopted
+    assert statuses(rig)[coid] == "filled"
+    scenario(rig)
+
+
+def test_a_clock_outside_the_receive_window_resyncs_and_resends(rig):
+    rig.open()
+    rig.step(2)
+    rig.fake.skew_clock(30_000)  # the exchange's clock runs 30 s ahead: our signatures are too old
+    rig.step(1)
+    coid = last_order(rig)
+    assert rig.fake.creates()[coid] == 1 and statuses(rig)[coid] == "filled"
+    scenario(rig)
+
+
+def test_partial_fills_are_one_fill_per_execution(tmp_path):
+    rig = LiveRig(tmp_path)
+    try:
+        rig.open()
+        rig.fake.partial_fills(1.0, seed=1)
+        rig.step(3)
+        rig.fake.partial_fills(0.0)
+        fills = rig.rows("SELECT client_order_id, count(*), sum(quantity) FROM fills GROUP BY client_order_id")
+        orders = dict(rig.rows("SELECT client_order_id, quantity FROM orders"))
+        assert any(total < orders[c] for c, _, total in fills)
+        assert "cancelled" in set(statuses(rig).values())  # the rest of an IOC market order is cancelled
+        scenario(rig)
+    finally:
+        rig.stop()
+
+
+def test_limit_orders_rest_fill_later_and_are_cancelled_from_either_side(tmp_path):
+    rig = LiveRig(tmp_path, settings=["strategies.churn.limit_every=1", "strategies.churn.limit_offset=0.02"])
+    try:
+        rig.open()
+        rig.step(1)
+        coid = last_order(rig)
+        assert statuses(rig)[coid] == "accepted"  # resting 2% under the close
+        rig.fake.cancel_from_exchange(coid)
+        rig.step(1)  # the exchange's cancel is learnt; the strategy places the next one
+        assert statuses(rig)[coid] == "cancelled"
+        second = last_order(rig)
+        rig.step(1)  # the strategy cancels its own resting order first
+        assert statuses(rig)[second] == "cancelled" and "cancel_pending" in events(rig, second)
+        third = last_order(rig)
+        rig.fake.fill(third)
+        rig.step(1)
+        assert statuses(rig)[third] == "filled"
+        scenario(rig)
+    finally:
+        rig.stop()
+
+
+def test_fills_while_the_daemon_is_stopped_are_ingested_at_the_next_start(tmp_path):
+    rig = LiveRig(tmp_path, settings=["strategies.churn.limit_every=1", "strategies.churn.limit_offset=0.02"])
+    try:
+        rig.open()
+        rig.step(1)
+        coid = last_order(rig)
+        rig.daemon.close("stopped")
+        exec_id = rig.fake.fill(coid)
+        rig.open()
+        rig.step(0)
+        rig.daemon.tick(rig.time.ms)
+        assert statuses(rig)[coid] == "filled"
+        assert rig.rows("SELECT count(*) FROM fills WHERE trade_id = ?", exec_id) == [(1,)]
+        rig.check()
+    finally:
+        rig.stop()
+
+
+def test_recent_closed_list_wiped_the_order_history_answers(rig):
+    rig.open()
+    rig.step(2)
+    rig.fake.fault(CREATE, "timeout", when="after")
+    rig.fake.wipe_recent_closed()
+    rig.step(1)
+    coid = last_order(rig)
+    assert rig.fake.creates()[coid] == 1 and statuses(rig)[coid] == "filled"
+    scenario(rig)
+
+
+def test_an_external_open_order_halts_and_is_ignored_by_configuration(tmp_path):
+    rig = LiveRig(tmp_path)
+    try:
+        rig.open()
+        rig.step(2)
+        rig.fake.external_order(SYMBOL_ID, "Buy", 0.01, order_type="Limit", price=1000.0)
+        rig.daemon.reconcile()
+        halted, reason = rig.rows("SELECT halted, halt_reason FROM daemons")[0]
+        assert halted == 1 and "someone else" in reason
+        assert rig.rows("SELECT kind, action FROM reconciliations") == [("external_order", "halted")]
+        creates = len(rig.fake.creates())
+        rig.step(2)
+        assert len(rig.fake.creates()) == creates  # halted: nothing sent
+        rig.check(open_orders_agree=False)
+        rig.daemon.close("stopped")
+        rig.settings.append('live.external_orders="ignore"')
+        from engine.store.daemons import set_controls
+        from engine.store.db import open_store
+
+        store = open_store(f"sqlite:///{rig.db}")
+        set_controls(store, 1, halted=0, halt_reason="")
+        store.close()
+        rig.open()
+        rig.step(2)
+        assert len(rig.fake.creates()) > creates
+        rig.check(open_orders_agree=False)
+    finally:
+        rig.stop()
+
+
+def test_a_position_changed_by_hand_halts_or_is_adopted_with_its_execution_id(tmp_path):
+    rig = LiveRig(tmp_path, settings=["live.adopt=true"])
+    try:
+        rig.open()
+        rig.step(2)
+        rig.fake.external_order(SYMBOL_ID, "Buy", 0.05)  # someone bought on the same account
+        rig.step(1)
+        kinds = rig.rows("SELECT kind, action FROM reconciliations")
+        assert ("external_execution", "adopted") in kinds
+        assert rig.rows("SELECT halted FROM daemons") == [(0,)]
+        scenario(rig)
+    finally:
+        rig.stop()
+
+
+def test_a_position_changed_by_hand_halts_without_adopt(rig):
+    rig.open()
+    rig.step(2)
+    rig.fake.external_order(SYMBOL_ID, "Sell", 0.05)
+    rig.daemon.reconcile()
+    assert rig.rows("SELECT halted FROM daemons") == [(1,)]
+    assert ("external_execution", "halted") in rig.rows("SELECT kind, action FROM reconciliations")
+
+
+def test_an_order_with_this_runs_prefix_unknown_to_the_store_halts(rig):
+    rig.open()
+    rig.step(1)
+    tag = rig.daemon.reconciler.tag
+    rig.fake.external_order(SYMBOL_ID, "Buy", 0.01, order_type="Limit", price=1000.0, order_link_id=f"{tag}-zzz-1")
+    rig.daemon.reconcile()
+    assert rig.rows("SELECT kind FROM reconciliations") == [("unknown_own_order",)]
+    assert rig.rows("SELECT halted FROM daemons") == [(1,)]
+
+
+def test_funding_comes_from_the_exchange_once(tmp_path):
+    rig = LiveRig(tmp_path, bars=40, settings=["strategies.churn.fraction=0.2"])
+    try:
+        rig.open()
+        rig.step(30)  # crosses 08:00 and 16:00 with positions open on some of them
+        funding = rig.rows("SELECT trade_id, amount FROM funding_payments")
+        assert funding and all(t for t, _ in funding)
+        scenario(rig)
+        assert rig.rows("SELECT count(*), count(DISTINCT trade_id) FROM funding_payments")[0][0] == len(
+            {t for (t,) in rig.rows("SELECT trade_id FROM funding_payments")})
+    finally:
+        rig.stop()
+
+
+@pytest.mark.parametrize("point", ["intent_committed:2", "after_sending:2", "after_post:2", "fill_committed:2"])
+def test_kill_9_at_a_named_crash_point_then_restart_loses_and_doubles_nothing(tmp_path, point):
+    rig = LiveRig(tmp_path)
+    try:
+        env = {**os.environ, "BYBIT_API_KEY": KEY, "BYBIT_API_SECRET": SECRET, "ENGINE_CRASH_AT": point}
+        code = run_cli(rig, env, bars=4)
+        assert code == -signal.SIGKILL
+        run_cli(rig, {**env, "ENGINE_CRASH_AT": ""}, bars=len(rig.series))
+        rig.open()  # an in-process daemon on the same run, for the checks
+        rig.check()
+    finally:
+        rig.stop()
+
+
+def run_cli(rig: LiveRig, env: dict[str, str], *, bars: int) -> int:
+    """``python -m engine live start --replay`` in a subprocess; its exit code (negative: killed)."""
+    argv = [sys.executable, "-m", "engine", "live", "start", "--replay", str(rig.csv), "--warmup", str(rig.warmup),
+            "--symbol", SYMBOL, "--strategy", "churn"]
+    for setting in rig.settings:
+        argv += ["--set", setting]
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode not in (0, -signal.SIGKILL):
+        raise AssertionError(f"live start failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.returncode
+
+
+def test_two_daemons_at_once_the_second_is_refused(rig):
+    from engine.store.daemons import LeaseHeld
+
+    rig.open()
+    first = rig.daemon
+    with pytest.raises(LeaseHeld):
+        rig.open()
+    rig.daemon = first
+
+
+def test_keys_come_from_the_environment_and_are_never_written(tmp_path):
+    rig = LiveRig(tmp_path)
+    try:
+        with pytest.raises(Exception, match="BYBIT_API_KEY"):
+            rig.open(env={})
+        env = {**os.environ, "BYBIT_API_KEY": KEY, "BYBIT_API_SECRET": SECRET}
+        rig.settings.append(f'logging.file="{tmp_path / "live.log"}"')
+        run_cli(rig, env, bars=len(rig.series))
+        written = [p for p in tmp_path.rglob("*") if p.is_file()]
+        assert any(p.suffix == ".db" for p in written) and any(p.name == "live.log" for p in written)
+        for path in written:
+            blob = path.read_bytes()
+            assert SECRET.encode() not in blob and KEY.encode() not in blob, f"a key was written to {path}"
+    finally:
+        rig.stop()
+
+
+def test_live_status_shows_the_venue_and_the_reconciliation(tmp_path, capsys):
+    from engine.cli import main
+
+    rig = LiveRig(tmp_path)
+    try:
+        rig.open()
+        rig.step(3)
+        rig.daemon.close("stopped")
+        capsys.readouterr()
+        assert main(["live", "status", "--set", f'store.url="sqlite:///{rig.db}"', "--json"]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert status["venue"] == "demo" and status["last_reconciliation"] and status["state"] == "stopped"
+        assert main(["live", "status", "--set", f'store.url="sqlite:///{rig.db}"']) == 0
+        assert "Bybit demo" in capsys.readouterr().out
+    finally:
+        rig.stop()
+
+
+def test_mainnet_needs_the_flag_the_limits_and_the_typed_account(tmp_path, capsys, monkeypatch):
+    from engine.cli import main
+
+    monkeypatch.setenv("BYBIT_API_KEY", KEY)
+    monkeypatch.setenv("BYBIT_API_SECRET", SECRET)
+    base = ["live", "start", "--set", f'store.url="sqlite:///{tmp_path / "m.db"}"', "--symbol", SYMBOL,
+            "--timeframe", "1h", "--api-url", "http://127.0.0.1:9"]
+    assert main([*base[:2], "--set", 'live.venue="mainnet"', *base[2:]]) == 2
+    assert "--mainnet" in capsys.readouterr().err
+    assert main([*base, "--mainnet"]) == 2
+    assert "risk.max_daily_loss" in capsys.readouterr().err
+    assert not (tmp_path / "m.db").exists()  # nothing was started or recorded
