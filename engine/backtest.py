@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from engine.brokers.simulated import FillMode, SimulatedBroker
 from engine.clock import SimulatedClock
+from engine.config import RiskConfig
 from engine.costs import CostModels
 from engine.domain import Bar, Fill, FundingPayment, Instrument, News, Order, Rejection
 from engine.funding import SimulatedFunding
@@ -30,7 +31,9 @@ from engine.journal import Journal
 from engine.kernel import Kernel, Parts, assemble
 from engine.metrics import Metrics, compute_metrics
 from engine.portfolio import Ledgers
+from engine.risk import RiskLimits
 from engine.series import BarSeries
+from engine.timeutil import iso
 
 _NEWS, _BAR = 0, 1  # sort priority at equal timestamps
 
@@ -57,6 +60,7 @@ class BacktestResult:
     elapsed_seconds: float
     fill_mode: str
     extra: dict[str, Any] = field(default_factory=dict)
+    risk_halts: tuple[tuple[int, str], ...] = ()  # (event time, reason) of each risk halt
 
     @property
     def bars_per_second(self) -> float:
@@ -89,6 +93,8 @@ class BacktestResult:
             "fill_mode": self.fill_mode,
             "metrics": m,
         }
+        if self.risk_halts:  # only when one happened: a run without limits summarises as it always did
+            out["risk_halts"] = [{"time": iso(ts), "reason": reason} for ts, reason in self.risk_halts]
         out.update(self.extra)
         return out
 
@@ -158,8 +164,10 @@ def backtest_parts(series: Sequence[BarSeries], instruments: Mapping[str, Instru
 def run_backtest(strategy: Any, series: Sequence[BarSeries], instruments: Mapping[str, Instrument], *,
                  news: Sequence[News] = (), starting_cash: float = 10_000.0, costs: CostModels | None = None,
                  fill_mode: FillMode = "next_open", run_id: str | None = None, progress: bool = False,
-                 check_invariants: bool = False, journal: Journal | None = None) -> BacktestResult:
-    """Run ``strategy`` over ``series`` (and ``news``) with a simulated broker."""
+                 check_invariants: bool = False, journal: Journal | None = None,
+                 risk: RiskConfig | None = None) -> BacktestResult:
+    """Run ``strategy`` over ``series`` (and ``news``) with a simulated broker, under the limits of
+    ``risk`` (a halt lasts to the end of its UTC day: a backtest has no person to clear it)."""
     if not series:
         raise ValueError("a backtest needs at least one bar series")
     symbols = [s.symbol for s in series]
@@ -172,7 +180,8 @@ def run_backtest(strategy: Any, series: Sequence[BarSeries], instruments: Mappin
     run_id = run_id or new_run_id()
     kernel = assemble("backtest", backtest_parts(series, instruments, costs, fill_mode), strategy=strategy,
                       instruments=instruments, costs=costs, starting_cash=starting_cash, run_id=run_id,
-                      journal=journal, check_invariants=check_invariants)
+                      journal=journal, check_invariants=check_invariants,
+                      risk=RiskLimits(risk, clear_next_day=True) if risk is not None and risk.any else None)
     started = time.perf_counter()
     kernel.ctx.time = kernel.clock.now()
     kernel.start()
@@ -222,4 +231,5 @@ def backtest_result(kernel: Kernel, series: Sequence[BarSeries], *, fill_mode: s
         final_equity=float(equity[-1]) if len(equity) else portfolio.starting_cash, ledgers=portfolio.ledgers,
         equity_ts=ts, equity=equity, gross_exposure=gross, metrics=metrics, elapsed_seconds=elapsed,
         fill_mode=fill_mode, extra=dict(strategy_summary()) if strategy_summary is not None else {},
+        risk_halts=tuple(kernel.risk.halts) if kernel.risk is not None else (),
     )

@@ -244,6 +244,16 @@ def _llm_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
             ("signals", f"{s.get('signals', 0):,} ({actions or 'none'})")]
 
 
+def _halt_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """The risk halts of the run ([risk]), the first few with their reasons."""
+    halts = s.get("risk_halts") or []
+    rows = [(f"risk halts ({len(halts)})" if k == 0 else " ", f"{h['time']}  {h['reason']}")
+            for k, h in enumerate(halts[:3])]  # " ": a continuation line ("" is a blank line)
+    if len(halts) > 3:
+        rows.append((" ", f"... and {len(halts) - 3} more (--json lists them all)"))
+    return rows
+
+
 def format_summary(s: dict[str, Any]) -> str:
     """The human-readable table printed without ``--json``."""
     m = s["metrics"]
@@ -254,6 +264,7 @@ def format_summary(s: dict[str, Any]) -> str:
         ("bars / news", f"{s['bars']:,} / {s['news']:,}"),
         *_llm_rows(s),
         ("orders / fills / rejected", f"{s['orders']} / {s['fills']} / {s['rejected_orders']}"),
+        *_halt_rows(s),
         ("", ""),
         ("starting cash", _num(s["starting_cash"])), ("final equity", _num(s["final_equity"])),
         ("total return", _pct(m["total_return"])), ("buy & hold return", _pct(m["buy_and_hold_return"])),

@@ -203,6 +203,50 @@ class LiveConfig:
             raise ValueError(f"api_url must be an http(s) URL, got {self.api_url!r}")
 
 
+_MAX_NOTIONAL = 1e12  # quote currency: a "limit" above this is a typo (0 means no limit)
+_MAX_ORDERS_PER_MINUTE = 10_000
+
+
+@dataclass(frozen=True)
+class RiskConfig:
+    """Risk limits (``engine.risk.RiskLimits``), the same in backtests, paper and live; 0 = no limit.
+
+    A breach rejects the order and halts new orders that would grow a position; orders that only
+    reduce or close one always pass. Live trading on mainnet refuses to start without a loss limit
+    (``loss_limited``) and a size limit (``size_limited``)."""
+
+    max_order_notional: float = 0.0  # quote currency per order, at its limit/stop price or the last close
+    max_position_notional: float = 0.0  # |position + same-direction open orders + the order| x its price
+    max_daily_loss: float = 0.0  # fraction of the equity at the start of the UTC day (0.05 = 5%)
+    max_daily_loss_abs: float = 0.0  # quote currency below the equity at the start of the UTC day
+    max_orders_per_minute: int = 0  # orders sent to the broker in the trailing 60 s of event time
+
+    def __post_init__(self) -> None:
+        for name in ("max_order_notional", "max_position_notional", "max_daily_loss_abs"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or not 0 <= value <= _MAX_NOTIONAL:
+                raise ValueError(f"{name} must be a finite number in [0, {_MAX_NOTIONAL:g}] (0 = no limit), got {value}")
+        if not math.isfinite(self.max_daily_loss) or not 0 <= self.max_daily_loss <= 1:
+            raise ValueError(f"max_daily_loss is a fraction of the day's starting equity in [0, 1] (0.05 = 5%; "
+                             f"0 = no limit), got {self.max_daily_loss}")
+        if not 0 <= self.max_orders_per_minute <= _MAX_ORDERS_PER_MINUTE:
+            raise ValueError(f"max_orders_per_minute must be in [0, {_MAX_ORDERS_PER_MINUTE}] (0 = no limit), "
+                             f"got {self.max_orders_per_minute}")
+
+    @property
+    def any(self) -> bool:
+        """Is any limit set?"""
+        return self.size_limited or self.loss_limited or self.max_orders_per_minute > 0
+
+    @property
+    def size_limited(self) -> bool:
+        return self.max_order_notional > 0 or self.max_position_notional > 0
+
+    @property
+    def loss_limited(self) -> bool:
+        return self.max_daily_loss > 0 or self.max_daily_loss_abs > 0
+
+
 @dataclass(frozen=True, slots=True)
 class SampleMarketConfig:
     """Knobs of the synthetic market; the defaults give ~250 days of hourly bars, ~1000 headlines."""
@@ -233,6 +277,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     paper: PaperConfig = field(default_factory=PaperConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
+    risk: RiskConfig = field(default_factory=RiskConfig)
     # Per-strategy parameter tables, checked against the chosen strategy's Params by ``build``.
     strategies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Tables of components above the core (raw, or decoded by ``with_section``), by name.

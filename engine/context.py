@@ -21,7 +21,7 @@ from engine.history import BarHistory
 from engine.journal import Journal
 from engine.order_ids import OrderIds
 from engine.portfolio import Portfolio
-from engine.risk import check_new_order
+from engine.risk import RiskLimits, check_new_order
 
 
 class StrategyContext:
@@ -29,7 +29,7 @@ class StrategyContext:
                  histories: Mapping[str, BarHistory], emit: Callable[[BrokerEvent], None],
                  on_order: Callable[[Order], None], clock: Clock, on_timer: TimerCallback | None = None,
                  costs: CostModels | None = None, journal: Journal | None = None,
-                 order_ids: OrderIds | None = None) -> None:
+                 order_ids: OrderIds | None = None, risk: RiskLimits | None = None) -> None:
         self.run_id = run_id
         self.portfolio = portfolio
         self.instruments = instruments
@@ -37,6 +37,9 @@ class StrategyContext:
         # move against what a trade costs; None where the host has none.
         self.costs = costs
         self.clock = clock
+        # The run's risk limits ([risk]), checked on every order after the instrument's rules; None:
+        # no limits. A host hears of halts through ``risk.on_halt``.
+        self.risk = risk
         self._journal = journal
         self._broker = broker
         self._histories = histories
@@ -163,6 +166,9 @@ class StrategyContext:
         history = self._histories[symbol]
         notional_price = price if price is not None else (history.last("close") if len(history) else None)
         reason = check_new_order(inst, requested, rounded, notional_price)
+        if reason is None and self.risk is not None:
+            reason = self.risk.check(inst, rounded if quantity > 0 else -rounded, notional_price, self.portfolio,
+                                     self._broker.open_orders(symbol), self.time)
         order = Order(
             client_order_id=order_id, symbol=symbol, side=Side.of(quantity), type=type_, quantity=rounded,
             ts_init=self.time, limit_price=price if type_ is OrderType.LIMIT else None,

@@ -294,6 +294,8 @@ def _static_unsupported(plan: BacktestPlan, ours: BacktestResult) -> list[str]:
     if plan.config.run.fill_mode == "close":
         reasons.append("fill_mode close (backtrader's cheat-on-close executes in the next bar's cycle: "
                        "cash check, position and on_fill come a bar later than ours)")
+    if any(r.reason.startswith("risk") for r in ours.rejections):
+        reasons.append("orders rejected by the risk limits ([risk]; backtrader has none)")
     if not isinstance(plan.costs.fees, InstrumentFees):
         reasons.append(f"fee model {type(plan.costs.fees).__name__} (only percentage fees map)")
     for name in ("spread", "slippage"):

@@ -17,6 +17,10 @@ The bars and headlines come from whoever drives the kernel: ``engine.backtest`` 
 history through ``Kernel.loop``; a daemon calls ``on_bar`` / ``on_news`` as they arrive. On a
 restart the kernel takes the portfolio rebuilt from the store and the order ids already used
 (``restored``), so nothing is counted twice and no id is handed out again.
+
+The risk limits (``engine.risk.RiskLimits``, ``[risk]``) are one more shared part: the host builds
+them (a backtest with ``clear_next_day=True``, a daemon without) and sets ``kernel.risk.on_halt`` to
+hear of halts; the context checks every order against them and the loop marks equity for them.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from engine.loop import EventLoop
 from engine.order_ids import OrderIds
 from engine.orders import OrderBook
 from engine.portfolio import Portfolio
+from engine.risk import RiskLimits
 
 Mode = Literal["backtest", "paper", "live"]
 MODES: tuple[Mode, ...] = ("backtest", "paper", "live")
@@ -75,6 +80,7 @@ class Kernel:
     strategy: Any
     clock: Clock
     journal: Journal | None = None
+    risk: RiskLimits | None = None  # the same object as ``ctx.risk``
 
     def start(self) -> None:
         self.loop.start()
@@ -95,8 +101,9 @@ class Kernel:
 
 def assemble(mode: Mode, parts: Parts, *, strategy: Any, instruments: Mapping[str, Instrument],
              costs: CostModels, starting_cash: float, run_id: str, journal: Journal | None = None,
-             restored: Restored | None = None, check_invariants: bool = False) -> Kernel:
-    """The kernel of one run in ``mode`` with ``parts`` plugged in."""
+             restored: Restored | None = None, check_invariants: bool = False,
+             risk: RiskLimits | None = None) -> Kernel:
+    """The kernel of one run in ``mode`` with ``parts`` plugged in; ``risk``: the run's limits (None: none)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
     if mode == "backtest" and not isinstance(parts.clock, SimulatedClock):
@@ -104,19 +111,27 @@ def assemble(mode: Mode, parts: Parts, *, strategy: Any, instruments: Mapping[st
     if mode == "live" and isinstance(parts.funding, SimulatedFunding):
         raise ValueError("live trading takes funding from the exchange's reports; simulating it too would "
                          "count every payment twice")
+    if risk is not None and risk.clear_next_day and mode != "backtest":
+        raise ValueError("only a backtest lifts a risk halt by itself at the next UTC day; in paper and live a "
+                         "person clears it (RiskLimits(clear_next_day=False))")
     unknown = [s for s in parts.histories if s not in instruments]
     if unknown:
         raise ValueError(f"no instrument definition for {unknown}")
     portfolio = restored.portfolio if restored is not None else Portfolio(starting_cash)
+    if risk is not None:
+        risk.start_day(parts.clock.now(), portfolio.equity)
+        currencies = {inst.quote_currency for inst in instruments.values()}
+        if not risk.currency and len(currencies) == 1:
+            risk.currency = currencies.pop()
     book = restored.book if restored is not None and restored.book is not None else OrderBook()
     known: Iterable[str] = restored.order_ids if restored is not None else ()
     loop = EventLoop(portfolio, instruments, parts.funding, parts.histories, clock=parts.clock,
-                     check_invariants=check_invariants, journal=journal, book=book)
+                     check_invariants=check_invariants, journal=journal, book=book, risk=risk)
     broker = parts.broker(portfolio, loop.on_broker_event, parts.clock)
     ctx = StrategyContext(run_id=run_id, portfolio=portfolio, broker=broker, instruments=instruments,
                           histories=parts.histories, emit=loop.on_broker_event, on_order=loop.on_order,
                           clock=parts.clock, on_timer=loop.on_timer, costs=costs, journal=journal,
-                          order_ids=OrderIds(run_id, known))
+                          order_ids=OrderIds(run_id, known), risk=risk)
     loop.bind(strategy, ctx, broker)
     return Kernel(mode=mode, run_id=run_id, portfolio=portfolio, loop=loop, ctx=ctx, broker=broker,
-                  strategy=strategy, clock=parts.clock, journal=journal)
+                  strategy=strategy, clock=parts.clock, journal=journal, risk=risk)

@@ -9,7 +9,8 @@ bar, in this order:
 2. perpetual funding due up to the bar's close comes from the funding source and is applied;
 3. positions are marked at the close and the bar is appended to its symbol's history;
 4. order events (accepted, fills, cancels, expiries, rejections) go to the strategy;
-5. the strategy's ``on_bar`` runs, then any events it caused;
+5. with a daily-loss limit, the risk limits see the equity marked at the close (and may halt);
+   then the strategy's ``on_bar`` runs, then any events it caused;
 6. equity (cash + position values) is recorded at the bar's close time.
 
 ``ctx.time`` is the time of the event being handled (a bar's close, a headline's publish time, a
@@ -45,6 +46,7 @@ from engine.history import BarHistory
 from engine.journal import Journal
 from engine.orders import OrderBook
 from engine.portfolio import Portfolio
+from engine.risk import RiskLimits
 
 if TYPE_CHECKING:
     from engine.context import StrategyContext
@@ -62,7 +64,8 @@ def strategy_hook(strategy: Any, event: BrokerEvent) -> Any:
 class EventLoop:
     def __init__(self, portfolio: Portfolio, instruments: Mapping[str, Instrument], funding: FundingSource,
                  histories: Mapping[str, BarHistory], *, clock: Clock | None = None, check_invariants: bool = False,
-                 journal: Journal | None = None, book: OrderBook | None = None) -> None:
+                 journal: Journal | None = None, book: OrderBook | None = None,
+                 risk: RiskLimits | None = None) -> None:
         self.portfolio = portfolio
         self.instruments = instruments
         self.histories = histories
@@ -86,6 +89,8 @@ class EventLoop:
         self._eq_gross = array("d")
         self._last_ts = -1
         self._positions = portfolio.positions  # the portfolio's own dict: read on every bar
+        # Only a daily-loss limit needs the equity at every close; otherwise one None test per bar.
+        self._risk_mark = risk.mark if risk is not None and risk.watches_loss else None
         self.strategy: Any = None
         self.ctx: StrategyContext | None = None
         self.broker: Broker | None = None
@@ -191,6 +196,12 @@ class EventLoop:
         self._append[symbol](bar)
         if self._notices:
             self._notify()
+        mark = self._risk_mark
+        if mark is not None:  # the equity at this close, before the decision (inline: once per bar)
+            value = 0.0
+            for p in positions.values():
+                value += p.quantity * p.last_price
+            mark(ts, self.portfolio.cash + value)
         self._strategy_on_bar(ctx, bar)
         if self._notices:
             self._notify()

@@ -34,7 +34,8 @@ class BacktestPlan:
         return run_backtest(self.make_strategy(), self.series, self.instruments, news=self.news,
                             starting_cash=self.config.run.starting_cash, costs=self.costs,
                             fill_mode=self.config.run.fill_mode, progress=progress,
-                            check_invariants=check_invariants, journal=journal, run_id=run_id)
+                            check_invariants=check_invariants, journal=journal, run_id=run_id,
+                            risk=self.config.risk)
 
     def describe(self) -> dict[str, Any]:
         s = self.series[0]

@@ -179,6 +179,9 @@ def write_report(data: RunData, out: Path, *, database: str = "") -> Written:
     status_rows = [(_e(s), f"{n:,}") for s, n in sorted(data.order_status.items())]
     reasons = _table(((_e(r), f"{n:,}") for r, n in data.reject_reasons), ("reason", "orders")) \
         if data.reject_reasons else "<p>No order was rejected.</p>"
+    halts = (info.summary or {}).get("risk_halts") or []  # [risk] limits breached (the run's summary)
+    halt_section = ("<h3>Risk halts</h3>" + _table(((_e(h["time"]), _e(h["reason"])) for h in halts),
+                                                   ("time", "reason"), 9)) if halts else ""
     positions = _table(((_e(p["symbol"]), _num(p["quantity"], 6), _num(p["average_price"]), _num(p["last_price"]),
                          _num(p["realized_pnl"]), _num(p["unrealized_pnl"])) for p in data.positions),
                        ("symbol", "quantity", "average entry", "last price", "realised P&L", "unrealised P&L")) \
@@ -200,7 +203,7 @@ def write_report(data: RunData, out: Path, *, database: str = "") -> Written:
          if name != "signals")}
 {_signal_section(data, pngs["signals"]) if "signals" in pngs else ""}
 <div class="grid"><div><h2>Orders by status</h2>{_table(status_rows, ("status", "orders"))}
-<h3>Rejections</h3>{reasons}</div><div><h2>Positions at the end</h2>{positions}</div></div>
+<h3>Rejections</h3>{reasons}{halt_section}</div><div><h2>Positions at the end</h2>{positions}</div></div>
 <h2>Last {len(fills)} of {len(data.fills):,} fills</h2>{fill_table}
 <h2>Configuration</h2><details><summary>the full configuration of this run</summary>
 <pre>{_e(json.dumps(info.config, indent=2, sort_keys=True))}</pre></details>
