@@ -23,6 +23,7 @@ from engine.session import load_settings
 from engine.testing.bars import random_walk, write_csv
 from engine.testing.fake_bybit import FakeBybit
 
+ROOT = Path(__file__).resolve().parents[1]
 KEY, SECRET = "live-test-key-5Qz", "live-test-secret-9f3c2a7e-never-written"
 SYMBOL, SYMBOL_ID = "BTC/USDT:USDT", "BTCUSDT"
 TABLES = ("orders", "order_events", "fills", "funding_payments", "reconciliations")
@@ -32,18 +33,21 @@ class LiveRig:
     """The fake exchange, a store and the command's own way of building a live daemon."""
 
     def __init__(self, tmp_path: Path, *, bars: int = 120, settings: list[str] | None = None,
-                 strategy: str = "churn", warmup: int = 3, balance: float = 10_000.0) -> None:
+                 strategy: str = "churn", warmup: int = 3, balance: float = 10_000.0, spot: bool = False) -> None:
         self.tmp = tmp_path
-        self.series = random_walk(bars)
+        self.spot = spot
+        self.symbol = "BTC/USDT" if spot else SYMBOL
+        self.series = random_walk(bars, symbol=self.symbol)
         self.csv = write_csv(self.series, tmp_path / "BTCUSDT_1h.csv")
         self.db = tmp_path / "live.db"
         self.fake = FakeBybit(bars={SYMBOL_ID: self.series}, api_key=KEY, api_secret=SECRET,
                               balance={"USDT": balance}).start()
         self.fake.delay_s = 1.2  # longer than the client's timeout below: a "timeout" fault is one
         self.settings = [f'store.url="sqlite:///{self.db}"', f'live.api_url="{self.fake.url}"', "live.timeout_s=0.6",
-                         "live.backoff_s=0.001", "live.rate_limit=false", f'run.strategy="{strategy}"',
-                         f'data.symbol="{SYMBOL}"', 'instrument.contract="linear_perp"', "instrument.max_leverage=5.0",
-                         'logging.file=""', *(settings or [])]
+                         "live.backoff_s=0.001", "live.rate_limit=false", "live.reconcile_every_s=86400", f'run.strategy="{strategy}"',
+                         f'data.symbol="{self.symbol}"', 'logging.file=""',
+                         *([] if spot else ['instrument.contract="linear_perp"', "instrument.max_leverage=5.0"]),
+                         *(settings or [])]
         self.warmup = warmup
         self.starts: list[int] = []  # request-log index at each start
         self.daemon: Any = None
@@ -54,10 +58,10 @@ class LiveRig:
         args = argparse.Namespace(command="live", replay=str(self.csv), warmup=self.warmup, new=new, mainnet=False,
                                   testnet=False, api_url=None, confirm=None, speed="max", data=None, source=None)
         overrides = [*self.settings, f"data.bars={str(self.csv)!r}".replace("'", '"'), 'data.source="csv"']
-        config = load_settings(None, overrides)
-        self.starts.append(len(self.fake.log))
+        config = load_settings(ROOT / "config.toml", overrides)  # as `live start` run from the checkout reads it
+        self.starts.append(len(self.fake.requests))
         daemon, self.time = live_daemon(args, config, say=lambda line: None,
-                                        environ=env or {"BYBIT_API_KEY": KEY, "BYBIT_API_SECRET": SECRET})
+                                        environ=env if env is not None else {"BYBIT_API_KEY": KEY, "BYBIT_API_SECRET": SECRET})
         daemon.open()
         self.daemon = daemon
         return daemon
@@ -111,8 +115,9 @@ class LiveRig:
         trade_ids = {t for t in trade_ids if not t.startswith("recon-")}
         assert execs == trade_ids, f"executions differ: only on the fake {execs - trade_ids}, only stored {trade_ids - execs}"
         held = self.rows("SELECT coalesce(sum(CASE side WHEN 'buy' THEN quantity ELSE -quantity END), 0) FROM fills")[0][0]
-        assert math.isclose(fake.position(SYMBOL_ID), held, abs_tol=1e-9), (fake.position(SYMBOL_ID), held)
-        assert math.isclose(daemon.kernel.portfolio.quantity(SYMBOL), held, abs_tol=1e-9)
+        on_exchange = fake.wallet("BTC") if self.spot else fake.position(SYMBOL_ID)
+        assert math.isclose(on_exchange, held, abs_tol=1e-9), (on_exchange, held)
+        assert math.isclose(daemon.kernel.portfolio.quantity(self.symbol), held, abs_tol=1e-9)
         if open_orders_agree:
             working = {o["orderLinkId"] for o in fake.orders() if o["orderStatus"] in ("New", "PartiallyFilled")}
             not_final = {c for c, (s, _) in stored.items() if s not in ("filled", "cancelled", "rejected", "expired")}
@@ -129,12 +134,15 @@ class LiveRig:
     def check_reads_before_creates(self) -> None:
         """After each start, the first order create comes after the reconciliation's reads (its
         position and balance requests)."""
-        log = self.fake.log
+        log = self.fake.requests
         bounds = [*self.starts, len(log)]
         for lo, hi in zip(bounds, bounds[1:]):
             paths = [entry.path for entry in log[lo:hi]]
             if "/v5/order/create" not in paths:
                 continue
             first_create = paths.index("/v5/order/create")
-            assert "/v5/account/wallet-balance" in paths[:first_create] and "/v5/position/list" in paths[:first_create], \
-                "an order was created before the start-up reconciliation read the exchange"
+            reads = {"/v5/account/wallet-balance", "/v5/order/realtime", "/v5/execution/list"}
+            if not self.spot:
+                reads.add("/v5/position/list")
+            missing = reads - set(paths[:first_create])
+            assert not missing, f"an order was created before the start-up reconciliation read {missing}"

@@ -352,3 +352,21 @@ def test_a_corrupt_store_is_refused_with_its_name_and_left_as_it_was(btc_file, t
                        *store_arg(db))
     assert code == 1 and str(db) in err and "not a database" in err.lower(), err
     assert db.read_bytes() == b"this is not a database" * 100
+
+
+def test_a_risk_limit_breached_in_the_daemon_halts_it_with_the_reason_until_cleared(btc_file, tmp_path, capsys):
+    db = tmp_path / "runs.db"
+    limit = ["--set", "risk.max_position_notional=3000"]  # sma_cross holds 95% of 10,000: every entry breaches it
+    code, out, err = cli(capsys, "paper", "start", "--replay", str(btc_file), "--strategy", "sma_cross", "--json",
+                         *limit, *store_arg(db))
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["fills"] == 0 and summary["rejected_orders"] >= 1
+    assert summary["risk_halts"] and "risk.max_position_notional" in summary["risk_halts"][0]["reason"]
+    code, out, _ = cli(capsys, "paper", "status", "--json", *store_arg(db))
+    status = json.loads(out)
+    assert status["halted"] and status["halt_reason"].startswith("risk limit: ")
+    code, out, _ = cli(capsys, "backtest", "--data", str(btc_file), "--strategy", "sma_cross", "--json", *limit,
+                       *store_arg(db))
+    backtest = json.loads(out)
+    assert backtest["risk_halts"][0] == summary["risk_halts"][0]  # the same breach at the same bar as the backtest

@@ -93,6 +93,7 @@ class LiveOrder:
     lookups: int = 0
     cancel_wanted: bool = False
     cancel_sends: int = 0
+    resend: bool = False  # looked up and not found: to be sent again with its id at the next send
 
 
 @dataclass
@@ -161,7 +162,8 @@ class BybitBroker:
 
     # -- sending -------------------------------------------------------------------------------
     def pending(self) -> list[LiveOrder]:
-        return [lo for lo in self.orders.values() if lo.status is S.INTENT]
+        """Intents to send, and unsettled orders the exchange has never heard of (to send again)."""
+        return [lo for lo in self.orders.values() if lo.status is S.INTENT or (lo.resend and lo.status is S.AMBIGUOUS)]
 
     def send_pending(self) -> None:
         """Send every committed intent, and every cancel asked for, in submission order."""
@@ -196,6 +198,7 @@ class BybitBroker:
             self.commit()
             return
         waits = 0
+        live.resend = False
         while True:
             if live.attempts >= s.max_attempts:
                 self._unknown(live, f"sent {live.attempts} times without a clear answer")
@@ -254,9 +257,10 @@ class BybitBroker:
         self._refresh(live)  # cancelled, or gone because it filled: its final state decides
 
     # -- learning an order's fate --------------------------------------------------------------
-    def _resolve(self, live: LiveOrder) -> None:
+    def _resolve(self, live: LiveOrder, *, may_send: bool = True) -> None:
         """An order whose submit had no clear answer: look it up by client id; adopt it, or send it
-        again with the same id when the exchange has never heard of it."""
+        again with the same id when the exchange has never heard of it (at once, or with
+        ``may_send`` False at the next ``send_pending``: a reconciliation only reads)."""
         coid, symbol = live.order.client_order_id, live.order.symbol
         try:
             row = self.account.find_order(symbol, coid)
@@ -269,8 +273,11 @@ class BybitBroker:
         if row is None:
             if live.status is S.UNKNOWN:
                 return  # a person looks; nothing is sent for it again
-            self._send(live)  # never reached the exchange: the same id again
+            live.resend = True
+            if may_send:
+                self._send(live)  # never reached the exchange: the same id again
             return
+        live.resend = False
         self._adopt(live, row)
 
     def _adopt(self, live: LiveOrder, row: Mapping[str, Any]) -> None:
@@ -328,9 +335,11 @@ class BybitBroker:
         self.commit()
 
     # -- the step ------------------------------------------------------------------------------
-    def sync(self) -> None:
+    def sync(self, *, may_send: bool = True) -> None:
         """Ingest new executions and funding, bring every working or unsettled order up to date,
-        and repeat cancels still wanted. Exchange trouble ends the step quietly (``trouble``)."""
+        and repeat cancels still wanted (``may_send`` False: read only, as a reconciliation does;
+        what must be sent waits for ``send_pending``). Exchange trouble ends the step quietly
+        (``trouble``)."""
         if self._paused():
             return
         self.trouble = ""
@@ -350,12 +359,12 @@ class BybitBroker:
                     if live.status in (S.SENDING, S.AMBIGUOUS):
                         if live.status is S.SENDING:  # the process stopped between sending and hearing back
                             self._ambiguous(live, "the answer to the send was never recorded")
-                        self._resolve(live)
+                        self._resolve(live, may_send=may_send)
                     elif live.status is S.UNKNOWN:
-                        self._resolve(live)
+                        self._resolve(live, may_send=False)
                     elif live.order.client_order_id in listed:
                         self._apply(live, listed[live.order.client_order_id])
-                        if live.cancel_wanted and live.status.is_open and (
+                        if may_send and live.cancel_wanted and live.status.is_open and (
                                 live.status is not S.CANCEL_PENDING or live.cancel_sends < self.settings.max_attempts):
                             self._send_cancel(live)
                     else:
@@ -372,7 +381,7 @@ class BybitBroker:
         """Executions of ``symbol`` since the cursor (minus a margin) that are not recorded yet."""
         inst = self.instruments[symbol]
         start = max(self.floor_ms, self.cursor.get(symbol, 0) - self.settings.margin_ms)
-        end = max(self.clock.now(), int(time.time() * 1000)) + 60_000
+        end = self.clock.now() + 60_000  # the exchange's time (a replay's, on a fake)
         newest = self.cursor.get(symbol, 0)
         rows = sorted(self.account.executions(symbol, start, end), key=lambda r: (int(r.get("execTime") or 0),
                                                                                     str(r.get("execId"))))

@@ -186,8 +186,13 @@ class BybitAccount:
         """The order with this client id: open (and recently closed) orders first, then the history."""
         market = self.market(symbol)
         query = {"category": market.category, "symbol": market.id, "orderLinkId": client_order_id}
+        import ccxt
+
         for method in (self.exchange.privateGetV5OrderRealtime, self.exchange.privateGetV5OrderHistory):
-            rows = _rows(method(dict(query)))
+            try:
+                rows = _rows(method(dict(query)))
+            except ccxt.OrderNotFound:  # "order does not exist" is an answer: look in the next list
+                continue
             for row in rows:
                 if row.get("orderLinkId") == client_order_id:
                     return row

@@ -35,7 +35,6 @@ from engine.funding import ReportedFunding
 from engine.history import BarHistory
 from engine.kernel import Parts, Restored
 from engine.order_ids import run_tag
-from engine.timeutil import iso
 
 log = logging.getLogger("engine.live")
 
@@ -186,6 +185,8 @@ class LiveDaemon(Daemon):
             self.broker.sync()
             if self.broker.trouble:
                 log.warning("run %s: exchange trouble: %s", self.run_id, self.broker.trouble)
+            elif self.broker.strangers.executions:  # trades nobody here made: judged now, not at the next round
+                self.reconcile()
         assert self.kernel is not None
         self.kernel.loop.deliver()
         self._after_commit()  # cancels still wanted, intents a restart found committed and unsent
@@ -195,7 +196,8 @@ class LiveDaemon(Daemon):
         broker = self.broker
         if broker is None or not self.reconciled:
             return  # nothing leaves before the start-up reconciliation has read the exchange
-        if not broker.pending() and not any(lo.cancel_wanted for lo in broker.orders.values()):
+        if not broker.pending() and not any(lo.cancel_wanted and lo.status is not OrderStatus.CANCEL_PENDING
+                                            for lo in broker.orders.values()):
             return
         self._checkpoint(self.state, self.note)  # whatever was decided is in the store before it is sent
         broker.send_pending()
@@ -223,23 +225,14 @@ class LiveDaemon(Daemon):
         self.reconcile()
 
     def _problem(self, symbol: str, reason: str) -> None:
-        """Halt: nothing more is sent until a person lifts it (``live halt --clear``)."""
-        from engine.store.daemons import set_controls
-
-        if self._halted:
-            return
-        self._halted, self._halt_reason = True, reason[:2000]
-        if self.kernel is not None:
-            self.kernel.ctx.trading = False
-        set_controls(self.store, self.run_pk, halted=1, halt_reason=self._halt_reason)
-        self.state = "halted"
-        log.error("run %s halted: %s", self.run_id, reason)
-        self.say(f"HALTED at {iso(self.spec.clock.now())}: {reason}")
+        """The broker or the reconciliation cannot go on safely: halt (``Daemon._halt``)."""
+        self._halt(reason)
 
 
 def post_market_time(api_url: str) -> Callable[[int], None]:
     """For a replay against the fake Bybit: move its market clock to the replay's time."""
     import json
+    import urllib.error
     import urllib.request
     from urllib.parse import urlsplit
 
@@ -251,7 +244,13 @@ def post_market_time(api_url: str) -> Callable[[int], None]:
         body = json.dumps({"ms": int(ms)}).encode()
         request = urllib.request.Request(f"{api_url.rstrip('/')}/fake/set_market_time", data=body,
                                          headers={"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            answer.read()
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                answer.read()
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode("utf-8", "replace")
+            if "only moves forward" not in text:
+                raise ConfigError(f"the fake exchange at {api_url} refused the replay's time: {text[:300]}") from None
+            # A restarted replay behind the exchange (the killed process had moved it on): it catches up.
 
     return set_time

@@ -60,7 +60,7 @@ class Reconciler:
         before = {coid: lo.status for coid, lo in broker.orders.items()}
         if startup:
             self._drop_stale_intents(now, out)
-        broker.sync()
+        broker.sync(may_send=False)  # nothing is sent before the whole exchange has been read
         if broker.trouble:
             return Outcome(complete=False, trouble=broker.trouble, differences=out.differences)
         for coid, status in before.items():
@@ -216,7 +216,7 @@ class Reconciler:
     def _record(self, out: Outcome, kind: str, action: str, detail: str, *, symbol: str = "",
                 client_order_id: str = "") -> None:
         out.differences.append((kind, action, detail))
-        if (kind, detail) in self._reported and action == "halted":
+        if (kind, detail) in self._reported and action in ("halted", "ignored"):
             return  # already recorded by this process: a second pass writes nothing
         self._reported.add((kind, detail))
         self.journal.reconciliation(kind, action, detail, symbol=symbol, client_order_id=client_order_id)

@@ -52,6 +52,7 @@ from engine.history import BarHistory
 from engine.kernel import Kernel, Parts, Restored, assemble
 from engine.metrics import compute_metrics
 from engine.plan import BacktestPlan
+from engine.risk import RiskLimits
 from engine.series import BarSeries
 from engine.timeutil import format_timeframe, iso
 
@@ -189,9 +190,12 @@ class Daemon:
             for bar in iter_bars(series):
                 histories[self.symbol].append(bar)
         parts = self._parts(histories)
+        risk = self.config.risk
+        limits = RiskLimits(risk, currency=next(iter(plan.instruments.values())).quote_currency,
+                            on_halt=self._risk_halt) if risk.any else None
         kernel = assemble(self.MODE, parts, strategy=strategy, instruments=plan.instruments, costs=plan.costs,
                           starting_cash=self.config.run.starting_cash, run_id=self.run_id, journal=journal,
-                          restored=restored)
+                          restored=restored, risk=limits)
         journal.before_commit = self._fence
         journal.hold_last_equity = False  # a daemon checkpoints after every bar close: no point is still open
         return kernel
@@ -304,6 +308,9 @@ class Daemon:
         self.kernel = self._kernel(strategy, journal, restored, [warm, decided])
         self.kernel.loop.bars_seen = info.bars
         self.kernel.loop.news_seen = len(seen)
+        if self.kernel.risk is not None:  # the daily loss counts from the day's start, not from this restart
+            now = self.spec.clock.now()
+            self.kernel.risk.start_day(now, _day_open_equity(self.store, info.pk, now, info.starting_cash))
         working = self._restore_broker(restored, daemon)
         if shadow_warm is None and shadow is None:
             self.kernel.ctx.time = self.spec.clock.now()
@@ -451,6 +458,27 @@ class Daemon:
         return {"last_ms": round(values[-1], 3), "p50_ms": round(float(np.percentile(values, 50)), 3),
                 "p99_ms": round(float(np.percentile(values, 99)), 3), "bars": len(values)}
 
+    def _risk_halt(self, reason: str | None) -> None:
+        """A risk limit was breached: the daemon halts (recorded, shown by ``status``) until a person
+        lifts it with ``halt --clear``."""
+        if reason is None:
+            return  # cleared: by ``halt --clear``, which already lifted the daemon's halt
+        self._halt(f"risk limit: {reason}")
+
+    def _halt(self, reason: str) -> None:
+        """Halt: nothing new is sent until a person lifts it (``halt --clear``); kept in the store."""
+        from engine.store.daemons import set_controls
+
+        if self._halted:
+            return
+        self._halted, self._halt_reason = True, reason[:2000]
+        if self.kernel is not None:
+            self.kernel.ctx.trading = False
+        set_controls(self.store, self.run_pk, halted=1, halt_reason=self._halt_reason)
+        self.state = "halted"
+        log.error("run %s halted: %s", self.run_id, reason)
+        self.say(f"HALTED at {iso(self.spec.clock.now())}: {reason}")
+
     # -- controls ------------------------------------------------------------------------------
     def _apply_controls(self, now: int) -> None:
         from engine.store.daemons import read_controls
@@ -469,6 +497,8 @@ class Daemon:
             log.warning("run %s halted: %s", self.run_id, self._halt_reason)
         elif not controls["halted"] and self._halted:
             self._halted, self._halt_reason = False, ""
+            if self.kernel.risk is not None and self.kernel.risk.halted:
+                self.kernel.risk.clear()
             self.say("halt cleared: trading again")
         self.kernel.ctx.trading = not self._halted
         if controls["flatten_requested"]:
@@ -538,6 +568,21 @@ class Daemon:
         return summary
 
 
+def _day_open_equity(store: Any, run_pk: int, now_ms: int, starting_cash: float) -> float:
+    """The run's equity at the start of ``now_ms``'s UTC day (its last point before; the starting cash
+    if it began that day)."""
+    from sqlalchemy import select
+
+    from engine.store.models import EquityPoint
+    from engine.timeutil import MS_PER_DAY
+
+    day = now_ms // MS_PER_DAY * MS_PER_DAY
+    with store.read() as conn:
+        value = conn.execute(select(EquityPoint.equity).where(EquityPoint.run_pk == run_pk, EquityPoint.ts_event <= day)
+                             .order_by(EquityPoint.ts_event.desc()).limit(1)).scalar()
+    return float(value) if value is not None else starting_cash
+
+
 def _empty(symbol: str, timeframe_ms: int) -> BarSeries:
     e = np.empty(0)
     return BarSeries.from_arrays(symbol, timeframe_ms, np.empty(0, np.int64), e, e, e, e, e)
@@ -571,6 +616,9 @@ def run_summary(store: Any, info: Any, plan: BacktestPlan, kernel: Kernel, *, el
         "bars_per_second": round(bars / elapsed, 1) if elapsed > 0 else None,
         "elapsed_seconds": round(elapsed, 4), "fill_mode": plan.config.run.fill_mode, "metrics": metrics,
     }
+    halts = kernel.risk.halts if kernel.risk is not None else []
+    if halts:  # the backtest's key: only when one happened
+        out["risk_halts"] = [{"time": iso(ts), "reason": reason} for ts, reason in halts]
     if strategy_summary is not None:
         out.update(strategy_summary())
     out.update(plan.describe())

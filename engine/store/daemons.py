@@ -123,7 +123,7 @@ def acquire_lease(store: Store, run_pk: int, *, now_ms: int, stale_ms: int) -> s
         if info.holder_alive(now_ms, stale_ms) and info.lease_pid != os.getpid():
             age = "" if info.heartbeat_ms is None else f", last heartbeat {(now_ms - info.heartbeat_ms) / 1000:.0f} s ago"
             raise LeaseHeld(f"run {info.run_id} is already running (pid {info.lease_pid} on {info.lease_host}{age}); "
-                            "`python -m engine paper status` shows it, `paper stop` stops it")
+                            "`python -m engine paper status` (or `live status`) shows it, `stop` stops it")
         token = secrets.token_hex(8)
         done = conn.execute(update(DaemonRow).where(DaemonRow.run_pk == run_pk,
                                                     DaemonRow.lease_token == row.lease_token)
