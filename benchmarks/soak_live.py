@@ -47,7 +47,8 @@ CRASH_POINTS = ("intent_committed", "after_sending", "after_post", "fill_committ
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--orders", type=int, default=200, help="orders to trade (one per bar; default 200)")
+    parser.add_argument("--orders", type=int, default=200, help="orders to trade, about (one per bar, 15%% more bars for "
+                        "those taken late after restarts; default 200)")
     parser.add_argument("--fault-rate", type=float, default=0.3, help="share of private requests that fail (default 0.3)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kills", type=float, default=1.0, help="random kill -9 per 100 bars on average (default 1)")
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def soak(folder: Path, *, orders: int, fault_rate: float, seed: int, kills_per_100: float, say) -> dict:
     rng = random.Random(seed)
-    bars = orders + WARMUP + 1
+    bars = int(orders * 1.15) + WARMUP + 10  # bars taken late after a restart update state but do not trade
     series = random_walk(bars, seed=seed)
     csv = write_csv(series, folder / "BTCUSDT_1h.csv")
     db = folder / "soak.db"
@@ -83,6 +84,7 @@ def soak(folder: Path, *, orders: int, fault_rate: float, seed: int, kills_per_1
     quiet_from = end_ms - 8 * series.timeframe_ms  # faults stop here: the last bars settle what is open
     fake = FakeBybit(bars={SYMBOL_ID: series}, api_key=KEY, api_secret=SECRET, balance={"USDT": 100_000.0}).start()
     fake.delay_s = 0.5
+    fake.set_market_time(int(series.ts_open[0]))  # the replay moves it on from here
     fake.random_faults(fault_rate, seed)
     fake.partial_fills(0.1, seed)
     settings = [f'store.url="sqlite:///{db}"', f'live.api_url="{fake.url}"', "live.timeout_s=0.3",
@@ -166,6 +168,9 @@ def verify(db: Path, fake: FakeBybit) -> dict:
     open_stored = {c for c, (s, _) in stored.items() if s not in ("filled", "cancelled", "rejected", "expired")}
     if working != open_stored:
         mismatches.append(f"open orders: exchange {sorted(working)}, store {sorted(open_stored)}")
+    wallet, expected = fake.wallet("USDT"), expected_balance(db)
+    if not math.isclose(wallet, expected, abs_tol=0.01):
+        mismatches.append(f"USDT balance: exchange {wallet:.6f}, store {expected:.6f}")
     unknown = [c for c, (s, _) in stored.items() if s == "unknown"]
     if unknown:
         mismatches.append(f"orders left UNKNOWN: {unknown}")
@@ -178,6 +183,27 @@ def verify(db: Path, fake: FakeBybit) -> dict:
             "mismatch_details": mismatches[:5], "executions": len(execs), "stored_orders": len(stored),
             "order_statuses": statuses, "resent_orders": sum(1 for _, a in stored.values() if a > 1),
             "reconciliation_records": len(reconciliations)}
+
+
+def expected_balance(db: Path) -> float:
+    """The USDT balance the stored fills, fees and funding imply (the reconciliation's rule): the
+    account's balance when the run began, plus the cash the portfolio gained, plus the entry value of
+    the perpetual position (the exchange takes only realised P&L, fees and funding)."""
+    from engine.store.daemons import find_daemon
+    from engine.store.db import open_store
+    from engine.store.queries import find_run
+    from engine.store.restore import restore_portfolio
+
+    store = open_store(f"sqlite:///{db}", create=False)
+    try:
+        daemon = find_daemon(store, mode="live")
+        info = find_run(store, daemon.run_id)
+        portfolio = restore_portfolio(store, info)
+        baseline = float(((daemon.live or {}).get("baseline") or {}).get("USDT", info.starting_cash))
+    finally:
+        store.close()
+    pos = portfolio.positions.get(SYMBOL)
+    return baseline + portfolio.cash - info.starting_cash + (pos.quantity * pos.average_price if pos else 0.0)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ class Churn(Strategy):
             if order.type is OrderType.LIMIT:
                 ctx.cancel(order.client_order_id)
         held = ctx.position(symbol)
+        if ctx.instruments[symbol].round_quantity(abs(held)) == 0.0:
+            held = 0.0  # dust under one lot step (a spot fee taken in the coin) cannot be sold: flat
         self._orders += 1
         if held == 0:
             self._entries += 1

@@ -180,12 +180,15 @@ def test_spot_market_buys_by_base_quantity_and_by_quote_amount(fake, ex):
     assert (first["filled"], first["average"]) == (0.001, price)
     got = int(40 / price * 1e6) / 1e6  # the quote amount spent on whole basePrecision steps
     assert second["filled"] == got and second["cost"] == pytest.approx(got * price)
-    fees = round(0.001 * price * 0.001, 8) + round(got * price * 0.001, 8)
-    assert fake.wallet("BTC") == pytest.approx(0.001 + got, abs=1e-12)
-    assert fake.wallet("USDT") == pytest.approx(10_000 - (0.001 + got) * price - fees, abs=1e-6)
-    assert first["fee"]["currency"] == "USDT"  # simplification: the fake charges spot fees in the quote coin
+    fees = round(0.001 * 0.001, 8) + round(got * 0.001, 8)  # a buy's fee is taken from the coin bought
+    assert fake.wallet("BTC") == pytest.approx(0.001 + got - fees, abs=1e-12)
+    assert fake.wallet("USDT") == pytest.approx(10_000 - (0.001 + got) * price, abs=1e-6)
+    assert first["fee"]["currency"] == "BTC" and first["fee"]["cost"] == pytest.approx(0.000001)
     ex.create_order(SPOT, "market", "sell", 0.001)
-    assert fake.wallet("BTC") == pytest.approx(got, abs=1e-12)
+    sell = round(0.001 * price, 8)
+    assert fake.wallet("BTC") == pytest.approx(got - fees, abs=1e-12)
+    assert fake.wallet("USDT") == pytest.approx(10_000 - (0.001 + got) * price + sell - round(sell * 0.001, 8), abs=1e-6)
+    got -= fees
     assert ex.fetch_balance()["BTC"]["free"] == pytest.approx(got, abs=1e-12)
 
 

@@ -4,15 +4,19 @@ after the scenario and again after the restart that follows."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from engine.daemon.live_commands import live_daemon
+from engine.session import load_settings
 from tests.live_helpers import KEY, SECRET, SYMBOL, SYMBOL_ID, LiveRig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -396,3 +400,70 @@ def test_mainnet_needs_the_flag_the_limits_and_the_typed_account(tmp_path, capsy
     assert main([*base, "--mainnet"]) == 2
     assert "risk.max_daily_loss" in capsys.readouterr().err
     assert not (tmp_path / "m.db").exists()  # nothing was started or recorded
+
+
+def test_sigterm_mid_run_finishes_the_step_records_stopped_and_resumes_cleanly(tmp_path):
+    rig = LiveRig(tmp_path)
+    try:
+        env = {**os.environ, "BYBIT_API_KEY": KEY, "BYBIT_API_SECRET": SECRET}
+        proc = subprocess.Popen([*cli_argv(rig), "--speed", "20"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while len(rig.fake.creates()) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err[-2000:]
+        assert "stopped (SIGTERM)" in err
+        assert rig.rows("SELECT state FROM daemons") == [("stopped",)]
+        rig.open()
+        rig.step(2)
+        rig.check()
+    finally:
+        rig.stop()
+
+
+def test_live_bars_from_the_exchange_a_missing_kline_is_a_counted_gap(tmp_path):
+    """Without --replay the daemon reads closed klines from the exchange (the fake follows the wall
+    clock here); a bar the exchange does not have is counted, never invented, and nothing trades on it."""
+    from engine.testing.fake_bybit import FakeBybit
+    from engine.timeutil import MS_PER_HOUR
+
+    now = int(time.time() * 1000)
+    last_open = now // MS_PER_HOUR * MS_PER_HOUR - MS_PER_HOUR  # the newest closed bar
+    with FakeBybit(api_key=KEY, api_secret=SECRET, missing={last_open - MS_PER_HOUR}) as fake:
+        db = tmp_path / "live.db"
+        args = argparse.Namespace(command="live", replay=None, warmup=40, new=False, mainnet=False, testnet=False,
+                                  api_url=None, confirm=None, speed="max", data=None, source=None)
+        config = load_settings(ROOT / "config.toml", [
+            f'store.url="sqlite:///{db}"', f'live.api_url="{fake.url}"', "live.rate_limit=false", "live.timeout_s=2",
+            f'data.symbol="{SYMBOL}"', 'data.timeframe="1h"', 'run.strategy="churn"', 'logging.file=""',
+            f'data.cache_dir="{tmp_path / "cache"}"', 'instrument.contract="linear_perp"',
+            "instrument.max_leverage=5.0", "paper.settle_s=0"])
+        daemon, _ = live_daemon(args, config, say=lambda line: None,
+                                environ={"BYBIT_API_KEY": KEY, "BYBIT_API_SECRET": SECRET})
+        daemon.open()
+        try:
+            report = daemon.tick()
+            assert report.bars == 0  # the warm-up ended at the newest closed bar: nothing new has closed
+            opens = [int(t) for t in daemon.spec.warmup.ts_open]
+            assert last_open - MS_PER_HOUR not in opens and last_open in opens  # the hole is kept, not filled
+            assert opens[-1] - opens[-2] == 2 * MS_PER_HOUR
+            assert not fake.creates()
+        finally:
+            daemon.close("stopped")
+
+
+def test_a_risk_limit_breach_halts_live_trading_with_the_reason(tmp_path):
+    rig = LiveRig(tmp_path, settings=["risk.max_order_notional=1000", "strategies.churn.fraction=0.15"])
+    try:
+        rig.open()
+        rig.step(3)
+        assert not rig.fake.creates()  # 15% of 10,000 is over the limit: refused before it was sent
+        rejected = rig.rows("SELECT reject_reason FROM orders WHERE status = 'rejected'")
+        assert rejected and "risk.max_order_notional" in rejected[0][0]
+        halted, reason = rig.rows("SELECT halted, halt_reason FROM daemons")[0]
+        assert halted == 1 and reason.startswith("risk limit: ")
+        rig.check()
+    finally:
+        rig.stop()

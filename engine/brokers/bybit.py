@@ -127,6 +127,7 @@ class BybitBroker:
         self.commit: Callable[[], None] = lambda: None
         self.on_problem: Callable[[str, str], None] = lambda symbol, reason: None
         self.crash_point: Callable[[str], None] = lambda name: None
+        self.on_order: Callable[[Order], None] = lambda order: None  # records an order the broker books itself
 
     # -- the broker protocol -------------------------------------------------------------------
     def submit(self, order: Order) -> None:
@@ -320,7 +321,11 @@ class BybitBroker:
         done = float(row.get("cumExecQty") or 0.0)
         step = self.instruments[live.order.symbol].lot_step / 2
         if done > live.filled + step:
-            self._ingest(live.order.symbol)
+            try:
+                self._ingest(live.order.symbol)
+            except Exception as exc:  # noqa: BLE001 - the next sync ingests them
+                self.trouble = f"reading the executions of {live.order.client_order_id}: {self._text(exc)}"
+                return
         if status in OPEN_STATUSES or status not in _CLOSED:
             return
         if live.filled + step < done:
@@ -381,7 +386,9 @@ class BybitBroker:
         """Executions of ``symbol`` since the cursor (minus a margin) that are not recorded yet."""
         inst = self.instruments[symbol]
         start = max(self.floor_ms, self.cursor.get(symbol, 0) - self.settings.margin_ms)
-        end = self.clock.now() + 60_000  # the exchange's time (a replay's, on a fake)
+        # Up to a day past our clock: the exchange's clock may run ahead of ours (skew; a replay restarted
+        # behind the fake it drives), and an execution it already has must not wait for ours to catch up.
+        end = self.clock.now() + 86_400_000
         newest = self.cursor.get(symbol, 0)
         rows = sorted(self.account.executions(symbol, start, end), key=lambda r: (int(r.get("execTime") or 0),
                                                                                     str(r.get("execId"))))
@@ -399,10 +406,30 @@ class BybitBroker:
             if live is None or live.status.is_terminal:
                 self.strangers.executions[exec_id] = dict(row)
                 continue
-            self._event(execution_fill(live.order, row, inst))
+            fill, coin_fee = execution_fill(live.order, row, inst)
+            self._event(fill)
+            if coin_fee:
+                self.fee_in_coin(live.order.symbol, row, coin_fee)
             self.seen.add(exec_id)
             newest = max(newest, ts)
         self.cursor[symbol] = newest
+
+    def fee_in_coin(self, symbol: str, row: Mapping[str, Any], quantity: float) -> None:
+        """Bybit took a spot buy's fee from the coins bought, so the wallet holds ``quantity`` less
+        than was bought. The fill booked that fee's value (at the execution price) as a fee; here
+        those coins leave the position, sold at the same price for no fee, on an order of their own
+        (``recon-fee-<execId>``), so the portfolio holds exactly what the wallet holds and cash moved
+        exactly by what the exchange took."""
+        exec_id, ts, price = str(row["execId"]), int(row["execTime"]), float(row["execPrice"])
+        coid = f"recon-fee-{exec_id}"[:96]
+        order = Order(client_order_id=coid, symbol=symbol, side=Side.SELL, type=OrderType.MARKET, quantity=quantity,
+                      ts_init=ts, tag="fee paid in the coin bought")
+        self.on_order(order)
+        self._emit(OrderAccepted(coid, symbol, ts))
+        self._emit(Fill(client_order_id=coid, symbol=symbol, side=Side.SELL, quantity=quantity, price=price,
+                        reference_price=price, fee=0.0, liquidity=Liquidity.TAKER, spread_cost=0.0, slippage_cost=0.0,
+                        ts_event=ts, fee_currency=self.instruments[symbol].quote_currency, trade_id=coid))
+        self.seen.add(coid)
 
     # -- helpers -------------------------------------------------------------------------------
     def _ambiguous(self, live: LiveOrder, reason: str) -> None:
@@ -447,19 +474,22 @@ class BybitBroker:
             del self.orders[event.client_order_id]
 
 
-def execution_fill(order: Order, row: Mapping[str, Any], instrument: Instrument) -> Fill:
-    """A ``Fill`` from one Bybit execution row. The exchange's price is what was paid: no separate
-    spread or slippage is known live. A fee charged in another coin than the quote (Bybit spot buys
-    pay in the base coin) is converted at the execution price."""
+def execution_fill(order: Order, row: Mapping[str, Any], instrument: Instrument) -> tuple[Fill, float]:
+    """A ``Fill`` from one Bybit execution row, and the fee taken in the coin bought (0 when the fee
+    was in the quote coin). The exchange's price is what was paid: no separate spread or slippage is
+    known live. A fee in another coin (Bybit takes a spot buy's fee from the base coin) is booked at
+    its value at the execution price; ``BybitBroker.fee_in_coin`` takes the coins out of the position."""
     qty, price = float(row["execQty"]), float(row["execPrice"])
     fee, coin = float(row.get("execFee") or 0.0), row.get("feeCoin") or instrument.quote_currency
+    in_coin = 0.0
     if coin != instrument.quote_currency:
-        fee, coin = fee * price, instrument.quote_currency
+        in_coin, fee, coin = fee, fee * price, instrument.quote_currency
     maker = row.get("isMaker") in (True, "true", "True", 1, "1")
-    return Fill(client_order_id=order.client_order_id, symbol=order.symbol, side=order.side, quantity=qty, price=price,
-                reference_price=price, fee=fee, liquidity=Liquidity.MAKER if maker else Liquidity.TAKER,
+    fill = Fill(client_order_id=order.client_order_id, symbol=order.symbol, side=order.side, quantity=qty,
+                price=price, reference_price=price, fee=fee, liquidity=Liquidity.MAKER if maker else Liquidity.TAKER,
                 spread_cost=0.0, slippage_cost=0.0, ts_event=int(row["execTime"]), order_type=order.type,
                 fee_currency=coin, trade_id=str(row["execId"]))
+    return fill, in_coin
 
 
 def funding_payment(symbol: str, row: Mapping[str, Any]) -> FundingPayment:

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from engine.domain import Instrument, Order, OrderType, Side
 from engine.errors import ConfigError
 
+T = TypeVar("T")
 Venue = Literal["demo", "testnet", "mainnet"]
 VENUES: tuple[Venue, ...] = ("demo", "testnet", "mainnet")
 KEY_VARIABLE, SECRET_VARIABLE = "BYBIT_API_KEY", "BYBIT_API_SECRET"
@@ -125,6 +127,25 @@ def classify(exc: BaseException) -> Meaning:
     return "unclear"  # timeouts, 5xx, lost connections, unknown codes: the order may exist
 
 
+def with_retries(call: Callable[[], T], *, what: str, tries: int = 8, backoff_s: float = 0.5, max_s: float = 30.0,
+                 say: Callable[[str], None] | None = None, sleep: Callable[[float], None] = time.sleep) -> T:
+    """``call()``, again with back-off (``backoff_s``, doubling to ``max_s``) while the exchange's
+    answer is unclear or a rate limit; a definitive answer (or the last try's) is raised. For the
+    reads a daemon needs before it can start: nothing is sent by them."""
+    wait = backoff_s
+    for attempt in range(1, tries + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if attempt == tries or classify(exc) not in ("unclear", "rate_limited", "clock", "banned"):
+                raise
+            if say is not None:
+                say(f"{what}: {type(exc).__name__}; trying again in {wait:g} s")
+            sleep(wait)
+            wait = min(wait * 2, max_s)
+    raise AssertionError("unreachable")
+
+
 # -- the account -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Market:
@@ -138,10 +159,19 @@ class Market:
 class BybitAccount:
     """The signed reads and writes of one Bybit account, for the symbols a run trades."""
 
-    def __init__(self, exchange: Any, credentials: Credentials | None = None) -> None:
+    def __init__(self, exchange: Any, credentials: Credentials | None = None, *, read_tries: int = 3,
+                 backoff_s: float = 0.5, sleep: Callable[[float], None] = time.sleep) -> None:
         self.exchange = exchange
         self.credentials = credentials
+        self.read_tries = read_tries  # a read (never a create or a cancel) is asked again this many times in all
+        self.backoff_s = backoff_s
+        self._sleep = sleep
         self._markets: dict[str, Market] = {}
+
+    def _read(self, method: Callable[[dict[str, Any]], Any], query: dict[str, Any]) -> Any:
+        """A signed read, asked again (with back-off) while the answer is unclear: reading twice is harmless."""
+        return with_retries(lambda: method(dict(query)), what="read", tries=self.read_tries,
+                            backoff_s=self.backoff_s, sleep=self._sleep)
 
     def market(self, symbol: str) -> Market:
         market = self._markets.get(symbol)
@@ -190,7 +220,7 @@ class BybitAccount:
 
         for method in (self.exchange.privateGetV5OrderRealtime, self.exchange.privateGetV5OrderHistory):
             try:
-                rows = _rows(method(dict(query)))
+                rows = _rows(self._read(method, query))
             except ccxt.OrderNotFound:  # "order does not exist" is an answer: look in the next list
                 continue
             for row in rows:
@@ -205,7 +235,7 @@ class BybitAccount:
             query = {"category": market.category, "symbol": market.id, "limit": 50}
             if cursor:
                 query["cursor"] = cursor
-            answer = self.exchange.privateGetV5OrderRealtime(query)
+            answer = self._read(self.exchange.privateGetV5OrderRealtime, query)
             out.extend(r for r in _rows(answer) if r.get("orderStatus") in OPEN_STATUSES)
             cursor = ((answer or {}).get("result") or {}).get("nextPageCursor") or ""
             if not cursor or not _rows(answer):
@@ -224,7 +254,7 @@ class BybitAccount:
                                          "endTime": hi, "limit": 100}
                 if cursor:
                     query["cursor"] = cursor
-                answer = self.exchange.privateGetV5ExecutionList(query)
+                answer = self._read(self.exchange.privateGetV5ExecutionList, query)
                 rows = _rows(answer)
                 yield from rows
                 cursor = ((answer or {}).get("result") or {}).get("nextPageCursor") or ""
@@ -237,7 +267,7 @@ class BybitAccount:
         market = self.market(symbol)
         if market.category == "spot":
             return self.balances().get(market.base, 0.0), 0.0
-        rows = _rows(self.exchange.privateGetV5PositionList({"category": "linear", "symbol": market.id}))
+        rows = _rows(self._read(self.exchange.privateGetV5PositionList, {"category": "linear", "symbol": market.id}))
         size = avg = 0.0
         for row in rows:
             qty = float(row.get("size") or 0.0)
@@ -248,7 +278,7 @@ class BybitAccount:
 
     def balances(self) -> dict[str, float]:
         """walletBalance of every coin of the unified account."""
-        answer = self.exchange.privateGetV5AccountWalletBalance({"accountType": "UNIFIED"})
+        answer = self._read(self.exchange.privateGetV5AccountWalletBalance, {"accountType": "UNIFIED"})
         out: dict[str, float] = {}
         for account in _rows(answer):
             for coin in account.get("coin") or []:

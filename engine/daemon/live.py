@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.brokers.bybit import BybitBroker, LiveOrder, LiveSettings
-from engine.brokers.bybit_client import BybitAccount
+from engine.brokers.bybit_client import BybitAccount, with_retries
 from engine.daemon import crash
 from engine.daemon.runner import Daemon, DaemonSpec, TickReport
 from engine.domain import OrderStatus
@@ -58,12 +58,29 @@ class LiveDaemon(Daemon):
         self._sleep = sleep
 
     # -- start and resume ----------------------------------------------------------------------
+    def open(self) -> str:
+        """Start or resume the run, then reconcile with the exchange at once (before any order), and
+        send what the store holds committed and unsent; a reconciliation that could not read
+        everything is tried again at each step, and nothing is sent until one has."""
+        how = super().open()
+        now = self.spec.clock.now()
+        if self.market_time is not None:
+            self.market_time(now)
+        outcome = self.reconcile(startup=True)
+        if outcome.complete:
+            self._after_commit()
+        else:
+            self.say(f"the start-up reconciliation could not read the exchange ({outcome.trouble}); trying again "
+                     "at the next step, nothing is sent until it has")
+        return how
+
     def _start_new(self) -> None:
         """The account's balances first: they are the run's starting cash and the reconciliation's baseline."""
         quote = next(iter(self.spec.plan.instruments.values())).quote_currency
         for symbol in self.spec.plan.instruments:
             self.account.market(symbol)  # an unknown symbol fails here, before anything is recorded
-        baseline = self.account.balances()
+        baseline = with_retries(self.account.balances, what="reading the account's balances", say=self.say,
+                                max_s=self.paper.retry_max_s)
         cash = baseline.get(quote, 0.0)
         if not cash > 0:
             raise ConfigError(f"the {self.venue} account holds no {quote} (balances: {baseline or 'none'}); fund it "
@@ -101,6 +118,12 @@ class LiveDaemon(Daemon):
             return broker
 
         return Parts(clock=self.spec.clock, histories=histories, broker=factory, funding=self.funding_source)
+
+    def _kernel(self, strategy: Any, journal: Any, restored: Restored | None, prefill: Any) -> Any:
+        kernel = super()._kernel(strategy, journal, restored, prefill)
+        assert self.broker is not None
+        self.broker.on_order = kernel.loop.on_order  # orders the broker books itself (fees paid in coin)
+        return kernel
 
     def _restore_broker(self, restored: Restored, daemon: Any) -> int:
         from sqlalchemy import select

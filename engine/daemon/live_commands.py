@@ -26,7 +26,13 @@ from engine.errors import ConfigError, TemporaryError
 def live_daemon(args: argparse.Namespace, config: Any, *, say: Callable[[str], None],
                 environ: dict[str, str] | None = None) -> tuple[Any, Any]:
     """The ``LiveDaemon`` a ``live start`` runs, and the replay's time source (None when live)."""
-    from engine.brokers.bybit_client import BybitAccount, Credentials, make_trading_exchange, redact
+    from engine.brokers.bybit_client import (
+        BybitAccount,
+        Credentials,
+        make_trading_exchange,
+        redact,
+        with_retries,
+    )
     from engine.daemon.commands import _live_spec, _spec
     from engine.daemon.live import LiveDaemon, post_market_time
 
@@ -40,7 +46,7 @@ def live_daemon(args: argparse.Namespace, config: Any, *, say: Callable[[str], N
     loopback = api_url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]"))
     exchange = make_trading_exchange(credentials, live.venue, api_url=api_url, timeout_s=live.timeout_s,
                                      recv_window_ms=live.recv_window_ms, rate_limit=live.rate_limit and not loopback)
-    account = BybitAccount(exchange, credentials)
+    account = BybitAccount(exchange, credentials, backoff_s=min(live.backoff_s, 1.0))
     if args.replay:
         if not loopback:
             raise ConfigError("live start --replay rehearses against a fake exchange: give --api-url "
@@ -54,6 +60,8 @@ def live_daemon(args: argparse.Namespace, config: Any, *, say: Callable[[str], N
             config = dataclasses.replace(config, data=dataclasses.replace(config.data, source="bybit"))
         spec, time_source, market_time = _live_spec(args, config, mode="live"), None, None
     try:
+        with_retries(lambda: [account.market(s) for s in spec.plan.instruments], what="loading Bybit's markets",
+                     say=say, max_s=config.paper.retry_max_s)
         spec.plan = _exchange_instruments(spec.plan, account)
         if live.venue == "mainnet":
             _confirm(args, account, config, spec)

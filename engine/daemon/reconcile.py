@@ -112,8 +112,10 @@ class Reconciler:
                 continue
             order = self._adopted_order(symbol, Side.BUY if row.get("side") == "Buy" else Side.SELL,
                                         float(row["execQty"]), f"x{exec_id}")
-            fill = execution_fill(order, row, self.kernel.ctx.instruments[symbol])
+            fill, coin_fee = execution_fill(order, row, self.kernel.ctx.instruments[symbol])
             self._apply(order, fill)
+            if coin_fee:
+                broker.fee_in_coin(symbol, row, coin_fee)
             broker.seen.add(exec_id)
             del broker.strangers.executions[exec_id]
             self._record(out, "external_execution", "adopted", what, symbol=symbol)

@@ -3,8 +3,8 @@
 A unified (UTA) account with one wallet per coin. Linear trades are settled in the quote coin:
 the position keeps an average entry price, reducing it realises ``closed x (price - entry)`` into
 the wallet, and fees and funding are paid from the wallet. Spot trades move the base and the quote
-coin; the fee is always charged in the quote coin (Bybit takes a spot buy's fee in the base coin: a
-simplification that keeps every fee in one currency, reported as ``feeCoin``/``cumFeeDetail``).
+coin; a spot buy's fee is taken from the base coin it receives, a sell's from the quote, as Bybit
+does (reported as ``feeCoin``/``cumFeeDetail``).
 Amounts are kept to 8 decimals, so balances equal the sums of the strings the fake sends.
 """
 
@@ -91,15 +91,17 @@ class Account:
         self._pay(settle, net)
         return realised
 
-    def trade_spot(self, base: str, quote: str, side: str, qty: float, value: float, fee: float) -> None:
-        """Apply a spot fill of ``qty`` base for ``value`` quote; the fee is paid in the quote coin."""
+    def trade_spot(self, base: str, quote: str, side: str, qty: float, value: float, fee: float,
+                   fee_coin: str | None = None) -> None:
+        """Apply a spot fill of ``qty`` base for ``value`` quote; the fee is paid in ``fee_coin`` (a
+        buy's in the base coin it receives, as Bybit does; a sell's in the quote)."""
         if side == "Buy":
             self._pay(base, qty, realised=False)
             self._pay(quote, -value, realised=False)
         else:
             self._pay(base, -qty, realised=False)
             self._pay(quote, value, realised=False)
-        self._pay(quote, -fee)
+        self._pay(fee_coin or quote, -fee)
 
     def settle_funding(self, symbol: str, settle: str, mark: float, rate: float, at: int) -> float:
         """Charge the funding of the position at ``at``; returns the fee (positive: the account pays)."""

@@ -13,8 +13,8 @@
 - Funding settles every 8 hours on open linear positions (``Account.settle_funding``) and is
   recorded as an execution of type ``Funding`` with ``execFee`` the fee paid (negative: received).
 
-Execution rows carry ``feeCoin``, always the quote coin (the fake charges spot fees in the quote
-coin too: see ``account``). Rejections use Bybit's retCodes (linear / spot): duplicate orderLinkId 110072 / 170141, quantity
+Execution rows carry ``feeCoin``: the quote coin, except on a spot buy, whose fee Bybit takes from
+the coin bought (the base coin; see ``account``). Rejections use Bybit's retCodes (linear / spot): duplicate orderLinkId 110072 / 170141, quantity
 below the minimum 110017 / 170136, value below the minimum 110094 / 170140, insufficient balance
 110007 / 170131, cancel of an unknown or finished order 110001 / 170213.
 """
@@ -84,6 +84,7 @@ class Order:
     cum_qty: float = 0.0
     cum_value: float = 0.0
     cum_fee: float = 0.0
+    fee_coin: str = ""  # the coin its fees are paid in: the quote, or the base coin of a spot buy
     cancel_type: str = "UNKNOWN"
     reject_reason: str = "EC_NoError"
     split: bool = False  # a partial-fill split already happened (its second execution fills the rest)
@@ -120,7 +121,7 @@ class Order:
             "avgPrice": num(self.cum_value / self.cum_qty) if self.cum_qty else "0",
             "leavesQty": num(leaves, qty_decimals), "leavesValue": num(leaves * self.price),
             "cumExecQty": num(self.cum_qty), "cumExecValue": num(self.cum_value), "cumExecFee": num(self.cum_fee),
-            "cumFeeDetail": {inst.quote: num(self.cum_fee)} if self.cum_qty else {},
+            "cumFeeDetail": {self.fee_coin or inst.quote: num(self.cum_fee)} if self.cum_qty else {},
             "timeInForce": self.tif, "orderType": self.order_type, "stopOrderType": "", "orderIv": "",
             "marketUnit": self.market_unit, "triggerPrice": "", "takeProfit": "", "stopLoss": "", "tpTriggerBy": "",
             "slTriggerBy": "", "triggerDirection": 0, "triggerBy": "", "lastPriceOnCreated": num(self.last_price),
@@ -413,7 +414,12 @@ class Matching:
         inst = order.instrument
         value = money(qty * price)
         rate = self.fees.rate(inst.category, maker)
-        fee = money(value * rate)
+        fee_coin = inst.quote
+        if inst.category == LINEAR or order.side == "Sell":
+            fee = money(value * rate)
+        else:  # a spot buy pays its fee in the coin it buys, as Bybit charges it
+            fee, fee_coin = money(qty * rate), inst.base
+        order.fee_coin = fee_coin
         closed = 0.0
         if inst.category == LINEAR:
             size = self.account.position(inst.symbol).size
@@ -421,7 +427,7 @@ class Matching:
                 closed = min(abs(size), qty)
             self.account.trade_linear(inst.symbol, inst.quote, order.side, qty, price, fee, at)
         else:
-            self.account.trade_spot(inst.base, inst.quote, order.side, qty, value, fee)
+            self.account.trade_spot(inst.base, inst.quote, order.side, qty, value, fee, fee_coin)
         lot_decimals = decimals_of(inst.lot)
         order.cum_qty = round(order.cum_qty + qty, lot_decimals)
         order.cum_value = money(order.cum_value + value)
@@ -437,7 +443,7 @@ class Matching:
             "symbol": inst.symbol, "orderId": order.order_id, "orderLinkId": order.link_id, "side": order.side,
             "orderType": order.order_type, "stopOrderType": "", "execType": "Trade", "execId": exec_id,
             "execPrice": num(price), "execQty": num(qty, lot_decimals), "execValue": num(value), "execFee": num(fee),
-            "feeRate": num(rate), "feeCoin": inst.quote, "isMaker": maker, "execTime": str(at),
+            "feeRate": num(rate), "feeCoin": fee_coin, "isMaker": maker, "execTime": str(at),
             "orderQty": num(order.qty, 8 if order.by_quote else lot_decimals), "orderPrice": num(order.price),
             "leavesQty": num(order.leaves, lot_decimals), "markPrice": num(self._price(inst, at)) if inst.category == LINEAR else "",
             "indexPrice": "", "underlyingPrice": "", "markIv": "", "tradeIv": "", "blockTradeId": "",
