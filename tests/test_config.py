@@ -93,7 +93,7 @@ def test_strategy_parameters_are_checked_against_the_strategy(tmp_path):
         prepare_backtest(load_config(None, ["strategies.sma_cross.fast=50"]))
     with pytest.raises(ConfigError, match="did you mean 'strategies.sma_cross'"):
         prepare_backtest(load_config(None, ["strategies.sma_crosss.fast=3"]))
-    with pytest.raises(ConfigError, match="unknown strategy 'sma'; available: buy_and_hold, llm_signal, sma_cross"):
+    with pytest.raises(ConfigError, match="unknown strategy 'sma'; available: buy_and_hold, churn, llm_signal, sma_cross"):
         prepare_backtest(load_config(None, ["run.strategy=sma"]))
     with pytest.raises(ConfigError, match=r"unknown strategy 'sma_crss' \(did you mean 'sma_cross'\?\)"):
         prepare_backtest(load_config(None, ["run.strategy=sma_crss"]))

@@ -278,7 +278,7 @@ def test_status_of_a_dead_daemon_exits_non_zero(btc_file, tmp_path, capsys):
 
 
 def test_halt_with_flatten_closes_the_position_and_sends_nothing_more(btc_file, tmp_path, capsys):
-    from engine.daemon import commands
+    from engine.daemon import commands, specs
     from engine.daemon.runner import Daemon
     from engine.session import load_settings
     from engine.store.daemons import set_controls
@@ -291,7 +291,7 @@ def test_halt_with_flatten_closes_the_position_and_sends_nothing_more(btc_file, 
     class Args:
         replay, warmup = str(btc_file), 0
 
-    spec, time_source = commands._spec(Args, config)
+    spec, time_source = specs.daemon_spec(Args, config, say=print)
     daemon = Daemon(spec)
     daemon.open()
     series = spec.series

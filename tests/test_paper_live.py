@@ -67,7 +67,7 @@ def live_config(tmp_path, url, *extra):
 
 
 def test_a_live_daemon_warms_up_takes_bars_as_they_close_and_waits_out_an_outage(server, tmp_path):
-    from engine.daemon import commands
+    from engine.daemon import commands, specs
     from engine.daemon.runner import Daemon
 
     config = live_config(tmp_path, server.url)
@@ -75,7 +75,7 @@ def test_a_live_daemon_warms_up_takes_bars_as_they_close_and_waits_out_an_outage
     class Args:
         warmup = None
 
-    spec = commands._live_spec(Args, config)
+    spec = specs.live_bars_spec(Args, config, say=print)
     assert len(spec.warmup) >= 59 and spec.plan.instruments[PERP].contract.value == "linear_perp"
     daemon = Daemon(spec)
     assert daemon.open() == "started"
@@ -96,7 +96,7 @@ def test_a_live_daemon_warms_up_takes_bars_as_they_close_and_waits_out_an_outage
     assert report.bars == 4 and report.late == 3
     assert daemon.kernel.loop.bars_seen == 5
     daemon.close()
-    again = Daemon(commands._live_spec(Args, config))  # the same command resumes the run
+    again = Daemon(specs.live_bars_spec(Args, config, say=print))  # the same command resumes the run
     assert again.open() == "resumed" and again.kernel.loop.bars_seen == 5
     again.close()
 
@@ -175,7 +175,7 @@ def test_live_headlines_are_deduplicated_and_never_stamped_in_the_future():
 def test_apscheduler_runs_the_poll_job_and_stops_cleanly(server, tmp_path):
     import threading
 
-    from engine.daemon import commands
+    from engine.daemon import commands, specs
     from engine.daemon.runner import Daemon
     from engine.daemon.schedule import run_scheduled
 
@@ -184,7 +184,7 @@ def test_apscheduler_runs_the_poll_job_and_stops_cleanly(server, tmp_path):
     class Args:
         warmup = None
 
-    daemon = Daemon(commands._live_spec(Args, config))
+    daemon = Daemon(specs.live_bars_spec(Args, config, say=print))
     daemon.open()
     calls: list[float] = []
     tick = daemon.tick

@@ -296,6 +296,9 @@ class BybitBroker:
             self._unknown(live, "the exchange holds an order with this client id but a different " + ", ".join(problems))
             return
         if live.status in (S.INTENT, *_UNSETTLED):
+            if live.status is S.UNKNOWN and self.blocked.get(order.symbol, "").startswith(
+                    f"order {order.client_order_id} is UNKNOWN"):
+                del self.blocked[order.symbol]  # found after all: its symbol may trade again once the halt is lifted
             self._event(OrderAccepted(order.client_order_id, order.symbol, self.clock.now(), str(row.get("orderId"))))
             self.commit()
         live.exchange_id = str(row.get("orderId"))

@@ -33,8 +33,8 @@ def live_daemon(args: argparse.Namespace, config: Any, *, say: Callable[[str], N
         redact,
         with_retries,
     )
-    from engine.daemon.commands import _live_spec, _spec
     from engine.daemon.live import LiveDaemon, post_market_time
+    from engine.daemon.specs import daemon_spec, live_bars_spec
 
     live = config.live
     if live.venue == "mainnet" and not getattr(args, "mainnet", False):
@@ -51,14 +51,14 @@ def live_daemon(args: argparse.Namespace, config: Any, *, say: Callable[[str], N
         if not loopback:
             raise ConfigError("live start --replay rehearses against a fake exchange: give --api-url "
                               "http://127.0.0.1:PORT (python -m engine.testing.fake_bybit)")
-        spec, time_source = _spec(args, config, mode="live")
+        spec, time_source = daemon_spec(args, config, say=say, mode="live")
         market_time: Callable[[int], None] | None = post_market_time(api_url)
     else:
         if api_url:  # the fake serves the bars too
             config = dataclasses.replace(config, data=dataclasses.replace(config.data, source="bybit", api_url=api_url))
         elif config.data.source != "bybit":
             config = dataclasses.replace(config, data=dataclasses.replace(config.data, source="bybit"))
-        spec, time_source, market_time = _live_spec(args, config, mode="live"), None, None
+        spec, time_source, market_time = live_bars_spec(args, config, say=say, mode="live"), None, None
     try:
         with_retries(lambda: [account.market(s) for s in spec.plan.instruments], what="loading Bybit's markets",
                      say=say, max_s=config.paper.retry_max_s)

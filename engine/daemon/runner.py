@@ -1,4 +1,5 @@
-"""``Daemon``: one paper (later: live) run of one strategy, fed closed bars and headlines as they arrive.
+"""``Daemon``: one paper run of one strategy, fed closed bars and headlines as they arrive (live
+trading is this daemon with the Bybit broker: ``engine.daemon.live.LiveDaemon``).
 
 **Start.** A new run: bars before the first live one (``paper.warmup_bars``) are replayed through a
 *shadow* kernel (a backtest with no store behind it; its orders reach nothing) so the strategy's
