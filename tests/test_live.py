@@ -402,6 +402,56 @@ def test_mainnet_needs_the_flag_the_limits_and_the_typed_account(tmp_path, capsy
     assert not (tmp_path / "m.db").exists()  # nothing was started or recorded
 
 
+def test_mainnet_shows_the_account_and_limits_and_needs_its_id_typed(tmp_path, capsys, monkeypatch):
+    from engine.cli import main
+
+    rig = LiveRig(tmp_path, bars=12)
+    try:
+        monkeypatch.setenv("BYBIT_API_KEY", KEY)
+        monkeypatch.setenv("BYBIT_API_SECRET", SECRET)
+        argv = ["live", "start", "--mainnet", "--replay", str(rig.csv), "--symbol", SYMBOL, "--strategy", "churn",
+                "--json", "--set", "risk.max_daily_loss=0.05", "--set", "risk.max_order_notional=5000",
+                "--set", "risk.max_position_notional=5000"]
+        for setting in rig.settings:
+            argv += ["--set", setting]
+        capsys.readouterr()
+        assert main([*argv, "--confirm", "999"]) == 2  # the fake's account id is 1
+        err = capsys.readouterr().err
+        assert "MAINNET: real money. Account 1" in err and "order notional <= 5,000.00" in err
+        assert "not the account id" in err and not rig.fake.creates()
+        monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+        assert main(argv) == 2 and "--confirm ACCOUNT_ID" in capsys.readouterr().err
+        assert main([*argv, "--confirm", "1"]) == 0
+        assert json.loads(capsys.readouterr().out)["orders"] >= 5 and rig.fake.creates()
+    finally:
+        rig.stop()
+
+
+def test_halt_with_flatten_cancels_on_the_exchange_and_closes_the_position(tmp_path):
+    from engine.store.daemons import set_controls
+
+    rig = LiveRig(tmp_path, settings=["strategies.churn.limit_every=2", "strategies.churn.limit_offset=0.05"])
+    try:
+        rig.open()
+        for _ in range(4):  # until a market entry is held and a limit exit far away rests
+            rig.step(1)
+            if rig.fake.position(SYMBOL_ID) > 0 and [o for o in rig.fake.orders() if o["orderStatus"] == "New"]:
+                break
+        assert rig.fake.position(SYMBOL_ID) > 0
+        assert [o for o in rig.fake.orders() if o["orderStatus"] == "New"]
+        set_controls(rig.daemon.store, rig.daemon.run_pk, halted=1, halt_reason="by hand", flatten_requested=1)
+        rig.daemon._controls_read = float("-inf")
+        rig.step(1)
+        assert rig.fake.position(SYMBOL_ID) == 0.0
+        assert not [o for o in rig.fake.orders() if o["orderStatus"] == "New"]
+        creates = len(rig.fake.creates())
+        rig.step(2)
+        assert len(rig.fake.creates()) == creates  # halted: nothing new
+        rig.check()
+    finally:
+        rig.stop()
+
+
 def test_sigterm_mid_run_finishes_the_step_records_stopped_and_resumes_cleanly(tmp_path):
     rig = LiveRig(tmp_path)
     try:
