@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from engine.metrics import Metrics
 from engine.report import charts, stats
 from engine.store.queries import RunData
+from engine.store.redact import redact_settings
 from engine.timeutil import iso
 
 
@@ -206,7 +207,7 @@ def write_report(data: RunData, out: Path, *, database: str = "") -> Written:
 <h3>Rejections</h3>{reasons}{halt_section}</div><div><h2>Positions at the end</h2>{positions}</div></div>
 <h2>Last {len(fills)} of {len(data.fills):,} fills</h2>{fill_table}
 <h2>Configuration</h2><details><summary>the full configuration of this run</summary>
-<pre>{_e(json.dumps(info.config, indent=2, sort_keys=True))}</pre></details>
+<pre>{_e(json.dumps(redact_settings(info.config), indent=2, sort_keys=True))}</pre></details>
 """
     return _write(out, f"Run {info.run_id}", body, pngs, database)
 
@@ -218,7 +219,7 @@ def write_comparison(a: RunData, b: RunData, out: Path) -> Written:
     rows = [(k, ra.get(k, "—"), rb.get(k, "—")) for k in dict.fromkeys([*ra, *rb])]
     ca, cb = stats.cost_totals(a).as_dict(), stats.cost_totals(b).as_dict()
     cost_rows = [(name, _num(ca[name]), _num(cb[name])) for name in ca]
-    fa, fb = _flatten(a.info.config), _flatten(b.info.config)
+    fa, fb = _flatten(redact_settings(a.info.config)), _flatten(redact_settings(b.info.config))
     diffs = [(f"<code>{_e(k)}</code>", _e(fa.get(k, "—")), _e(fb.get(k, "—")))
              for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
     same_data = a.info.data_fingerprint == b.info.data_fingerprint

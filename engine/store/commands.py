@@ -60,7 +60,11 @@ def data_fingerprint(plan: BacktestPlan) -> str:
 
 
 def config_snapshot(config: Config) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    """The run's checked configuration as the store keeps it: passwords in URLs hidden and settings
+    named like secrets blanked (``engine.store.redact``)."""
+    from engine.store.redact import redact_settings
+
+    return redact_settings(json.loads(json.dumps(dataclasses.asdict(config), default=str)))
 
 
 class Recording:

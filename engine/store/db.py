@@ -32,6 +32,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
 from engine.errors import ConfigError, EngineError
+from engine.store.redact import display_url
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -45,13 +46,15 @@ class RunNotFound(StoreError):
 
 
 def parse_url(text: str) -> URL:
-    """A SQLAlchemy URL, or a plain file path (read as a SQLite file)."""
+    """A SQLAlchemy URL, or a plain file path (read as a SQLite file). A URL that cannot be read is a
+    ``ConfigError`` naming it with its password hidden."""
     if "://" not in text:
         return make_url("sqlite:///" + text)
     try:
         return make_url(text)
-    except sa_exc.ArgumentError as exc:
-        raise ConfigError(f"store.url = {text!r} is not a database URL ({exc}); "
+    except (sa_exc.ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+        reason = str(exc).replace(text, "the URL")
+        raise ConfigError(f"store.url = {display_url(text)!r} is not a database URL ({reason}); "
                           "e.g. sqlite:///logs/engine.db or postgresql+psycopg://user@host/db") from None
 
 
@@ -126,7 +129,7 @@ def _make_store(url: URL, busy_timeout: float) -> Store:
     try:
         engine = create_engine(url, **kwargs)
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
-        raise ConfigError(f"store.url {url.render_as_string(hide_password=True)}: {exc}") from None
+        raise ConfigError(f"store.url {url.render_as_string(hide_password=True)}: {_scrub(str(exc), url)}") from None
     if sqlite:
         _sqlite_events(engine, busy_timeout)
     return Store(engine=engine, writer=engine.execution_options(store_write=True), url=url)
@@ -167,8 +170,13 @@ def translate_errors(store_or_url: Store | URL) -> Iterator[None]:
         raise _explain(exc, url) from exc
 
 
+def _scrub(text: str, url: URL) -> str:
+    """A driver's message with the URL's password cut out, should the driver have echoed it."""
+    return text.replace(url.password, "***") if url.password else text
+
+
 def _explain(exc: BaseException, url: URL) -> StoreError:
-    text = str(getattr(exc, "orig", None) or exc).strip()
+    text = _scrub(str(getattr(exc, "orig", None) or exc).strip(), url)
     where = describe_url(url)
     low = text.lower()
     if "locked" in low or "busy" in low:
