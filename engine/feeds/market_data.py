@@ -80,7 +80,9 @@ class FetchReport:
 def make_source(name: str, *, adjusted: bool = False, timeout_s: float = 10.0, retries: int = 5,
                 cache: MarketCache | None = None, api_url: str = "") -> Any:
     """The production source object for ``name`` (imports ccxt / yfinance only now); ``api_url``
-    points Bybit's client at another server (a fake Bybit on 127.0.0.1, to rehearse offline)."""
+    points Bybit's client at another server (a fake Bybit on 127.0.0.1, to rehearse offline).
+    yfinance's cookies and session stay out of ``cache`` (``yahoo.user_state_dir``): the market cache
+    holds market data only, and may be copied to another machine."""
     policy = RetryPolicy(retries=retries)
     if name == "bybit":
         from engine.feeds.bybit import BybitSource, make_exchange
@@ -88,10 +90,9 @@ def make_source(name: str, *, adjusted: bool = False, timeout_s: float = 10.0, r
         exchange = make_exchange(timeout_s=timeout_s, api_url=api_url) if api_url else None
         return BybitSource(exchange, policy=policy, timeout_s=timeout_s)
     if name == "yfinance":
-        from engine.feeds.yahoo import YahooSource
+        from engine.feeds.yahoo import YahooSource, user_state_dir
 
-        state = cache.root / "_yfinance" if cache is not None else None
-        return YahooSource(adjusted=adjusted, timeout_s=timeout_s, policy=policy, state_dir=state)
+        return YahooSource(adjusted=adjusted, timeout_s=timeout_s, policy=policy, state_dir=user_state_dir())
     raise ConfigError(f"unknown data source {name!r}: expected one of {', '.join(REMOTE_SOURCES)}")
 
 

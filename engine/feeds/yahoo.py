@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,15 @@ _WINDOW_DAYS = {"1m": 7, "2m": 59, "5m": 59, "15m": 59, "30m": 59, "90m": 59, "1
 _EPOCH = pd.Timestamp(0, tz="UTC")
 
 
+def user_state_dir() -> Path:
+    """Where yfinance keeps its cookies, session and ticker time zones: a per-user folder,
+    ``$XDG_CACHE_HOME/llmtrader/yfinance`` (else ``~/.cache/llmtrader/yfinance``), never inside
+    ``data.cache_dir``, which users copy between machines."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".cache"  # a relative one is ignored (XDG spec)
+    return root / "llmtrader" / "yfinance"
+
+
 class YahooSource:
     name = "yfinance"
     calendar = "exchange"
@@ -45,9 +55,12 @@ class YahooSource:
                  sleep: Callable[[float], Any] | None = None) -> None:
         import yfinance as yf
 
-        if state_dir is not None:  # yfinance's own small caches (ticker time zones, cookies) beside ours
-            Path(state_dir).mkdir(parents=True, exist_ok=True)
-            yf.set_tz_cache_location(str(state_dir))  # also its cookie and ISIN caches
+        if state_dir is not None:  # yfinance's own caches: ticker time zones, ISINs, its cookies and session
+            state = Path(state_dir)
+            state.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                state.chmod(0o700)  # the cookies are a session: only their owner reads them
+            yf.set_tz_cache_location(str(state))  # also its cookie and ISIN caches
         self.adjusted = adjusted
         self.timeout_s = timeout_s
         self.ticker_factory = ticker_factory or yf.Ticker
