@@ -235,3 +235,86 @@ def test_a_conversion_marked_by_size_alone_is_converted_again(tmp_path, fake_con
     assert json.loads((old / "config.json").read_text())["from"] == b"GGUF-new".hex()
     mark = json.loads((old / "converted_from.json").read_text())
     assert len(mark["sha256"]) == 64 and mark["settings"]["dtype"] == "float32"
+
+
+# ---------------------------------------------------------------- reports and the evaluation
+
+
+def _hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp"))
+
+
+def test_the_report_writer_syncs_each_file_before_renaming_it(tmp_path, monkeypatch):
+    from engine.report import html
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(f"replace {Path(b).name}"), real_replace(a, b))[1])
+    html._write(tmp_path / "r", "title", "<p>body</p>", {"equity": b"\x89PNG"}, "")
+    for name in ("equity.png", "report.html"):
+        at = events.index(f"replace {name}")
+        assert "fsync" in events[:at], f"{name} renamed into place before its bytes were on disk: {events}"
+    assert _hidden(tmp_path / "r") == []
+
+
+def test_a_failed_report_write_keeps_no_temporary_file(tmp_path, monkeypatch):
+    from engine.report import html
+
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "report.html").write_text("the previous report")
+
+    def replace(a, b):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="disk full"):
+        html._write(out, "title", "<p>body</p>", {}, "")
+    assert _hidden(out) == []
+    assert (out / "report.html").read_text() == "the previous report"
+
+
+def test_a_chart_that_fails_to_draw_leaves_the_previous_png(tmp_path):
+    from engine.report import charts
+
+    path = tmp_path / "equity.png"
+    path.write_bytes(b"previous chart")
+
+    class Broken:
+        def savefig(self, target, **kw):
+            if hasattr(target, "write"):
+                target.write(b"half a ch")
+            else:
+                Path(target).write_bytes(b"half a ch")
+            raise RuntimeError("font missing")
+
+    with pytest.raises(RuntimeError, match="font missing"):
+        charts.save(Broken(), path)  # type: ignore[arg-type]
+    assert path.read_bytes() == b"previous chart"
+    assert _hidden(tmp_path) == []
+
+
+def test_the_evaluation_never_shares_a_fixed_temporary_name(tmp_path):
+    from research import evaluation
+
+    path = tmp_path / "EVALUATION.md"
+    other = tmp_path / "EVALUATION.md.tmp"  # another evaluation's file in flight, or a user's
+    other.write_text("someone else's")
+    evaluation._atomic(path, "# mine\n")
+    assert path.read_text() == "# mine\n"
+    assert other.read_text() == "someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["EVALUATION.md", "EVALUATION.md.tmp"]
+
+
+def test_a_failed_evaluation_write_keeps_no_temporary_file(tmp_path, monkeypatch):
+    from research import evaluation
+
+    def replace(a, b):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(Path, "replace", lambda self, target: replace(self, target))
+    with pytest.raises(OSError, match="disk full"):
+        evaluation._atomic(tmp_path / "EVALUATION.md", "# mine\n")
+    assert list(tmp_path.iterdir()) == []

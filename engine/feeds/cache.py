@@ -52,6 +52,7 @@ import pandas as pd
 
 from engine.errors import DataError
 from engine.feeds.quality import BAR_TIME
+from engine.files import atomic_write
 from engine.series import BarSeries
 from engine.timeutil import iso, parse_timeframe
 
@@ -373,21 +374,6 @@ def _locked(folder: Path, *, shared: bool) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def atomic_write(path: Path, blob: bytes) -> None:
-    """Write ``blob`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(blob)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def frame_from_series(series: BarSeries) -> pd.DataFrame:
