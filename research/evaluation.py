@@ -50,6 +50,7 @@ import numpy as np
 from engine.config import Config
 from engine.domain import News
 from engine.errors import ConfigError, DataError
+from engine.files import atomic_write_text
 from engine.plan import BacktestPlan
 from engine.session import load_settings, prepare_backtest, run_recorded, strategy_factory
 from engine.timeutil import iso, parse_instant
@@ -385,10 +386,10 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]], walk: dict[s
 
 
 def _atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a uniquely named, synced temporary (two evaluations
+    writing at once, or one killed midway, never share or leave a fixed ``.tmp``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, text)
 
 
 def _cpus() -> int:

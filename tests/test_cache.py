@@ -136,7 +136,8 @@ def test_meta_records_the_conventions_and_the_data_file_is_a_plain_bar_csv(tmp_p
 
     cache = MarketCache(tmp_path)
     fetch(cache, MemorySource(), T0, T0 + 10 * H, symbol="BTC/USDT:USDT")
-    folder = tmp_path / "mem" / "BTC-USDT~USDT" / "bars-1h"
+    folder = CacheKey("mem", "BTC/USDT:USDT", "bars", "1h").folder(tmp_path)
+    assert folder.relative_to(tmp_path).as_posix().startswith("mem/BTC-USDT~USDT@")  # readable, and one per symbol
     meta = json.loads((folder / "meta.json").read_text())
     assert (meta["symbol"], meta["bar_time"], meta["time"], meta["rows"]) == ("BTC/USDT:USDT", "open",
                                                                                "UTC epoch milliseconds", 10)
@@ -332,3 +333,48 @@ def test_concurrent_writers_and_readers_never_see_a_broken_table(tmp_path):
     table = MarketCache(tmp_path).read(key)
     assert errors == [] and table is not None and len(table.frame) == table.covered[0][1] // H - T0 // H
     assert len(list(key.folder(tmp_path).glob("data-*"))) == 1
+
+
+# ---------------------------------------------------------------- one folder per symbol (issue 16)
+
+def test_two_symbols_with_the_same_slug_keep_their_own_data(tmp_path):
+    cache = MarketCache(tmp_path)
+    fetch(cache, MemorySource(), T0, T0 + 24 * H, symbol="BTC/USDT")
+    fetch(cache, MemorySource(), T0, T0 + 24 * H, symbol="BTC-USDT")  # the same readable name
+    assert CacheKey("mem", "BTC/USDT", "bars", "1h").folder(tmp_path) != CacheKey("mem", "BTC-USDT", "bars",
+                                                                                   "1h").folder(tmp_path)
+    for symbol in ("BTC/USDT", "BTC-USDT"):  # both still cached: no source needed
+        bars, report = ensure_bars(cache, "mem", symbol, H, T0, T0 + 24 * H, make=never, now_ms=NOW)
+        assert len(bars) == 24 and report.fetched == [] and bars.symbol == symbol
+    assert not any("unreadable" in note for note in cache.notes)
+
+
+def test_an_entry_whose_meta_names_another_symbol_is_never_deleted(tmp_path):
+    cache = MarketCache(tmp_path)
+    fetch(cache, MemorySource(), T0, T0 + 24 * H, symbol="ETH/USDT")
+    mine = CacheKey("mem", "ETH/USDT", "bars", "1h").folder(tmp_path)
+    other = CacheKey("mem", "XRP/USDT", "bars", "1h")
+    other.folder(tmp_path).parent.mkdir(parents=True)
+    mine.rename(other.folder(tmp_path))  # as a name collision would leave it
+    before = sorted(p.name for p in other.folder(tmp_path).iterdir())
+    assert cache.read(other) is None
+    assert sorted(p.name for p in other.folder(tmp_path).iterdir()) == before  # kept for its owner
+    assert "ETH/USDT" in cache.notes[-1] and "left" in cache.notes[-1]
+    with pytest.raises(DataError, match="holds ETH/USDT"):
+        cache.write(other, pd.DataFrame([bar_row(T0)]), [(T0, T0 + H)])
+    assert sorted(p.name for p in other.folder(tmp_path).iterdir()) == before
+
+
+def test_a_cache_folder_of_the_old_layout_is_migrated_when_its_symbol_is_read(tmp_path):
+    cache = MarketCache(tmp_path)
+    fetch(cache, MemorySource(), T0, T0 + 24 * H, symbol="BTC/USDT")
+    key = CacheKey("mem", "BTC/USDT", "bars", "1h")
+    legacy = tmp_path / "mem" / "BTC-USDT" / "bars-1h"  # where the engine kept it before
+    legacy.parent.mkdir(parents=True, exist_ok=True)
+    key.folder(tmp_path).rename(legacy)
+    # the other symbol of the same slug must neither take nor delete it
+    assert cache.read(CacheKey("mem", "BTC-USDT", "bars", "1h")) is None
+    assert (legacy / "meta.json").exists()
+    bars, report = ensure_bars(cache, "mem", "BTC/USDT", H, T0, T0 + 24 * H, make=never, now_ms=NOW)
+    assert len(bars) == 24 and report.fetched == []
+    assert (key.folder(tmp_path) / "meta.json").exists() and not legacy.exists()

@@ -15,7 +15,7 @@ import yfinance as yf
 from yfinance import data as yf_data
 
 from engine.errors import ConfigError
-from engine.feeds.cache import MarketCache
+from engine.feeds.cache import CacheKey, MarketCache
 from engine.feeds.market_data import MissingDataError, ensure_bars
 from engine.feeds.retry import RetryPolicy
 from engine.feeds.yahoo import YahooSource, history_to_frame
@@ -142,7 +142,7 @@ def test_adjusted_bars_scale_by_adjclose_and_are_cached_apart(yahoo, tmp_path):
                               adjusted=True)
     assert np.allclose(adjusted.close, raw.close * 0.99, atol=0.006)
     assert np.allclose(adjusted.open / raw.open, adjusted.close / raw.close)
-    assert sorted(p.name for p in (tmp_path / "yfinance" / "AAPL").iterdir()) == ["bars-1d-adjusted", "bars-1d-raw"]
+    assert sorted(p.name for p in CacheKey("yfinance", "AAPL", "bars", "1d").folder(tmp_path).parent.iterdir()) == ["bars-1d-adjusted", "bars-1d-raw"]
 
 
 def test_second_run_is_answered_by_the_cache(yahoo, tmp_path):

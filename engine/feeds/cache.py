@@ -2,11 +2,20 @@
 
 Layout, one folder per source, symbol and table::
 
-    .cache/market/bybit/BTC-USDT~USDT/bars-1h/meta.json
-    .cache/market/bybit/BTC-USDT~USDT/bars-1h/data-3f2a9c01b7e4.csv.gz
-    .cache/market/bybit/BTC-USDT~USDT/funding/...
-    .cache/market/yfinance/AAPL/bars-1d-adjusted/...
+    .cache/market/bybit/BTC-USDT~USDT@6c7cb41c/bars-1h/meta.json
+    .cache/market/bybit/BTC-USDT~USDT@6c7cb41c/bars-1h/data-3f2a9c01b7e4.csv.gz
+    .cache/market/bybit/BTC-USDT~USDT@6c7cb41c/funding/...
+    .cache/market/yfinance/AAPL@1eb44d62/bars-1d-adjusted/...
     .cache/market/bybit/instruments.json
+
+A symbol's folder is a readable slug of it and the first 8 hex digits of its SHA-256 (``folder_name``),
+so ``BTC/USDT`` and ``BTC-USDT`` never share a folder. An entry whose ``meta.json`` names another
+symbol is never deleted, only reported; writing over it is refused.
+
+Caches from before (the slug alone, ``bybit/BTC-USDT~USDT/``) are migrated, not re-fetched: the first
+read of a table whose new folder is empty renames the old folder to the new name if, and only if, its
+``meta.json`` names that very symbol (and source, kind, timeframe and variant); an old folder that
+names another symbol is left for that symbol to migrate.
 
 The data file is a gzip CSV (``timestamp,open,high,low,close,volume`` for bars, ``timestamp,fundingRate``
 for funding) that ``load_bars`` / ``load_funding`` read like any other file; times are UTC epoch ms,
@@ -43,6 +52,7 @@ import pandas as pd
 
 from engine.errors import DataError
 from engine.feeds.quality import BAR_TIME
+from engine.files import atomic_write
 from engine.series import BarSeries
 from engine.timeutil import iso, parse_timeframe
 
@@ -80,6 +90,10 @@ class CacheKey:
         return "-".join(p for p in (self.kind, self.timeframe, self.variant) if p)
 
     def folder(self, root: Path) -> Path:
+        return root / self.source / folder_name(self.symbol) / self.table
+
+    def legacy_folder(self, root: Path) -> Path:
+        """Where caches before the hashed folder names kept this table (shared by look-alike symbols)."""
         return root / self.source / safe_name(self.symbol) / self.table
 
     def describe(self) -> str:
@@ -105,9 +119,20 @@ class CachedTable:
 
 
 def safe_name(symbol: str) -> str:
-    """A folder name for a symbol: ``BTC/USDT:USDT`` -> ``BTC-USDT~USDT`` (the real one is in meta.json)."""
+    """A readable slug of a symbol: ``BTC/USDT:USDT`` -> ``BTC-USDT~USDT``. Not one-to-one
+    (``BTC-USDT`` gives the same); ``folder_name`` adds what tells them apart."""
     name = symbol.replace("/", "-").replace(":", "~")
     return re.sub(r"[^A-Za-z0-9._~^=-]", "_", name) or "_"
+
+
+def folder_name(symbol: str) -> str:
+    """A symbol's cache folder: its slug and a short hash of the symbol itself, one folder per
+    symbol (``BTC/USDT:USDT`` -> ``BTC-USDT~USDT@6c7cb41c``); the real symbol is in meta.json."""
+    return f"{safe_name(symbol)}@{hashlib.sha256(symbol.encode()).hexdigest()[:8]}"
+
+
+class _OtherSymbol(DataError):
+    """A table folder whose meta.json names another symbol: never this key's to delete."""
 
 
 # ---------------------------------------------------------------- ranges
@@ -159,11 +184,14 @@ class MarketCache:
     def read(self, key: CacheKey) -> CachedTable | None:
         """The cached table, or ``None`` when there is none or it was corrupt (then removed and noted)."""
         folder = key.folder(self.root)
-        if not (folder / META).exists():
+        if not (folder / META).exists() and not self._migrate(key):
             return None
         with _locked(folder, shared=True):
             table, problem = self._read(key, folder)
-        if problem is not None:
+        if problem is not None and problem.startswith(_FOREIGN):
+            self.notes.append(f"cache: {folder} {problem}; left it as it is (not this table's to remove)")
+            log.warning(self.notes[-1])
+        elif problem is not None:
             with _locked(folder, shared=False):
                 self._discard(key, problem)
         return table
@@ -172,6 +200,7 @@ class MarketCache:
         meta_path = folder / META
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            _check_owner(key, meta)
             data_path = folder / str(meta["file"])
             blob = data_path.read_bytes()
             if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
@@ -180,9 +209,11 @@ class MarketCache:
             covered = merge_ranges((int(a), int(b)) for a, b in meta["covered"])
             if meta.get("symbol") != key.symbol or meta.get("format") != FORMAT:
                 raise DataError(f"meta.json is for {meta.get('symbol')!r} format {meta.get('format')!r}")
+        except _OtherSymbol as exc:
+            return None, f"{_FOREIGN}{exc}"
         except FileNotFoundError as exc:
             return None, f"{Path(exc.filename or '?').name} is missing"
-        except (DataError, OSError, EOFError, ValueError, KeyError, TypeError, zlib.error) as exc:
+        except (DataError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, zlib.error) as exc:
             return None, str(exc) or type(exc).__name__
         return CachedTable(key, frame, covered, meta, data_path), None
 
@@ -191,9 +222,37 @@ class MarketCache:
         """Store ``frame`` (sorted, unique ``timestamp``) as the whole table; returns the table as read
         back and the rows dropped by validation (bars only: impossible prices and the like)."""
         folder = key.folder(self.root)
+        if not (folder / META).exists():
+            self._migrate(key)
         folder.mkdir(parents=True, exist_ok=True)
         with _locked(folder, shared=False):
+            _refuse_foreign(key, folder)
             return self._write(key, folder, frame, covered, extra)
+
+    def _migrate(self, key: CacheKey) -> bool:
+        """Rename this table's folder of the old layout (the slug alone) to its new name when its
+        meta.json names this very table; whether there was one to move."""
+        legacy, folder = key.legacy_folder(self.root), key.folder(self.root)
+        if not (legacy / META).is_file():
+            return False
+        with _locked(legacy, shared=False):
+            try:
+                _check_owner(key, json.loads((legacy / META).read_text(encoding="utf-8")))
+            except (DataError, OSError, ValueError, AttributeError):
+                return False  # another symbol's (or unreadable): left where it is, for its owner
+            if (folder / META).exists():
+                return False
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            if folder.is_dir():  # only a lock file in it: an earlier read found nothing
+                for path in folder.iterdir():
+                    if path.name == LOCK:
+                        path.unlink()
+                folder.rmdir()
+            os.rename(legacy, folder)
+        with contextlib.suppress(OSError):
+            legacy.parent.rmdir()  # the old symbol folder, if nothing else is in it
+        log.info("cache: moved %s to %s (one folder per symbol now)", legacy, folder)
+        return True
 
     def _write(self, key: CacheKey, folder: Path, frame: pd.DataFrame, covered: Iterable[Range],
                extra: dict[str, Any] | None) -> tuple[CachedTable, tuple[str, ...]]:
@@ -274,6 +333,32 @@ class MarketCache:
         log.warning(self.notes[-1])
 
 
+_FOREIGN = "belongs to another table: "
+
+
+def _check_owner(key: CacheKey, meta: dict[str, Any]) -> None:
+    """``_OtherSymbol`` unless ``meta`` (a table's meta.json) describes ``key``'s table."""
+    found = (meta.get("source"), meta.get("symbol"), meta.get("kind"), meta.get("timeframe", ""), meta.get("variant", ""))
+    wanted = (key.source, key.symbol, key.kind, key.timeframe, key.variant)
+    if found != wanted:
+        raise _OtherSymbol(f"meta.json holds {meta.get('symbol')} ({' '.join(str(p) for p in found if p)}), "
+                           f"not {key.describe()}")
+
+
+def _refuse_foreign(key: CacheKey, folder: Path) -> None:
+    try:
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no table yet, or a broken one of its own: written over
+    if not isinstance(meta, dict):
+        return
+    try:
+        _check_owner(key, meta)
+    except _OtherSymbol as exc:
+        raise DataError(f"cache: {folder} {exc}; refusing to write over it. Move that folder away "
+                        "(or delete it if the data is not needed) and run again") from None
+
+
 @contextlib.contextmanager
 def _locked(folder: Path, *, shared: bool) -> Iterator[None]:
     """An advisory lock on a table's folder, so that two processes fetching the same table cannot
@@ -289,21 +374,6 @@ def _locked(folder: Path, *, shared: bool) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def atomic_write(path: Path, blob: bytes) -> None:
-    """Write ``blob`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(blob)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def frame_from_series(series: BarSeries) -> pd.DataFrame:

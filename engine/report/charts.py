@@ -8,6 +8,7 @@ last point and, for the drawdown, its deepest one, so no spike disappears.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib as mpl
@@ -16,6 +17,7 @@ from matplotlib import dates as mdates
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
+from engine.files import atomic_write
 from engine.report import stats
 from engine.store.queries import RunData
 
@@ -35,7 +37,11 @@ MONEY = ticker.FuncFormatter(lambda x, _: f"{x:,.0f}")
 
 
 def save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, format="png")
+    """Draw ``fig`` as a PNG at ``path``: drawn in memory first, then written atomically, so a
+    failing chart never leaves a half file (or a stale one half replaced)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=DPI, format="png")
+    atomic_write(path, buffer.getvalue())
     return path
 
 

@@ -2,7 +2,8 @@
 style inline), so the page can be mailed or archived on its own.
 
 Nothing is written until the run's record has been read and every chart drawn, and each file is
-written to a temporary name and renamed into place, so a failure never leaves a half-written report.
+written to a temporary name, flushed to disk and renamed into place (``engine.files.atomic_write``), so a
+failure never leaves a half-written report or a temporary file.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import base64
 import html
 import io
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from engine.files import atomic_write
 from engine.metrics import Metrics
 from engine.report import charts, stats
 from engine.store.queries import RunData
@@ -123,12 +124,6 @@ def _png(fig: Figure) -> bytes:
 def _img(name: str, png: bytes, alt: str) -> str:
     return (f'<img id="{_e(name)}" alt="{_e(alt)}" src="data:image/png;base64,'
             f'{base64.b64encode(png).decode("ascii")}">')
-
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
 
 
 def _draw(items: dict[str, Callable[[], Figure]]) -> dict[str, bytes]:
@@ -262,8 +257,8 @@ def _write(out: Path, title: str, body: str, pngs: dict[str, bytes], database: s
     paths = []
     for name, png in pngs.items():
         path = out / f"{name}.png"
-        _write_atomic(path, png)
+        atomic_write(path, png)
         paths.append(path)
     target = out / "report.html"
-    _write_atomic(target, page.encode("utf-8"))
+    atomic_write(target, page.encode("utf-8"))
     return Written(html=target, charts=paths)

@@ -11,8 +11,10 @@
       metrics.json           training history and validation metrics
       evaluation.json        written by ``evaluate``: held-out metrics and baselines
 
-The folder is written under a temporary name and renamed into place, so a crash never leaves a
-half checkpoint behind; writing over an existing checkpoint replaces it whole.
+The folder is written under a scratch name beside its target and swapped in by rename
+(``models.folders``), so a crash leaves the old checkpoint or the new one, never half, and scratch
+folders a killed run left are removed by the next write. Only a missing folder, an empty one or a
+checkpoint is written over: any other folder is refused, so ``train --out`` cannot delete a user's files.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import tempfile
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from models import folders
 
 CONFIG_FILE = "config.json"
 FINGERPRINT_FILE = "data_fingerprint.json"
@@ -48,12 +51,33 @@ class Checkpoint:
     scaler: dict[str, Any] | None
 
 
+def is_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` holds a checkpoint (a ``config.json`` naming its task), complete or not."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("task"), str)
+
+
+def check_output_folder(folder: str | Path) -> Path:
+    """``folder`` if a checkpoint may be written there (missing, empty or a checkpoint); otherwise a
+    ``CheckpointError`` saying why. Called before training, so a bad ``--out`` fails in a second."""
+    folder = Path(folder)
+    try:
+        folders.refuse_unless_replaceable(folder, is_checkpoint, "checkpoint")
+    except folders.FolderError as exc:
+        raise CheckpointError(str(exc)) from None
+    return folder
+
+
 def write_checkpoint(folder: str | Path, predictor: Any, task: str, config: dict[str, Any],
                      data_fingerprint: dict[str, Any], metrics: dict[str, Any],
                      scaler: dict[str, Any] | None = None) -> Path:
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    """Write the checkpoint to ``folder``, replacing a checkpoint there; a folder that is neither
+    empty nor a checkpoint is refused (``CheckpointError``) and left as it was."""
+    folder = check_output_folder(folder)
+    scratch = folders.scratch_for(folder)
     try:
         predictor.save_task(task, scratch / task)
         full = {"task": task, **config, "backbone_fingerprint": predictor.backbone.fingerprint,
@@ -63,9 +87,10 @@ def write_checkpoint(folder: str | Path, predictor: Any, task: str, config: dict
         _write(scratch / METRICS_FILE, metrics)
         if scaler is not None:
             _write(scratch / SCALER_FILE, scaler)
-        if folder.exists():
-            shutil.rmtree(folder)
-        scratch.rename(folder)
+        folders.install(scratch, folder, is_checkpoint, "checkpoint")
+    except folders.FolderError as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise CheckpointError(str(exc)) from None
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise

@@ -29,6 +29,7 @@ from models.training.checkpoint import (
     EVALUATION_FILE,
     Checkpoint,
     CheckpointError,
+    check_output_folder,
     load_into,
     read_checkpoint,
     write_checkpoint,
@@ -109,6 +110,7 @@ class RegressorTrainer:
     def train(self, bars: BarArrays, folder: str | Path, describe: dict[str, Any] | None = None) -> dict[str, Any]:
         """Train and write the checkpoint; ``describe`` (how to load the bars again) goes into
         ``config.json`` so ``evaluate`` can rebuild the same split."""
+        check_output_folder(folder)  # a folder that is not ours is refused before, not after, training
         config = self.config
         data = prepare_regression_data(bars, config)
         started = time.perf_counter()

@@ -26,6 +26,7 @@ from models.training.checkpoint import (
     EVALUATION_FILE,
     Checkpoint,
     CheckpointError,
+    check_output_folder,
     load_into,
     read_checkpoint,
     write_checkpoint,
@@ -86,6 +87,7 @@ class SentimentTrainer:
         self._backbone = backbone
 
     def train(self, data: SentimentData, folder: str | Path, describe: dict[str, Any] | None = None) -> dict[str, Any]:
+        check_output_folder(folder)  # a folder that is not ours is refused before, not after, training
         config = self.config
         started = time.perf_counter()
         backbone = self._backbone or load_backbone(config.backbone)
