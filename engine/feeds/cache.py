@@ -54,6 +54,7 @@ LOCK = ".lock"
 BAR_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
 FUNDING_COLUMNS = ("timestamp", "fundingRate")
 KINDS = {"bars": BAR_COLUMNS, "funding": FUNDING_COLUMNS}
+_DATA_FILE = re.compile(r"data-[0-9a-f]{1,64}\.csv\.gz")  # what ``meta.json``'s "file" may name
 
 Range = tuple[int, int]
 
@@ -172,7 +173,7 @@ class MarketCache:
         meta_path = folder / META
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            data_path = folder / str(meta["file"])
+            data_path = _data_file(folder, meta["file"])
             blob = data_path.read_bytes()
             if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
                 raise DataError(f"{data_path.name}: checksum mismatch (the file changed after it was written)")
@@ -272,6 +273,14 @@ class MarketCache:
         self.notes.append(f"cache: the {key.describe()} in {folder} were unreadable ({reason}); "
                           "removed them, they will be fetched again")
         log.warning(self.notes[-1])
+
+
+def _data_file(folder: Path, name: object) -> Path:
+    """The data file ``meta.json`` names, which must be one of this folder's ``data-<hash>.csv.gz``
+    files: a damaged or crafted meta must not make the cache read (or vouch for) a file elsewhere."""
+    if not isinstance(name, str) or not _DATA_FILE.fullmatch(name):
+        raise DataError(f"meta.json names the data file {name!r}, not a data-<hash>.csv.gz file of its folder")
+    return folder / name
 
 
 @contextlib.contextmanager
