@@ -55,7 +55,7 @@ def crafted_store(one_run: Path, tmp_path: Path, run_id: str) -> Path:
     return db
 
 
-@pytest.mark.parametrize("run_id", ["../../escaped", "/tmp/absolute", "a/b", "..", "a\\..\\b"])
+@pytest.mark.parametrize("run_id", ["../../escaped", "/tmp/absolute", "a/b", "..", "a\\..\\b", "line\nbreak"])
 def test_a_run_id_that_is_a_path_cannot_make_report_write_outside_the_reports_folder(one_run, tmp_path, run_id):
     db = crafted_store(one_run, tmp_path, run_id)
     reports = tmp_path / "deep" / "reports"

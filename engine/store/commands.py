@@ -130,11 +130,10 @@ def report_folder(reports_dir: Path, name: str, *run_ids: str) -> Path:
     from engine.store.db import StoreError
 
     for run_id in run_ids or (name,):
-        if (run_id in ("", ".", "..") or any(c in run_id for c in "/\\") or run_id.startswith("~")
-                or not run_id.isprintable()):
+        if run_id in ("", ".", "..") or any(c in run_id for c in "/\\") or not run_id.isprintable():
             raise StoreError(f"the store holds a run id {run_id!r} that is not a plain folder name (a path "
-                             f"separator, '..' or a control character): its report is not written under "
-                             f"{reports_dir}; name the folder with --out DIR")
+                             f"separator, '..' or a control character), so its report is not written under "
+                             f"{reports_dir}: name the report's folder with --out DIR")
     folder = reports_dir / name
     root = reports_dir.resolve()
     if folder.resolve().parent != root:
