@@ -30,6 +30,22 @@ from engine.errors import ConfigError
 
 T = TypeVar("T")
 
+# Bounds beyond which a number is a typo, not a setting (every float is also checked to be finite: ``build``).
+_MAX_NOTIONAL = 1e12  # quote currency: cash, a minimum order value or a "limit" above this is a typo (0 = no limit)
+_MAX_WAIT_S = 3_600.0  # one wait for a network answer or a lock
+_MAX_DAEMON_S = 86_400.0  # the daemon's periods and timeouts
+_MAX_BPS = 10_000.0  # 100%
+_MAX_FUNDING_RATE = 0.1  # per 8-hour settlement: 10%, far above any exchange's cap
+_MAX_LEVERAGE = 1_000.0
+_MAX_PRICE_STEP = 1e9  # a tick size or lot step
+
+
+def _check_range(owner: object, name: str, low: float, high: float, *, open_low: bool = False) -> None:
+    """``owner.name`` in ``[low, high]`` (``(low, high]`` with ``open_low``), else a ValueError naming it."""
+    value = getattr(owner, name)
+    if not (low < value <= high if open_low else low <= value <= high):
+        raise ValueError(f"{name} must be a finite number in {'(' if open_low else '['}{low:g}, {high:g}], got {value}")
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -40,8 +56,7 @@ class RunConfig:
     end: str = ""  # exclusive; "" = to the last bar
 
     def __post_init__(self) -> None:
-        if not self.starting_cash > 0:
-            raise ValueError("must be positive")
+        _check_range(self, "starting_cash", 0.0, _MAX_NOTIONAL, open_low=True)
 
 
 @dataclass(frozen=True)
@@ -66,8 +81,7 @@ class DataConfig:
     api_url: str = ""  # Bybit only: another base URL (a fake Bybit on 127.0.0.1, to rehearse offline)
 
     def __post_init__(self) -> None:
-        if not self.timeout_s > 0:
-            raise ValueError("timeout_s must be positive")
+        _check_range(self, "timeout_s", 0.0, _MAX_WAIT_S, open_low=True)
         if not 0 <= self.retries <= 20:
             raise ValueError("retries must be between 0 and 20")
 
@@ -83,8 +97,10 @@ class InstrumentConfig:
 
     def __post_init__(self) -> None:
         for name in ("tick_size", "lot_step"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive")
+            _check_range(self, name, 0.0, _MAX_PRICE_STEP, open_low=True)
+        for name in ("min_quantity", "min_notional"):
+            _check_range(self, name, 0.0, _MAX_NOTIONAL)
+        _check_range(self, "max_leverage", 0.0, _MAX_LEVERAGE, open_low=True)
         if self.contract == "spot" and self.max_leverage != 1.0:
             raise ValueError("max_leverage must be 1 for spot instruments")
 
@@ -105,6 +121,9 @@ class CostsConfig:
                 raise ValueError(f"{name} {value} is outside [-0.01, 0.05]; rates are fractions (0.001 = 0.1%)")
         if self.slippage_bps < 0 or self.half_spread_bps < 0:
             raise ValueError("slippage_bps and half_spread_bps must be >= 0")
+        for name in ("slippage_bps", "half_spread_bps"):
+            _check_range(self, name, 0.0, _MAX_BPS)
+        _check_range(self, "funding_rate", -_MAX_FUNDING_RATE, _MAX_FUNDING_RATE)
 
     def fee_rates(self, contract: ContractType) -> tuple[float, float]:
         """(maker, taker) for ``contract``: the set rates, or Bybit's VIP0 schedule where "vip0"."""
@@ -133,8 +152,7 @@ class StoreConfig:
     def __post_init__(self) -> None:
         if not self.url:
             raise ValueError("url must not be empty (set enabled = false to record nothing)")
-        if not self.busy_timeout >= 0:
-            raise ValueError("busy_timeout must be >= 0")
+        _check_range(self, "busy_timeout", 0.0, _MAX_WAIT_S)
 
 
 @dataclass(frozen=True)
@@ -158,14 +176,17 @@ class PaperConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+            _check_range(self, name, 0.0, _MAX_DAEMON_S)
         if not 0 < self.late_fraction <= 1:
             raise ValueError(f"late_fraction must be in (0, 1], got {self.late_fraction}")
         if self.warmup_bars < 0:
             raise ValueError(f"warmup_bars must be >= 0, got {self.warmup_bars}")
+        _check_range(self, "warmup_bars", 0, 1_000_000)
         if self.poll_s == 0:
             raise ValueError("poll_s must be above 0")
         if self.history_capacity < 2:
             raise ValueError("history_capacity must be >= 2")
+        _check_range(self, "history_capacity", 2, 10_000_000)
 
 
 @dataclass(frozen=True)
@@ -203,7 +224,6 @@ class LiveConfig:
             raise ValueError(f"api_url must be an http(s) URL, got {self.api_url!r}")
 
 
-_MAX_NOTIONAL = 1e12  # quote currency: a "limit" above this is a typo (0 means no limit)
 _MAX_ORDERS_PER_MINUTE = 10_000
 
 
@@ -375,9 +395,23 @@ def build(cls: type[T], table: Mapping[str, Any], *, where: str = "config", path
         else:
             values[name] = _convert(hint, value, where, full)
     try:
-        return dataclasses.replace(base, **values) if base is not None else cls(**values)
-    except (ValueError, TypeError) as exc:
+        built = dataclasses.replace(base, **values) if base is not None else cls(**values)
+    except (ValueError, TypeError, OverflowError) as exc:
         raise ConfigError(f"{where}: [{path or cls.__name__}] {exc}") from None
+    for name, value in values.items():  # after the class's own checks, whose messages say more
+        if not _finite(value):
+            full = f"{path}.{name}" if path else name
+            raise ConfigError(f"{where}: {full} = {value!r}: expected a finite number (inf and nan are no settings)")
+    return built
+
+
+def _finite(value: Any) -> bool:
+    """False for a float (or an array holding one) that is inf or nan."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, tuple):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def _default(f: dataclasses.Field) -> Any:

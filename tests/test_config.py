@@ -36,7 +36,7 @@ def test_shipped_config_loads_and_matches_defaults():
     (["costs.slippage_bps=-1"], "slippage_bps and half_spread_bps must be >= 0"),
     (["costs.taker_fee=5"], "outside [-0.01, 0.05]"),
     (["costs.taker_fee=vipp0"], "costs.taker_fee = 'vipp0' is not valid"),
-    (["run.starting_cash=0"], "[run] must be positive"),
+    (["run.starting_cash=0"], "[run] starting_cash must be a finite number in (0, 1e+12]"),
     (["instrument.max_leverage=5"], "max_leverage must be 1 for spot"),
     (["sample.bars=true"], "sample.bars = True: expected an integer"),
     (["data.drop_bad_rows=1"], "expected true or false"),
@@ -115,3 +115,52 @@ def test_malformed_file_and_missing_file(tmp_path):
 def test_sample_market_settings_are_validated():
     with pytest.raises(ConfigError, match=r"\[sample\].*bars"):
         prepare_backtest(load_config(None, ["sample.bars=0"]))
+
+
+@pytest.mark.parametrize("override", [
+    "store.busy_timeout=inf", "run.starting_cash=inf", "run.starting_cash=nan", "data.timeout_s=inf",
+    "costs.slippage_bps=inf", "costs.half_spread_bps=nan", "costs.funding_rate=inf", "sample.drift=inf",
+    "instrument.tick_size=inf", "instrument.lot_step=inf", "instrument.min_quantity=nan",
+    "instrument.min_notional=inf", "instrument.max_leverage=nan", "sample.volatility=inf",
+    "sample.start_price=inf", "sample.headlines_per_day=inf", "paper.settle_s=nan",
+])
+def test_a_float_setting_must_be_finite_and_the_error_names_its_key(override):
+    key = override.partition("=")[0]
+    section, name = key.split(".")
+    with pytest.raises(ConfigError) as info:
+        load_settings(ROOT / "config.toml", [override])
+    text = str(info.value)
+    assert (key in text or (f"[{section}]" in text and name in text)) and "finite" in text, text
+
+
+def test_a_float_strategy_or_component_parameter_must_be_finite():
+    from engine.session import strategy_factory
+
+    with pytest.raises(ConfigError, match=r"strategies\.llm_signal\.leverage = inf: expected a finite number"):
+        strategy_factory(load_config(None, ["run.strategy=llm_signal", "strategies.llm_signal.leverage=inf"]))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("store.busy_timeout=1e300", "[store] busy_timeout must be"),
+    ("run.starting_cash=1e300", "[run] starting_cash must be"),
+    ("data.timeout_s=1e300", "[data] timeout_s must be"),
+    ("costs.slippage_bps=1e9", "[costs] slippage_bps must be"),
+    ("costs.half_spread_bps=1e9", "[costs] half_spread_bps must be"),
+    ("costs.funding_rate=5", "[costs] funding_rate must be"),
+    ("instrument.tick_size=1e300", "[instrument] tick_size must be"),
+    ("instrument.min_notional=-1", "[instrument] min_notional must be"),
+    ("instrument.min_quantity=1e300", "[instrument] min_quantity must be"),
+    ("paper.poll_s=1e300", "[paper] poll_s must be"),
+    ("paper.max_wait_s=1e300", "[paper] max_wait_s must be"),
+    ("paper.warmup_bars=1000000000", "[paper] warmup_bars must be"),
+    ("paper.history_capacity=1000000000000", "[paper] history_capacity must be"),
+])
+def test_absurd_numbers_are_refused_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_settings(ROOT / "config.toml", [override])
+    assert message in str(info.value)
+
+
+def test_an_absurd_leverage_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"\[instrument\] max_leverage must be"):
+        load_settings(ROOT / "config.toml", ["instrument.contract='linear_perp'", "instrument.max_leverage=1e9"])

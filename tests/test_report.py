@@ -141,3 +141,23 @@ def test_backtest_report_flag_writes_the_report_and_says_where(tmp_path, monkeyp
     assert all(png_size(html.parent / f"{name}.png")[0] > 300 for name in CHARTS)
     code, _ = run_cli("backtest", "--report", "--set", "store.enabled=false", "--set", "logging.file=''")
     assert code == 2  # refused up front: a report needs the recorded run
+
+
+def test_a_dollar_in_the_symbol_or_file_name_is_drawn_as_written(tmp_path, monkeypatch):
+    """matplotlib reads ``$...$`` as maths: a symbol such as ``$X$`` or ``a$b$c.csv`` must not crash
+    (or change) the charts' titles and labels."""
+    from engine.report import charts
+    from engine.testing.bars import random_walk, write_csv
+
+    monkeypatch.chdir(tmp_path)
+    data = write_csv(random_walk(300), tmp_path / "bars $x^{2 $.csv")
+    summary = record(tmp_path / "store.db", "--data", str(data), "--set", "data.symbol='A$^$B'")
+    code, out = run_cli("report", summary["run_id"], "--db", str(tmp_path / "store.db"), "--out", str(tmp_path / "r"),
+                        "--json")
+    assert code == 0 and [Path(p).name for p in json.loads(out)["charts"]] == [f"{c}.png" for c in CHARTS]
+    store = open_store(tmp_path / "store.db", create=False)
+    run = load_run(store, find_run(store, summary["run_id"]))
+    store.close()
+    fig = charts.equity_chart(run)
+    title = fig.axes[0].title if fig.axes[0].get_title() else fig.axes[0]._left_title
+    assert "bars $x^{2 $.csv" in title.get_text() and not title.get_parse_math()

@@ -42,6 +42,7 @@ _DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, zipfile.Bad
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"PK\x03\x04", "zip"),
           (b"\x28\xb5\x2f\xfd", "zstd"))
 _CHUNK = 1 << 20  # most bytes taken per read of a decompressed stream
+MAX_HEADER_BYTES = 1 << 20  # a first line (the header) longer than this is refused before more is read
 # Normalised column name (see normalise_name) -> canonical field. The first time alias found wins.
 _TIME_ALIASES = ("open time", "opentime", "timestamp", "unix", "unix timestamp", "datetime", "date time", "ts")
 _FIELD_ALIASES = {
@@ -173,12 +174,20 @@ def _decompress(path: Path, name: str) -> bytes:
     """The file's bytes, decompressed by its suffix; a damaged stream says up to which line it was read."""
     suffix = next((s for s in _COMPRESSION_SUFFIXES if name.lower().endswith(s)), "")
     if not suffix:
-        return path.read_bytes()
+        with path.open("rb") as plain:
+            _check_header(plain.read(MAX_HEADER_BYTES + 1), name)
+            plain.seek(0)
+            return plain.read()
     chunks: list[bytes] = []
+    header_seen = False
     try:
         with _open_compressed(path, name, suffix) as handle:
             while chunk := handle.read1(_CHUNK):  # read1: what decompressed before a break is kept
                 chunks.append(chunk)
+                if not header_seen:  # a small compressed file can hold a huge first line: stop early
+                    header_seen = b"\n" in chunk or sum(map(len, chunks)) > MAX_HEADER_BYTES
+                    if header_seen:
+                        _check_header(b"".join(chunks)[: MAX_HEADER_BYTES + 1], name)
     except (DataError, FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except _DECOMPRESS_ERRORS as exc:
@@ -188,6 +197,15 @@ def _decompress(path: Path, name: str) -> bytes:
         problem = "ends early (the file is truncated)" if isinstance(exc, EOFError) else "cannot be decompressed"
         raise DataError(f"{name}: the {kind} data {problem}: {where} ({type(exc).__name__}: {exc})") from exc
     return b"".join(chunks)
+
+
+def _check_header(head: bytes, name: str) -> None:
+    """Refuse a file whose first line does not end within ``MAX_HEADER_BYTES`` (``head``: its first
+    bytes, one more than that), before the rest is read: no header is that long, and parsing one
+    would take memory in proportion."""
+    if len(head) > MAX_HEADER_BYTES and b"\n" not in head:
+        raise DataError(f"{name}: line 1 is longer than {MAX_HEADER_BYTES:,} bytes: not the header of a CSV file "
+                        f"(is it one line of data, or a file of another kind?)")
 
 
 def _open_compressed(path: Path, name: str, suffix: str) -> BinaryIO:
@@ -233,7 +251,7 @@ def _line_at(data: bytes, offset: int) -> int:
 
 def sniff_delimiter(data: bytes) -> str:
     """The most frequent of ``, ; tab |`` in the first line of ``data`` (comma when none occurs)."""
-    first = data[: 1 << 20].split(b"\n", 1)[0]
+    first = data[:MAX_HEADER_BYTES].split(b"\n", 1)[0]
     counts = {sep: first.count(sep.encode()) for sep in (",", ";", "\t", "|")}
     best = max(counts, key=counts.__getitem__)
     return best if counts[best] else ","

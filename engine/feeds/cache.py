@@ -64,6 +64,7 @@ LOCK = ".lock"
 BAR_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
 FUNDING_COLUMNS = ("timestamp", "fundingRate")
 KINDS = {"bars": BAR_COLUMNS, "funding": FUNDING_COLUMNS}
+_DATA_FILE = re.compile(r"data-[0-9a-f]{1,64}\.csv\.gz")  # what ``meta.json``'s "file" may name
 
 Range = tuple[int, int]
 
@@ -201,7 +202,7 @@ class MarketCache:
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             _check_owner(key, meta)
-            data_path = folder / str(meta["file"])
+            data_path = _data_file(folder, meta["file"])
             blob = data_path.read_bytes()
             if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
                 raise DataError(f"{data_path.name}: checksum mismatch (the file changed after it was written)")
@@ -357,6 +358,14 @@ def _refuse_foreign(key: CacheKey, folder: Path) -> None:
     except _OtherSymbol as exc:
         raise DataError(f"cache: {folder} {exc}; refusing to write over it. Move that folder away "
                         "(or delete it if the data is not needed) and run again") from None
+
+
+def _data_file(folder: Path, name: object) -> Path:
+    """The data file ``meta.json`` names, which must be one of this folder's ``data-<hash>.csv.gz``
+    files: a damaged or crafted meta must not make the cache read (or vouch for) a file elsewhere."""
+    if not isinstance(name, str) or not _DATA_FILE.fullmatch(name):
+        raise DataError(f"meta.json names the data file {name!r}, not a data-<hash>.csv.gz file of its folder")
+    return folder / name
 
 
 @contextlib.contextmanager

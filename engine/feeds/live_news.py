@@ -7,7 +7,8 @@ with punctuation removed, so the same story re-published or syndicated is delive
 
 A headline's time is its publish time; one without a publish time gets the moment it was first seen
 (never earlier: no lookahead). Network trouble raises ``TemporaryError`` (the next poll will try again);
-a malformed item is skipped and counted, never fatal. Fetching is injectable for tests.
+a malformed item is skipped and counted, never fatal. Fetching is injectable for tests. Only http(s)
+URLs are fetched, and an answer larger than ``MAX_RESPONSE_BYTES`` is refused after reading that much.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import calendar
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -24,10 +26,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.domain.values import News
-from engine.errors import TemporaryError
+from engine.errors import ConfigError, TemporaryError
 
 SEEN_LIMIT = 20_000  # keys remembered per poller (oldest forgotten first)
 USER_AGENT = "llmtrader/0.1 (+news poller)"
+MAX_RESPONSE_BYTES = 5 << 20  # a feed's answer (feeds are tens of KB); a larger one is refused
+_SCHEMES = ("http", "https")
 
 
 def fold(headline: str) -> str:
@@ -168,6 +172,7 @@ class RssPoller(NewsPoller):
     def __init__(self, url: str, symbol: str | None = None, *, timeout_s: float = 10.0,
                  fetch: Callable[[str, float], bytes] | None = None, **kwargs: Any) -> None:
         super().__init__(symbol, **kwargs)
+        check_feed_url(url)
         self.url = url
         self.timeout_s = timeout_s
         self.fetch = fetch or fetch_url
@@ -194,14 +199,31 @@ class RssPoller(NewsPoller):
         return items
 
 
+def check_feed_url(url: str) -> None:
+    """Refuse (``ConfigError``) a feed URL that is not http(s): urllib would also read ``file://`` and ``ftp://``."""
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in _SCHEMES:
+        raise ConfigError(f"news feed {url!r}: only http(s) URLs are fetched"
+                          f"{f', not {scheme}:' if scheme else ' (this is no URL)'}")
+
+
 def fetch_url(url: str, timeout_s: float) -> bytes:
-    """GET ``url`` with a timeout; network trouble becomes ``TemporaryError``."""
+    """GET an http(s) ``url`` with a timeout, reading at most ``MAX_RESPONSE_BYTES``; network trouble,
+    a redirect away from http(s) and a larger answer become ``TemporaryError``."""
+    check_feed_url(url)
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - feed URLs are the user's
-            return response.read()
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - checked: http(s) only
+            landed = response.geturl()
+            if urllib.parse.urlsplit(landed).scheme.lower() not in _SCHEMES:
+                raise TemporaryError(f"{url}: redirected to {landed!r}, not an http(s) URL; not read")
+            body = response.read(MAX_RESPONSE_BYTES + 1)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise TemporaryError(f"cannot fetch {url}: {getattr(exc, 'reason', exc)}") from exc
+    if len(body) > MAX_RESPONSE_BYTES:
+        raise TemporaryError(f"{url}: the answer is larger than {MAX_RESPONSE_BYTES:,} bytes; not read further "
+                             "(a news feed is far smaller)")
+    return body
 
 
 class NewsHub:

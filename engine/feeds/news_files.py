@@ -12,9 +12,11 @@ vectorised with pandas, one known format at a time; only the rows no format fits
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -89,15 +91,17 @@ def load_news(path: str | Path, *, symbol: str | None = None, tz: str = "UTC") -
     frame, symbols = _symbols(frame, symbol_col, symbol, path.name)
     headlines = frame[headline_col].str.replace(r"\s+", " ", regex=True).str.strip()
     filled = (headlines != "").to_numpy()
-    ts = _parse_times(frame[time_col][filled], zone, path, time_col)
-    table = pd.DataFrame({"ts": ts, "headline": headlines[filled].to_numpy(), "symbol": symbols[filled].to_numpy()})
+    cells = pd.DataFrame({"time": frame[time_col], "headline": headlines, "symbol": symbols})[filled]
+    distinct = cells[~cells.duplicated()]  # exact copies go before the (slow) time parsing
+    ts = _parse_times(distinct["time"], zone, path, time_col)
+    table = pd.DataFrame({"ts": ts, "headline": distinct["headline"].to_numpy(), "symbol": distinct["symbol"].to_numpy()})
     unique = table.drop_duplicates().sort_values(["ts", "headline"], kind="stable")
     source = file_stem(path)
     items = tuple(
         News(ts_event=int(t), headline=h, symbol=s or None, source=source)
         for t, h, s in zip(unique["ts"].to_numpy(), unique["headline"], unique["symbol"])
     )
-    return LoadedNews(items=items, duplicates_removed=len(table) - len(unique), empty_rows_skipped=int((~filled).sum()))
+    return LoadedNews(items=items, duplicates_removed=len(cells) - len(unique), empty_rows_skipped=int((~filled).sum()))
 
 
 def _zone(tz: str, name: str) -> ZoneInfo:
@@ -230,7 +234,7 @@ def _line_of(path: Path, row: int) -> int:
     if _is_json_lines(path):
         return _json_lines(path)[row][0]
     data = read_text(path)
-    with io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="") as handle:
+    with io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="") as handle, _field_limit(len(data)):
         reader = csv.reader(handle, delimiter=sniff_delimiter(data))
         record, end = -1, 0  # the header is record -1
         for fields in reader:
@@ -241,6 +245,18 @@ def _line_of(path: Path, row: int) -> int:
                 return start
             record += 1
     return row + 2
+
+
+@contextlib.contextmanager
+def _field_limit(size: int) -> Iterator[None]:
+    """csv's field size limit (131,072 characters) raised to ``size`` for one read: no field of a file
+    is longer than the file, and pandas, which read the file first, has no such limit."""
+    before = csv.field_size_limit()
+    csv.field_size_limit(max(before, size))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
 
 
 _JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")

@@ -124,6 +124,12 @@ _WICK_SCALE = 0.5  # mean wick beyond open/close, in units of volatility
 _BASE_VOLUME = 1_000.0
 _NEWS_VOLUME_BOOST = 0.5  # extra volume per headline whose effect is running
 _MAX_ABS_LOG_PRICE = 600.0  # keeps exp() of prices and wicks finite and nonzero in float64
+# Sizes: the market is built in memory (a few hundred bytes per headline, ~100 per bar).
+MAX_BARS = 5_000_000  # over 500 years of hourly bars
+MAX_EFFECT_BARS = 10_000
+MAX_HEADLINES_PER_DAY = 10_000.0
+MAX_HEADLINES = 2_000_000  # expected headlines over the whole market
+_LAST_MS = 253_402_300_800_000  # 10000-01-01 UTC: the market must end before
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,15 +153,17 @@ def _validate(config: SampleMarketConfig) -> tuple[int, int]:
         raise ValueError(f"SampleMarketConfig.start: {exc}") from exc
     if not config.symbol:
         raise ValueError("SampleMarketConfig.symbol must not be empty")
-    for name in ("bars", "effect_bars"):
+    for name, most in (("bars", MAX_BARS), ("effect_bars", MAX_EFFECT_BARS)):
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"SampleMarketConfig.{name} must be a positive integer, got {value!r}")
+        if value > most:
+            raise ValueError(f"SampleMarketConfig.{name} must be at most {most:,}, got {value:,}")
     rules = {  # field -> (test, what it must be)
         "start_price": (lambda v: v > 0, "> 0"),
         "volatility": (lambda v: v > 0, "> 0"),
         "drift": (lambda v: True, "finite"),
-        "headlines_per_day": (lambda v: v >= 0, ">= 0"),
+        "headlines_per_day": (lambda v: 0 <= v <= MAX_HEADLINES_PER_DAY, f"in [0, {MAX_HEADLINES_PER_DAY:,.0f}]"),
         "tone_effect": (lambda v: v >= 0, ">= 0"),
         "neutral_share": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     }
@@ -163,6 +171,14 @@ def _validate(config: SampleMarketConfig) -> tuple[int, int]:
         value = getattr(config, name)
         if not isinstance(value, int | float) or not math.isfinite(value) or not ok(value):
             raise ValueError(f"SampleMarketConfig.{name} must be {rule}, got {value!r}")
+    if start_ms + config.bars * timeframe_ms > _LAST_MS:
+        raise ValueError(f"SampleMarketConfig.bars: {config.bars:,} bars of {config.timeframe} from {config.start} "
+                         "end after the year 9999; use fewer or shorter bars")
+    expected = config.headlines_per_day * config.bars * timeframe_ms / MS_PER_DAY
+    if expected > MAX_HEADLINES:
+        raise ValueError(f"SampleMarketConfig.headlines_per_day must be lower: {config.headlines_per_day:g} a day over "
+                         f"{config.bars:,} bars of {config.timeframe} is ~{expected:,.0f} headlines, at most "
+                         f"{MAX_HEADLINES:,} are generated")
     return timeframe_ms, start_ms
 
 

@@ -2,14 +2,21 @@
 display: ``Figure`` renders through the Agg canvas). Each function draws one chart from a run's
 stored record and returns the ``Figure``; ``save`` writes it.
 
+Every chart shows its text as written: a ``$`` in a symbol, file name or run id is not maths text
+(matplotlib would read ``$...$`` as mathtext, change it or fail on it), so each chart is drawn with
+``text.parse_math`` and ``text.usetex`` off.
+
 Long runs are thinned for drawing only (a chart is ~1,300 pixels wide): each bucket keeps its
 last point and, for the drawdown, its deepest one, so no spike disappears.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec
 
 import matplotlib as mpl
 import numpy as np
@@ -34,6 +41,17 @@ COLORS = {"strategy": "#1f5fa8", "hold": "#8c8c8c", "buy": "#1a9850", "sell": "#
           "spread": "#fdae61", "slippage": "#f46d43", "funding": "#762a83", "dd": "#d73027", "b": "#e08214"}
 PERCENT = ticker.PercentFormatter(xmax=1.0, decimals=0)
 MONEY = ticker.FuncFormatter(lambda x, _: f"{x:,.0f}")
+AS_WRITTEN = {"text.parse_math": False, "text.usetex": False}  # see the module's docstring
+P = ParamSpec("P")
+
+
+def _as_written(draw: Callable[P, Figure]) -> Callable[P, Figure]:
+    """Draw under ``AS_WRITTEN``: every text object the chart makes shows its string as it is."""
+    @functools.wraps(draw)
+    def drawn(*args: P.args, **kwargs: P.kwargs) -> Figure:
+        with mpl.rc_context(AS_WRITTEN):
+            return draw(*args, **kwargs)
+    return drawn
 
 
 def save(fig: Figure, path: Path) -> Path:
@@ -94,6 +112,7 @@ def _empty(ax, text: str = "nothing recorded") -> None:
 
 
 # -- one run -------------------------------------------------------------------------------------
+@_as_written
 def equity_chart(data: RunData) -> Figure:
     fig, (ax,) = _figure()
     ax.set_title(f"Equity vs buy-and-hold\n{_subtitle(data)}", loc="left")
@@ -118,6 +137,7 @@ def equity_chart(data: RunData) -> Figure:
     return fig
 
 
+@_as_written
 def drawdown_chart(data: RunData) -> Figure:
     fig, (ax,) = _figure(height=3.6)
     ax.set_title(f"Drawdown from the running peak\n{_subtitle(data)}", loc="left")
@@ -141,6 +161,7 @@ def drawdown_chart(data: RunData) -> Figure:
     return fig
 
 
+@_as_written
 def price_chart(data: RunData) -> Figure:
     """Each symbol's closes with its buy and sell fills; a long run gets a second panel with its last
     ``RECENT_BARS`` bars, where single entries and exits can be told apart."""
@@ -171,6 +192,7 @@ def price_chart(data: RunData) -> Figure:
     return fig
 
 
+@_as_written
 def position_chart(data: RunData) -> Figure:
     fig, (top, bottom) = _figure(height=5.6, rows=2, ratios=[1.3, 1.0])
     top.set_title(f"Position over time\n{_subtitle(data)}", loc="left")
@@ -201,6 +223,7 @@ def position_chart(data: RunData) -> Figure:
     return fig
 
 
+@_as_written
 def cost_chart(data: RunData) -> Figure:
     fig = Figure(figsize=(WIDTH, 4.4), layout="constrained")
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.0, 1.6]})
@@ -235,6 +258,7 @@ def cost_chart(data: RunData) -> Figure:
     return fig
 
 
+@_as_written
 def monthly_chart(data: RunData) -> Figure:
     table = stats.monthly_table(data)
     if table.empty:
@@ -283,6 +307,7 @@ def _yearly_chart(data: RunData) -> Figure:
     return fig
 
 
+@_as_written
 def signal_chart(data: RunData) -> Figure:
     """The strategy's signal against the price, on one time axis: the aggregated score with the
     regression and news components it averages (and the score a decision needed to enter), then
@@ -356,6 +381,7 @@ CHARTS = {
 
 
 # -- two runs ------------------------------------------------------------------------------------
+@_as_written
 def comparison_chart(a: RunData, b: RunData) -> Figure:
     fig, (top, bottom) = _figure(height=6.4, rows=2, ratios=[1.6, 1.0])
     top.set_title(f"Comparison: return and drawdown\nA = {a.info.run_id} ({a.info.strategy})   "

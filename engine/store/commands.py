@@ -121,10 +121,29 @@ def write_run_report(config: Config, run_id: str) -> Path:
     store = open_store(config.store.url, create=False, busy_timeout=config.store.busy_timeout)
     try:
         info = find_run(store, run_id)
-        return write_report(load_run(store, info), Path(config.store.reports_dir) / info.run_id,
+        return write_report(load_run(store, info), report_folder(Path(config.store.reports_dir), info.run_id),
                             database=store.name).html
     finally:
         store.close()
+
+
+def report_folder(reports_dir: Path, name: str, *run_ids: str) -> Path:
+    """``reports_dir / name``, a folder named after run ids (``run_ids``, default ``name`` itself). Run
+    ids come from the store, and a crafted store (``--db``) must not make a report write elsewhere: a
+    name that is not one plain folder name inside ``reports_dir`` is a ``StoreError``."""
+    from engine.store.db import StoreError
+
+    for run_id in run_ids or (name,):
+        if run_id in ("", ".", "..") or any(c in run_id for c in "/\\") or not run_id.isprintable():
+            raise StoreError(f"the store holds a run id {run_id!r} that is not a plain folder name (a path "
+                             f"separator, '..' or a control character), so its report is not written under "
+                             f"{reports_dir}: name the report's folder with --out DIR")
+    folder = reports_dir / name
+    root = reports_dir.resolve()
+    if folder.resolve().parent != root:
+        raise StoreError(f"the report folder for run id {name!r} would lie outside {reports_dir}; "
+                         "name the folder with --out DIR")
+    return folder
 
 
 # -- runs and report -----------------------------------------------------------------------------
@@ -220,11 +239,11 @@ def _report(store: Store, args: argparse.Namespace, reports_dir: Path) -> int:
 
     if args.compare:
         a, b = (find_run(store, rid) for rid in args.compare)  # both checked before anything is written
-        out = args.out or reports_dir / f"compare-{a.run_id}-vs-{b.run_id}"
+        out = args.out or report_folder(reports_dir, f"compare-{a.run_id}-vs-{b.run_id}", a.run_id, b.run_id)
         written = write_comparison(load_run(store, a), load_run(store, b), out)
     else:
         info = find_run(store, args.run_id, latest=args.latest)
-        out = args.out or reports_dir / info.run_id
+        out = args.out or report_folder(reports_dir, info.run_id)
         written = write_report(load_run(store, info), out, database=store.name)
     if args.json:
         print(json.dumps({"html": str(written.html), "charts": [str(p) for p in written.charts]}))
