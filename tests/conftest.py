@@ -19,15 +19,18 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def isolated_store(tmp_path_factory, monkeypatch):
-    """Command-line runs inside tests record into a temporary database, never into the checkout's
-    logs/engine.db. A test's own ``--set store.url=...`` still wins (it comes later)."""
+    """Command-line runs inside tests record into a temporary database and log into a temporary
+    file, never into the checkout's logs/engine.db and logs/engine.log. A test's own
+    ``--set store.url=...`` or ``--set logging.file=...`` still wins (it comes later). Commands run
+    in a subprocess set both themselves."""
     import engine.cli as cli
 
-    database = tmp_path_factory.mktemp("store") / "engine.db"
+    folder = tmp_path_factory.mktemp("store")
+    database, log_file = folder / "engine.db", folder / "engine.log"
     original = cli._config
 
     def config(args, flags=()):
-        args.overrides = [f'store.url="sqlite:///{database}"', *args.overrides]
+        args.overrides = [f'store.url="sqlite:///{database}"', f'logging.file="{log_file}"', *args.overrides]
         return original(args, flags)
 
     monkeypatch.setattr(cli, "_config", config)

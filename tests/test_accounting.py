@@ -11,12 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.backtest import run_backtest
 from engine.costs import ConstantFunding, CostModels, FixedBps
 from engine.domain import ContractType, Fill, FundingPayment, Liquidity, OrderType, Side
 from engine.errors import OperationalError
 from engine.portfolio import Portfolio
 from engine.timeutil import MS_PER_HOUR
-from tests.helpers import instrument, run
+from tests.helpers import Scripted, candles, instrument
 
 
 def _fill(side: Side, qty: float, ref: float, *, fee: float = 0.0, extra: float = 0.0) -> Fill:
@@ -106,6 +107,92 @@ def _apply(action):
     return act
 
 
+class Tracked(Scripted):
+    """``Scripted`` that also records each order's ending: cancelled, expired, or open at the stop."""
+
+    def __init__(self, actions) -> None:
+        super().__init__(actions)
+        self.cancelled: list[str] = []
+        self.expired: list[str] = []
+        self.open_at_end: list[str] = []
+
+    def on_order_cancelled(self, ctx, event) -> None:
+        self.cancelled.append(event.client_order_id)
+
+    def on_order_expired(self, ctx, event) -> None:
+        self.expired.append(event.client_order_id)
+
+    def on_stop(self, ctx) -> None:
+        self.open_at_end = [o.client_order_id for o in ctx.open_orders()]
+
+
+def _reaches(order, o: float, h: float, low: float) -> float | None:
+    """The reference price at which a bar (open, high, low) fills ``order`` by the README's rules,
+    written out again here so the test does not trust the broker's own ``_reach``."""
+    if order.type is OrderType.MARKET:
+        return o
+    level = order.limit_price if order.type is OrderType.LIMIT else order.stop_price
+    buy = order.side is Side.BUY
+    if order.type is OrderType.LIMIT:
+        if (o <= level) if buy else (o >= level):
+            return o
+        return level if ((low <= level) if buy else (h >= level)) else None
+    if (o >= level) if buy else (o <= level):
+        return o
+    return level if ((h >= level) if buy else (low <= level)) else None
+
+
+def check_fills_against_bars(result, rows, ts_open, tf, fill_mode, bps) -> None:
+    """Each fill is where the bars say it must be, not merely where the engine put it."""
+    orders = {o.client_order_id: o for o in result.orders}
+    close_of = {int(t) + tf: i for i, t in enumerate(ts_open)}
+    extra = (bps[0] + bps[1]) / 10_000.0
+    for f in result.fills:
+        order = orders[f.client_order_id]
+        ref = f.reference_price
+        assert f.quantity == pytest.approx(order.quantity, rel=1e-12) and f.side is order.side
+        # The paid price is the reference plus spread and slippage for a taker, exactly it for a maker.
+        if f.liquidity is Liquidity.TAKER:
+            assert f.price == pytest.approx(ref * (1 + f.side * extra), rel=1e-12)
+        else:
+            assert order.type is OrderType.LIMIT and f.price == ref
+        if order.type is OrderType.LIMIT:
+            assert (ref <= order.limit_price) if f.side is Side.BUY else (ref >= order.limit_price)
+        if order.type is OrderType.STOP:
+            assert (ref >= order.stop_price) if f.side is Side.BUY else (ref <= order.stop_price)
+        decided = close_of[order.ts_init]  # decisions are made at bar closes in this test
+        if fill_mode == "close" and order.type is OrderType.MARKET:
+            # The documented exception: at the deciding bar's own close, at that instant.
+            assert (ref, f.ts_event) == (rows[decided][3], order.ts_init)
+            continue
+        # Never on the bar it was decided on: the first candidate is the next bar, and the order
+        # fills on the first bar that reaches it (a reached order that is not filled is rejected).
+        for j in range(decided + 1, len(rows)):
+            o, h, low, _ = rows[j]
+            expected = _reaches(order, o, h, low)
+            if expected is not None:
+                break
+        else:
+            raise AssertionError(f"{order} filled but no bar after its decision reaches it")
+        assert ref == pytest.approx(expected, rel=1e-12, abs=1e-12)
+        assert int(ts_open[j]) >= order.ts_init
+        if ref == o:  # at the open (a market order, or a gap through the level): at the open's instant
+            assert f.ts_event == int(ts_open[j])
+        else:  # inside the bar's range, known only by its close
+            assert low <= ref <= h and f.ts_event == int(ts_open[j]) + tf
+        if order.type is OrderType.MARKET:
+            assert j == decided + 1 and ref == o
+
+
+def check_every_order_accounted(result, strategy) -> None:
+    """Every order ends exactly one way: filled, rejected, cancelled, expired, or open at the end."""
+    filled = [f.client_order_id for f in result.fills]
+    endings = filled + [r.client_order_id for r in result.rejections] + strategy.cancelled + strategy.expired
+    endings += strategy.open_at_end
+    assert len(filled) == len(set(filled)), "an order filled twice (partial fills are not modelled)"
+    assert sorted(endings) == sorted(o.client_order_id for o in result.orders)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rows=markets(),
@@ -121,10 +208,12 @@ def test_invariants_hold_after_every_event(rows, actions, contract, leverage, fe
     inst = instrument(contract=contract, maker=fees[0], taker=fees[1],
                       leverage=leverage if contract is ContractType.LINEAR_PERP else 1.0)
     costs = CostModels(spread=FixedBps(bps[0]), slippage=FixedBps(bps[1]), funding=ConstantFunding(funding))
-    script = {i: _apply(a) for i, a in enumerate(actions[: len(rows)]) if a is not None}
+    tf = 4 * MS_PER_HOUR
+    strategy = Tracked({i: _apply(a) for i, a in enumerate(actions[: len(rows)]) if a is not None})
+    series = candles(rows, symbol=inst.symbol, timeframe_ms=tf)
     # check_invariants=True makes the loop verify the P&L identity after every bar.
-    result, _ = run(rows, script, inst=inst, costs=costs, cash=10_000.0, timeframe_ms=4 * MS_PER_HOUR,
-                    fill_mode=fill_mode)
+    result = run_backtest(strategy, [series], {inst.symbol: inst}, starting_cash=10_000.0, costs=costs,
+                          fill_mode=fill_mode, check_invariants=True)
 
     # Cash moves only by fills, fees and funding.
     cash = 10_000.0 - sum(f.signed_quantity * f.price + f.fee for f in result.fills)
@@ -135,10 +224,11 @@ def test_invariants_hold_after_every_event(rows, actions, contract, leverage, fe
     # Ledgers are the sums of their parts.
     assert result.ledgers.fees == pytest.approx(sum(f.fee for f in result.fills), abs=1e-9)
     assert result.ledgers.funding == pytest.approx(sum(p.amount for p in result.funding_payments), abs=1e-9)
-    # Spot never goes short; every order ends as a fill, a rejection or still open/cancelled.
+    # Spot never goes short.
     if contract is ContractType.SPOT:
         running = 0.0
         for f in result.fills:
             running += f.signed_quantity
             assert running >= -1e-9
-    assert len(result.fills) + len(result.rejections) <= len(result.orders)
+    check_every_order_accounted(result, strategy)
+    check_fills_against_bars(result, rows, series.ts_open, tf, fill_mode, bps)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
-import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -434,14 +433,13 @@ def test_explicit_symbol_wins(tmp_path):
     assert load_bars(write(tmp_path, "binance_BTCUSDT_1h.csv", hourly(2)), symbol="BTC/USDT").series.symbol == "BTC/USDT"
 
 
-def test_a_million_rows_load_fast(tmp_path):
-    n = 1_000_000
+def test_many_rows_load_whole(tmp_path):
+    """Every row arrives, in order (the load time of a million rows: benchmarks/bench_loading.py)."""
+    n = 100_000
     path = tmp_path / "big.csv"
     rows = "\n".join(f"{t},100.5,101.25,99.75,100.5,1.5" for t in range(T0, T0 + n * 60_000, 60_000))
     path.write_text(f"timestamp,open,high,low,close,volume\n{rows}\n")
-    started = time.perf_counter()
     s = load_bars(path).series
-    assert time.perf_counter() - started < 5  # about 0.6 s on a laptop; generous for busy CI machines
     assert len(s) == n and s.timeframe == "1m" and s.ts_open[-1] == T0 + (n - 1) * 60_000
 
 

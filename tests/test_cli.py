@@ -83,3 +83,18 @@ def test_bad_input_exits_2_with_a_message(capsys, monkeypatch, args, message):
     assert main(["backtest", "--json", *args]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and message in captured.err and captured.err.startswith("error: ")
+
+
+def test_a_backtest_in_the_suite_leaves_the_checkouts_log_untouched(capsys, monkeypatch, isolated_store):
+    """conftest.py points logging.file into a temporary folder, as it does the store."""
+    monkeypatch.chdir(ROOT)
+    checkout_log = ROOT / "logs" / "engine.log"
+
+    def state():
+        return (checkout_log.stat().st_size, checkout_log.stat().st_mtime_ns) if checkout_log.exists() else None
+
+    before = state()
+    _json_run(capsys, "--set", "sample.bars=300", "--set", 'logging.level="debug"')
+    assert state() == before
+    written = isolated_store.parent / "engine.log"
+    assert written.exists() and written.stat().st_size > 0  # the run did log, into the temporary file

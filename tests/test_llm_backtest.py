@@ -43,6 +43,7 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("llm")
 
 
+@pytest.mark.slow  # about a minute on 2 cores: trains twice and backtests three times
 def test_default_pipeline_trains_on_the_earlier_part_and_trades_only_the_later_one(
         tmp_path, capsys, monkeypatch, isolated_store, cache):
     monkeypatch.chdir(tmp_path)

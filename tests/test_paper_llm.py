@@ -53,7 +53,7 @@ def recorded(tmp_path_factory) -> dict[str, object]:
     news.write_text("\n".join(lines) + "\n")
     first = subprocess.run([sys.executable, "-m", "engine", "backtest", "--strategy", "llm_signal", "--json",
                             "--no-progress", *sets({**TINY, "llm.cache_dir": f'"{cache}"'}),
-                            "--set", f'store.url="sqlite:///{root / "first.db"}"'],
+                            "--set", f'store.url="sqlite:///{root / "first.db"}"', "--set", 'logging.file=""'],
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     sentiment = json.loads(first.stdout)["checkpoints"]["sentiment"]["folder"]

@@ -222,7 +222,8 @@ def test_bad_risk_values_name_the_key(override, message):
 # -- the command line -----------------------------------------------------------------------------
 def test_set_risk_through_the_command_line():
     out = subprocess.run([sys.executable, "-m", "engine", "backtest", "--strategy", "sma_cross", "--json",
-                          "--set", "risk.max_order_notional=5000", "--set", "store.enabled=false"],
+                          "--set", "risk.max_order_notional=5000", "--set", "store.enabled=false",
+                          "--set", 'logging.file=""'],
                          capture_output=True, text=True, cwd=ROOT, check=True).stdout
     summary = json.loads(out)
     assert summary["fills"] == 0 and summary["rejected_orders"] == summary["orders"] > 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -170,10 +169,10 @@ def test_volume_is_higher_while_news_is_running(market: SampleMarket) -> None:
     assert market.bars.volume[busy].mean() > 1.2 * market.bars.volume[~busy].mean()
 
 
-def test_generation_is_fast() -> None:
-    started = time.perf_counter()
-    generate_sample_market()
-    assert time.perf_counter() - started < 0.5
+def test_generation_with_the_defaults_gives_bars_and_news() -> None:
+    """Its speed is printed by benchmarks/bench_loading.py."""
+    market = generate_sample_market()
+    assert len(market.bars) == SampleMarketConfig().bars and len(market.news) > 0
 
 
 @pytest.mark.parametrize(
