@@ -1,7 +1,8 @@
 """Funding as a source of events: where perpetual funding payments come from in each mode.
 
-The event loop asks its funding source, once per bar of a perpetual after the broker has filled,
-for the payments due on the position held; the portfolio applies what it returns and the journal
+The event loop asks its funding source, per bar of a perpetual, for the payments due on the position
+held: first those up to the bar's open, before the broker fills anything (after a hole in the data
+they fell while the old position was held), then the rest up to its close, after the fills; the portfolio applies what it returns and the journal
 records it. Backtests and the paper daemon simulate the payments from rates
 (``SimulatedFunding``); live trading takes the exchange's own reports (``ReportedFunding``, fed by
 the live broker from the exchange's funding history), so funding is never counted twice.
@@ -18,8 +19,9 @@ from engine.domain import Bar, FundingPayment
 
 
 class FundingSource(Protocol):
-    def due(self, bar: Bar, quantity: float) -> list[FundingPayment]:
-        """Payments settled on ``bar.symbol`` up to the bar's close, ``quantity`` being the position held."""
+    def due(self, bar: Bar, quantity: float, until: int | None = None) -> list[FundingPayment]:
+        """Payments settled on ``bar.symbol`` up to the bar's close (or up to ``until``), ``quantity``
+        being the position held then."""
 
 
 class SimulatedFunding:
@@ -31,16 +33,17 @@ class SimulatedFunding:
         self._rates = rates
         self._next: dict[str, int] = {}
 
-    def due(self, bar: Bar, quantity: float) -> list[FundingPayment]:
+    def due(self, bar: Bar, quantity: float, until: int | None = None) -> list[FundingPayment]:
         symbol = bar.symbol
+        end = bar.ts_event if until is None else until
         due = self._next.get(symbol)
         if due is None:
             due = next_funding_time(bar.ts_open)
-        if due > bar.ts_event:
+        if due > end:
             self._next[symbol] = due
             return []
         out = []
-        while due <= bar.ts_event:
+        while due <= end:
             if quantity != 0.0:
                 mark = bar.close if due == bar.ts_event else bar.open
                 rate = self._rates.rate(symbol, due)
@@ -74,10 +77,11 @@ class ReportedFunding:
         """What the reported payments not applied yet add up to (already taken by the exchange)."""
         return sum(p.amount for p in self._pending.get(symbol, ()))
 
-    def due(self, bar: Bar, quantity: float) -> list[FundingPayment]:
+    def due(self, bar: Bar, quantity: float, until: int | None = None) -> list[FundingPayment]:
         queue = self._pending.get(bar.symbol)
+        end = bar.ts_event if until is None else until
         out = []
-        while queue and queue[0].ts_event <= bar.ts_event:
+        while queue and queue[0].ts_event <= end:
             out.append(queue.popleft())
         return out
 
@@ -85,5 +89,5 @@ class ReportedFunding:
 class NoFunding:
     """Spot-only runs: nothing is ever due."""
 
-    def due(self, bar: Bar, quantity: float) -> list[FundingPayment]:
+    def due(self, bar: Bar, quantity: float, until: int | None = None) -> list[FundingPayment]:
         return []

@@ -5,8 +5,10 @@ The same ``EventLoop`` serves backtests (``engine.backtest`` feeds it a merged h
 paper and live daemons (which feed it events as they arrive); ``engine.kernel`` assembles it. Per
 bar, in this order:
 
-1. the broker fills what the bar reaches (orders decided before the bar opened);
-2. perpetual funding due up to the bar's close comes from the funding source and is applied;
+1. perpetual funding due before the bar's open (instants in a hole in the data) is settled on the
+   position held through the hole;
+2. the broker fills what the bar reaches (orders decided before the bar opened), then the funding
+   due up to the bar's close is settled;
 3. positions are marked at the close and the bar is appended to its symbol's history;
 4. order events (accepted, fills, cancels, expiries, rejections) go to the strategy;
 5. with a daily-loss limit, the risk limits see the equity marked at the close (and may halt);
@@ -77,6 +79,7 @@ class EventLoop:
         self.book = book if book is not None else OrderBook()
         self._notices: deque[BrokerEvent] = deque()
         self._perpetuals = frozenset(s for s, inst in instruments.items() if inst.pays_funding)
+        self._funded_to: dict[str, int] = {}  # each perpetual's last close funding was settled to
         self.orders: list[Order] = []
         self.fills: list[Fill] = []
         self.rejections: list[Rejection] = []
@@ -187,10 +190,14 @@ class EventLoop:
             advance(ts)
         ctx.time = ts
         self.bars_seen += 1
+        perpetual = symbol in self._perpetuals
+        if perpetual and bar.ts_open > self._funded_to.get(symbol, bar.ts_open):
+            self._settle_funding(bar, until=bar.ts_open)  # instants in a hole: the position held through it
         self._broker_on_bar(bar)
         positions = self._positions
-        if symbol in self._perpetuals:
+        if perpetual:
             self._settle_funding(bar)
+            self._funded_to[symbol] = bar.ts_event
         pos = positions.get(symbol) or self.portfolio.position(symbol)
         pos.last_price = close
         self._append[symbol](bar)
@@ -223,8 +230,8 @@ class EventLoop:
         if self._check:
             self.portfolio.check_invariants()
 
-    def _settle_funding(self, bar: Bar) -> None:
-        for payment in self._funding.due(bar, self.portfolio.quantity(bar.symbol)):
+    def _settle_funding(self, bar: Bar, until: int | None = None) -> None:
+        for payment in self._funding.due(bar, self.portfolio.quantity(bar.symbol), until):
             self.portfolio.apply_funding(payment)
             self.funding_payments.append(payment)
             if self.journal is not None:

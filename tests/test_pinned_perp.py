@@ -254,9 +254,7 @@ PINNED_HOLE = {
 
 @pytest.mark.parametrize("case", [
     "limit across the hole",
-    pytest.param("market across the hole", marks=pytest.mark.xfail(strict=True, reason=(
-        "engine defect: the loop fills at the open before it settles the funding instants that fell in"
-        " the hole, so 16:00 and 24:00 are charged on the position taken at 26:00"))),
+    "market across the hole",  # funding in the hole is charged on the position held through it, not the next one
 ])
 def test_orders_and_funding_across_a_hole_in_the_data_match_the_reference(case):
     script = HOLE_SCRIPTS[case]
