@@ -35,3 +35,19 @@ def isolated_store(tmp_path_factory, monkeypatch):
 
     monkeypatch.setattr(cli, "_config", config)
     return database
+
+
+# -- the store's back-ends (tests/stores.py) ---------------------------------------------------------
+@pytest.fixture(params=[pytest.param(name, marks=getattr(pytest.mark, name)) for name in ("sqlite", "postgresql")])
+def backend(request, tmp_path):
+    """The store's back-end of this case: SQLite, or PostgreSQL when ENGINE_TEST_PG_URL names a server
+    (skipped with the reason otherwise). ``backend.new()`` gives a fresh, empty store."""
+    from tests.stores import backend as make
+
+    yield from make(request, tmp_path)
+
+
+@pytest.fixture
+def store_target(backend):
+    """One fresh store on this case's back-end (its ``url``, and ``rows``/``one`` to read it with SQL)."""
+    return backend.new()

@@ -4,7 +4,6 @@ the last bit), batches that keep every foreign key, and the order life cycle."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -17,102 +16,132 @@ from engine.cli import main
 from engine.domain import News
 from engine.feeds.sample import SampleMarketConfig, generate_sample_market
 from engine.series import BarSeries
-from engine.store.db import current_revision, head_revision, open_store
+from engine.store.db import _scripts, alembic_config, current_revision, head_revision, open_store, parse_url
 from engine.store.journal import start_run
 from engine.store.models import Base
 from engine.store.queries import find_run, load_run
 from strategies.sma_cross import SmaCross
 from tests.helpers import Scripted, candles, instrument
+from tests.stores import StoreTarget, as_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def backtest_json(capsys, monkeypatch, tmp_path: Path, *args: str) -> tuple[dict, Path]:
-    """Run ``python -m engine backtest --json`` recording into a fresh store under ``tmp_path``."""
+def backtest_json(capsys, monkeypatch, tmp_path: Path, target: StoreTarget, *args: str) -> dict:
+    """Run ``python -m engine backtest --json`` recording into ``target``."""
     monkeypatch.chdir(tmp_path)
-    db = tmp_path / "store.db"
     assert main(["backtest", "--json", "--no-progress", "--config", str(ROOT / "config.toml"),
-                 "--set", f"store.url=sqlite:///{db}", *args]) == 0
-    return json.loads(capsys.readouterr().out), db
+                 "--set", target.setting, *args]) == 0
+    return json.loads(capsys.readouterr().out)
 
 
-def assert_store_matches_summary(db: Path, summary: dict) -> None:
-    con = sqlite3.connect(db)
-    (run_pk, status, bars, final_equity, stored), = con.execute(
-        "SELECT pk, status, bars, final_equity, summary FROM runs WHERE run_id = ?", (summary["run_id"],))
+def assert_store_matches_summary(db: StoreTarget, summary: dict) -> None:
+    run_pk, status, bars, final_equity, stored = db.one(
+        "SELECT pk, status, bars, final_equity, summary FROM runs WHERE run_id = :id", id=summary["run_id"])
     assert status == "completed" and bars == summary["bars"] and final_equity == summary["final_equity"]
-    assert json.loads(stored) == json.loads(json.dumps(summary))
-    orders = con.execute("SELECT count(*) FROM orders WHERE run_pk = ?", (run_pk,)).fetchone()[0]
-    rejected = con.execute("SELECT count(*) FROM orders WHERE run_pk = ? AND status = 'rejected'", (run_pk,)).fetchone()[0]
+    assert as_json(stored) == json.loads(json.dumps(summary))
+    orders = db.one("SELECT count(*) FROM orders WHERE run_pk = :pk", pk=run_pk)
+    rejected = db.one("SELECT count(*) FROM orders WHERE run_pk = :pk AND status = 'rejected'", pk=run_pk)
     assert (orders, rejected) == (summary["orders"], summary["rejected_orders"])
-    fills = con.execute("SELECT fee, spread_cost, slippage_cost FROM fills WHERE run_pk = ? ORDER BY id", (run_pk,)).fetchall()
+    fills = db.rows("SELECT fee, spread_cost, slippage_cost FROM fills WHERE run_pk = :pk ORDER BY id", pk=run_pk)
     assert len(fills) == summary["fills"]
     fees = spread = slippage = 0.0
     for fee, sp, sl in fills:  # summed in fill order, as the portfolio does: equal to the last bit
         fees, spread, slippage = fees + fee, spread + sp, slippage + sl
     assert (fees, spread, slippage) == (summary["fees"], summary["spread"], summary["slippage"])
-    funding = sum(r[0] for r in con.execute("SELECT amount FROM funding_payments WHERE run_pk = ? ORDER BY id", (run_pk,)))
+    funding = sum(r[0] for r in db.rows("SELECT amount FROM funding_payments WHERE run_pk = :pk ORDER BY id", pk=run_pk))
     assert funding == summary["funding"]
-    equity = con.execute("SELECT ts_event, equity FROM equity WHERE run_pk = ? ORDER BY ts_event", (run_pk,)).fetchall()
+    equity = db.rows("SELECT ts_event, equity FROM equity WHERE run_pk = :pk ORDER BY ts_event", pk=run_pk)
     assert len(equity) == summary["bars"]  # one symbol: a point per bar
     assert equity[-1][1] == summary["final_equity"]
-    news = con.execute("SELECT count(*) FROM news_items WHERE run_pk = ?", (run_pk,)).fetchone()[0]
-    assert news == summary["news"]
-    assert con.execute("PRAGMA foreign_key_check").fetchall() == []
-    con.close()
+    assert db.one("SELECT count(*) FROM news_items WHERE run_pk = :pk", pk=run_pk) == summary["news"]
+    assert db.foreign_key_violations() == []
 
 
-def test_migrations_build_the_models_schema_without_drift(tmp_path):
-    store = open_store(tmp_path / "empty.db")
+def assert_at_head_without_drift(url: str) -> None:
+    store = open_store(url)
     with store.read() as conn:
         assert current_revision(conn) == head_revision()
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        if store.url.get_backend_name() == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     store.close()
-    open_store(tmp_path / "empty.db").close()  # reopening at head changes nothing
 
 
-def test_backtest_records_exactly_what_its_summary_says(capsys, monkeypatch, tmp_path):
-    summary, db = backtest_json(capsys, monkeypatch, tmp_path)
-    assert summary["database"] == str(db) and summary["fills"] > 100 and summary["news"] > 0
+def test_migrations_build_the_models_schema_without_drift(store_target):
+    assert_at_head_without_drift(store_target.url)
+    assert_at_head_without_drift(store_target.url)  # reopening at head changes nothing
+
+
+REVISIONS = [s.revision for s in reversed(list(_scripts().walk_revisions()))]  # oldest first
+
+
+@pytest.mark.parametrize("revision", REVISIONS[:-1])
+def test_a_store_at_each_earlier_revision_is_upgraded_to_head_keeping_its_runs(backend, revision):
+    """A store written by an older version (schema at ``revision``, one run in it) opens at head,
+    the run still there, and the schema equal to a fresh one's."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    target = backend.new(f"at-{revision}.db")
+    engine = create_engine(parse_url(target.url))
+    with engine.begin() as conn:
+        cfg = alembic_config(parse_url(target.url))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        conn.execute(text("INSERT INTO runs (run_id, mode, status, strategy, symbols, timeframe_ms, starting_cash, "
+                          "data_label, data_fingerprint, code_version, config, started_ms, host, bars) VALUES "
+                          "('old-run', 'backtest', 'completed', 'sma_cross', '[\"BTC/USDT\"]', 3600000, 10000.0, "
+                          "'', '', '', '{}', 1, '', 7)"))
+    engine.dispose()
+    assert target.one("SELECT version_num FROM alembic_version") == revision
+    assert_at_head_without_drift(target.url)
+    assert target.rows("SELECT run_id, bars FROM runs") == [("old-run", 7)]
+
+
+def test_backtest_records_exactly_what_its_summary_says(capsys, monkeypatch, tmp_path, store_target):
+    db = store_target
+    summary = backtest_json(capsys, monkeypatch, tmp_path, db)
+    expected = str(db.path) if db.sqlite else parse_url(db.url).render_as_string(hide_password=True)
+    assert summary["database"] == expected and summary["fills"] > 100 and summary["news"] > 0
     assert_store_matches_summary(db, summary)
-    con = sqlite3.connect(db)
-    code, fingerprint, config = con.execute("SELECT code_version, data_fingerprint, config FROM runs").fetchone()
-    assert code and len(fingerprint) == 64 and json.loads(config)["strategies"]["sma_cross"]["fast"] == 10
+    code, fingerprint, config = db.one("SELECT code_version, data_fingerprint, config FROM runs")
+    assert code and len(fingerprint) == 64 and as_json(config)["strategies"]["sma_cross"]["fast"] == 10
     # every order was submitted, then filled: its history says so, in order
-    (first,) = con.execute("SELECT client_order_id FROM orders ORDER BY ts_init LIMIT 1").fetchone()
-    history = con.execute("SELECT status FROM order_events WHERE client_order_id = ? ORDER BY id",
-                          (first,)).fetchall()
+    first = db.one("SELECT client_order_id FROM orders ORDER BY ts_init, client_order_id LIMIT 1")
+    history = db.rows("SELECT status FROM order_events WHERE client_order_id = :c ORDER BY id", c=first)
     assert history == [("submitted",), ("accepted",), ("filled",)]
 
 
-def test_same_data_same_fingerprint_and_store_disabled(capsys, monkeypatch, tmp_path):
-    first, db = backtest_json(capsys, monkeypatch, tmp_path, "--set", "strategies.sma_cross.fast=5")
-    second, _ = backtest_json(capsys, monkeypatch, tmp_path, "--set", "costs.slippage_bps=9")
-    prints = sqlite3.connect(db).execute("SELECT DISTINCT data_fingerprint FROM runs").fetchall()
+def test_same_data_same_fingerprint_and_store_disabled(capsys, monkeypatch, tmp_path, store_target):
+    db = store_target
+    first = backtest_json(capsys, monkeypatch, tmp_path, db, "--set", "strategies.sma_cross.fast=5")
+    second = backtest_json(capsys, monkeypatch, tmp_path, db, "--set", "costs.slippage_bps=9")
+    prints = db.rows("SELECT DISTINCT data_fingerprint FROM runs")
     assert len(prints) == 1 and first["run_id"] != second["run_id"]
-    before = db.read_bytes()
-    off, _ = backtest_json(capsys, monkeypatch, tmp_path, "--set", "store.enabled=false")
-    assert off["database"] is None and db.read_bytes() == before
+    before = db.path.read_bytes() if db.sqlite else db.rows("SELECT run_id, bars FROM runs ORDER BY pk")
+    off = backtest_json(capsys, monkeypatch, tmp_path, db, "--set", "store.enabled=false")
+    after = db.path.read_bytes() if db.sqlite else db.rows("SELECT run_id, bars FROM runs ORDER BY pk")
+    assert off["database"] is None and after == before
 
 
 @pytest.mark.slow
-def test_real_btc_run_is_recorded_exactly(capsys, monkeypatch, tmp_path, shared_data):
+def test_real_btc_run_is_recorded_exactly(capsys, monkeypatch, tmp_path, shared_data, store_target):
     bars = shared_data / "ohlcv" / "crypto" / "binance_BTCUSDT_1h.csv"
-    summary, db = backtest_json(capsys, monkeypatch, tmp_path, "--data", str(bars))
+    summary = backtest_json(capsys, monkeypatch, tmp_path, store_target, "--data", str(bars))
     assert summary["bars"] > 30_000 and summary["fills"] > 0
-    assert_store_matches_summary(db, summary)
+    assert_store_matches_summary(store_target, summary)
 
 
-def test_rejections_are_recorded_with_their_reason(capsys, monkeypatch, tmp_path):
-    summary, db = backtest_json(capsys, monkeypatch, tmp_path, "--set", "instrument.min_notional=1000000")
+def test_rejections_are_recorded_with_their_reason(capsys, monkeypatch, tmp_path, store_target):
+    db = store_target
+    summary = backtest_json(capsys, monkeypatch, tmp_path, db, "--set", "instrument.min_notional=1000000")
     assert summary["fills"] == 0 and summary["rejected_orders"] == summary["orders"] > 0
     assert_store_matches_summary(db, summary)
-    con = sqlite3.connect(db)
-    reasons = [r for (r,) in con.execute("SELECT reject_reason FROM orders")]
+    reasons = [r for (r,) in db.rows("SELECT reject_reason FROM orders")]
     assert len(reasons) == summary["orders"] and all("is below the minimum 1e+06" in r for r in reasons)
-    assert con.execute("SELECT DISTINCT status FROM order_events ORDER BY 1").fetchall() == [("rejected",), ("submitted",)]
+    assert db.rows("SELECT DISTINCT status FROM order_events ORDER BY 1") == [("rejected",), ("submitted",)]
 
 
 def _two_symbol_market(n: int) -> tuple[list[BarSeries], dict]:
@@ -123,12 +152,12 @@ def _two_symbol_market(n: int) -> tuple[list[BarSeries], dict]:
     return [a, b], {a.symbol: instrument(a.symbol), b.symbol: instrument(b.symbol)}
 
 
-def test_batches_hold_back_the_point_other_symbols_may_still_change(tmp_path):
+def test_batches_hold_back_the_point_other_symbols_may_still_change(store_target):
     """Two symbols closing at every instant, and one headline first, so the 20,000-event checkpoint
     falls between the two bars of one instant: the stored curve must still be the final one."""
     series, instruments = _two_symbol_market(12_000)
     news = [News(int(series[0].ts_open[0]), "first", series[0].symbol, "test")]
-    store = open_store(tmp_path / "two.db")
+    store = open_store(store_target.url)
     journal = start_run(store, run_id="two-symbols", mode="backtest", strategy="sma_cross",
                         symbols=[s.symbol for s in series], timeframe_ms=series[0].timeframe_ms, starting_cash=10_000.0,
                         config={}, timeframes={s.symbol: s.timeframe_ms for s in series})
@@ -157,14 +186,14 @@ def result_positions(result, series) -> dict:
     return {s.symbol: portfolio.position(s.symbol) for s in series}
 
 
-def test_order_life_cycle_cancel_fill_and_records_for_the_llm_strategy(tmp_path):
+def test_order_life_cycle_cancel_fill_and_records_for_the_llm_strategy(store_target):
     bars = candles([(100, 101, 99, 100)] * 6 + [(100, 100, 80, 85)] * 4)
     strategy = Scripted({
         0: lambda ctx: ctx.limit("TEST", 1.0, 50.0, tag="far below"),
         1: lambda ctx: ctx.limit("TEST", 1.0, 90.0, tag="fills on the drop"),
         3: lambda ctx: ctx.cancel(ctx.open_orders("TEST")[0].client_order_id),
     })
-    store = open_store(tmp_path / "life.db")
+    store = open_store(store_target.url)
     journal = start_run(store, run_id="life", mode="backtest", strategy="scripted", symbols=["TEST"],
                         timeframe_ms=bars.timeframe_ms, starting_cash=10_000.0, config={},
                         timeframes={"TEST": bars.timeframe_ms})
@@ -174,17 +203,14 @@ def test_order_life_cycle_cancel_fill_and_records_for_the_llm_strategy(tmp_path)
                        "bullish": 0.7}, confidence=0.7, input_text="[synthetic] good news")
     result = run_backtest(strategy, [bars], {"TEST": instrument()}, journal=journal, run_id="life")
     journal.finish(result.summary())
-    con = sqlite3.connect(tmp_path / "life.db")
-    rows = dict(con.execute("SELECT tag, status FROM orders").fetchall())
+    db = store_target
+    rows = dict(db.rows("SELECT tag, status FROM orders"))
     assert rows == {"far below": "cancelled", "fills on the drop": "filled"}
-    assert con.execute("SELECT filled_quantity FROM orders WHERE tag = 'fills on the drop'").fetchone() == (1.0,)
-    history = con.execute("SELECT o.tag, e.status FROM order_events e JOIN orders o USING (run_pk, client_order_id) "
-                          "ORDER BY e.id").fetchall()
+    assert db.rows("SELECT filled_quantity FROM orders WHERE tag = 'fills on the drop'") == [(1.0,)]
+    history = db.rows("SELECT o.tag, e.status FROM order_events e JOIN orders o USING (run_pk, client_order_id) "
+                      "ORDER BY e.id")
     assert history == [("far below", "submitted"), ("far below", "accepted"), ("fills on the drop", "submitted"),
                        ("fills on the drop", "accepted"), ("far below", "cancelled"), ("fills on the drop", "filled")]
-    (components,) = con.execute("SELECT components FROM signals").fetchone()
-    assert json.loads(components)["headlines"] == 3
-    (probabilities,) = con.execute("SELECT probabilities FROM predictions").fetchone()
-    assert json.loads(probabilities)["bullish"] == 0.7
-    con.close()
+    assert as_json(db.one("SELECT components FROM signals"))["headlines"] == 3
+    assert as_json(db.one("SELECT probabilities FROM predictions"))["bullish"] == 0.7
     store.close()
