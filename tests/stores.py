@@ -199,3 +199,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         yield b
     finally:
         b.close()
+
+
+def as_target(db: Path | StoreTarget) -> StoreTarget:
+    """A test's store given as a SQLite file path, or already as a target."""
+    return db if isinstance(db, StoreTarget) else StoreTarget("sqlite", f"sqlite:///{db}", path=Path(db))

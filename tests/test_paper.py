@@ -12,10 +12,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine.cli import main
+from tests.stores import StoreTarget, as_json, as_target
 
 ROOT = Path(__file__).resolve().parents[1]
 BTC_1H = "ohlcv/crypto/binance_BTCUSDT_1h.csv"
@@ -51,17 +53,20 @@ def cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def store_arg(db: Path) -> list[str]:
-    return ["--set", f'store.url="sqlite:///{db}"']
+Store = Path | StoreTarget  # a SQLite file, or a store on either back-end (tests/stores.py)
 
 
-def record(db: Path, run_id: str) -> dict[str, list[tuple]]:
+def store_arg(db: Store) -> list[str]:
+    return ["--set", as_target(db).setting]
+
+
+def record(db: Store, run_id: str) -> dict[str, list[tuple]]:
     """What a run decided and what happened, from the store, order ids without the run's tag."""
-    conn = sqlite3.connect(db)
+    target = as_target(db)
     try:
-        pk = conn.execute("select pk from runs where run_id = ?", (run_id,)).fetchone()[0]
+        pk = target.one("select pk from runs where run_id = :id", id=run_id)
         def rows(sql: str) -> list[tuple]:
-            return [tuple(r) for r in conn.execute(sql, (pk,)).fetchall()]
+            return target.rows(sql.replace("?", ":pk"), pk=pk)
         out = {
             "orders": rows("select substr(client_order_id, 12), symbol, side, type, quantity, status, "
                            "filled_quantity, ts_init from orders where run_pk = ? order by ts_init, client_order_id"),
@@ -73,13 +78,13 @@ def record(db: Path, run_id: str) -> dict[str, list[tuple]]:
                            "order by ts_event, client_order_id, status"),
         }
     finally:
-        conn.close()
+        target.dispose()
     return out
 
 
 # -- one path ----------------------------------------------------------------------------------------
-def test_a_replay_through_the_daemon_equals_the_backtest(btc_file, tmp_path, capsys):
-    db = tmp_path / "runs.db"
+def test_a_replay_through_the_daemon_equals_the_backtest(btc_file, store_target, capsys):
+    db = store_target
     code, out, err = cli(capsys, "backtest", "--data", str(btc_file), "--strategy", "sma_cross", "--json",
                          *store_arg(db))
     assert code == 0, err
@@ -100,7 +105,7 @@ def test_a_replay_through_the_daemon_equals_the_backtest(btc_file, tmp_path, cap
 
 
 # -- crash safety -------------------------------------------------------------------------------------
-def paper_process(btc_file: Path, db: Path, *, crash: str = "", new: bool = False) -> subprocess.Popen:
+def paper_process(btc_file: Path, db: Store, *, crash: str = "", new: bool = False) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("ENGINE_CRASH_AT", None)
     if crash:
@@ -110,15 +115,14 @@ def paper_process(btc_file: Path, db: Path, *, crash: str = "", new: bool = Fals
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def uninterrupted(btc_file: Path, tmp_path: Path) -> dict[str, list[tuple]]:
-    db = tmp_path / "clean.db"
+def uninterrupted(btc_file: Path, db: Store) -> dict[str, list[tuple]]:
     proc = paper_process(btc_file, db)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     return record(db, json.loads(out)["run_id"])
 
 
-def crash_and_resume(btc_file: Path, db: Path, crashes: list[str], random_kills: int, seed: int) -> tuple[dict, int]:
+def crash_and_resume(btc_file: Path, db: Store, crashes: list[str], random_kills: int, seed: int) -> tuple[dict, int]:
     rng = random.Random(seed)
     killed = 0
     for point in crashes:
@@ -150,45 +154,47 @@ def crash_and_resume(btc_file: Path, db: Path, crashes: list[str], random_kills:
     return json.loads(out), killed
 
 
-def bars_decided(db: Path) -> int:
-    try:
-        conn = sqlite3.connect(db, timeout=5)
-        try:
-            row = conn.execute("select bars from runs").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return 0
-    return row[0] if row else 0
+def read_or_none(db: Store, sql: str) -> Any:
+    """The first column of ``sql``'s first row, or None while the store or its tables do not exist yet."""
+    from sqlalchemy.exc import DBAPIError
 
-
-def finished_summary(db: Path) -> dict:
-    conn = sqlite3.connect(db)
+    target = as_target(db)
+    if not target.exists():
+        return None
     try:
-        return json.loads(conn.execute("select summary from runs where status = 'completed'").fetchone()[0])
+        rows = target.rows(sql)
+    except DBAPIError:  # the schema is not there yet
+        return None
     finally:
-        conn.close()
+        target.dispose()
+    return rows[0][0] if rows else None
 
 
-def assert_same_store(db: Path, run_id: str, clean: dict[str, list[tuple]]) -> None:
+def bars_decided(db: Store) -> int:
+    return read_or_none(db, "select bars from runs") or 0
+
+
+def finished_summary(db: Store) -> dict:
+    return as_json(read_or_none(db, "select summary from runs where status = 'completed'"))
+
+
+def assert_same_store(db: Store, run_id: str, clean: dict[str, list[tuple]]) -> None:
     got = record(db, run_id)
     for table in ("orders", "fills", "equity", "funding", "events"):
         assert got[table] == clean[table], f"{table}: {len(got[table])} rows vs {len(clean[table])}"
-    conn = sqlite3.connect(db)
-    try:  # one run, every order once, every fill once
-        assert conn.execute("select count(*) from runs").fetchone()[0] == 1
-        assert conn.execute("select count(*) - count(distinct client_order_id) from orders").fetchone()[0] == 0
-        assert conn.execute("select state from daemons").fetchone()[0] == "finished"
-    finally:
-        conn.close()
+    target = as_target(db)  # one run, every order once, every fill once
+    assert target.one("select count(*) from runs") == 1
+    assert target.one("select count(*) - count(distinct client_order_id) from orders") == 0
+    assert target.one("select state from daemons") == "finished"
+    target.dispose()
 
 
 NAMED = ["intent_committed:3", "fill_committed:5", "mid_checkpoint:300", "bar_processed:500", "mid_checkpoint:2"]
 
 
-def test_kill_9_at_named_points_and_random_moments_loses_and_doubles_nothing(btc_file, tmp_path):
-    clean = uninterrupted(btc_file, tmp_path)
-    db = tmp_path / "crashed.db"
+def test_kill_9_at_named_points_and_random_moments_loses_and_doubles_nothing(btc_file, backend):
+    clean = uninterrupted(btc_file, backend.new("clean.db"))
+    db = backend.new("crashed.db")
     summary, killed = crash_and_resume(btc_file, db, NAMED, random_kills=3, seed=11)
     assert killed >= len(NAMED) + 1
     assert_same_store(db, summary["run_id"], clean)
@@ -197,7 +203,7 @@ def test_kill_9_at_named_points_and_random_moments_loses_and_doubles_nothing(btc
 
 @pytest.mark.slow
 def test_kill_9_at_twenty_random_moments(btc_long, tmp_path):
-    clean = uninterrupted(btc_long, tmp_path)
+    clean = uninterrupted(btc_long, tmp_path / "clean.db")
     db = tmp_path / "crashed.db"
     summary, killed = crash_and_resume(btc_long, db, NAMED, random_kills=20, seed=2026)
     assert killed >= len(NAMED) + 15
@@ -215,22 +221,12 @@ def wait_for(predicate, timeout: float = 30.0) -> None:
     raise AssertionError("timed out")
 
 
-def daemon_state(db: Path) -> str | None:
-    if not db.exists():
-        return None
-    conn = sqlite3.connect(db)
-    try:
-        row = conn.execute("select state from daemons").fetchone() if conn.execute(
-            "select 1 from sqlite_master where name = 'daemons'").fetchone() else None
-    except sqlite3.OperationalError:
-        return None
-    finally:
-        conn.close()
-    return row[0] if row else None
+def daemon_state(db: Store) -> str | None:
+    return read_or_none(db, "select state from daemons")
 
 
-def test_second_start_refused_status_stop_then_resume(btc_file, tmp_path, capsys):
-    db = tmp_path / "lease.db"
+def test_second_start_refused_status_stop_then_resume(btc_file, tmp_path, capsys, store_target):
+    db = store_target
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     argv = [sys.executable, "-m", "engine", "paper", "start", "--replay", str(btc_file), "--strategy", "sma_cross",
             "--speed", "50", *store_arg(db), "--set", 'logging.file=""']
