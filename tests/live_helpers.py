@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import sqlite3
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from engine.daemon.live_commands import live_daemon
 from engine.session import load_settings
 from engine.testing.bars import random_walk, write_csv
 from engine.testing.fake_bybit import FakeBybit
+from tests.stores import StoreTarget, sqlite_target
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY, SECRET = "live-test-key-5Qz", "live-test-secret-9f3c2a7e-never-written"
@@ -33,17 +34,20 @@ class LiveRig:
     """The fake exchange, a store and the command's own way of building a live daemon."""
 
     def __init__(self, tmp_path: Path, *, bars: int = 120, settings: list[str] | None = None,
-                 strategy: str = "churn", warmup: int = 3, balance: float = 10_000.0, spot: bool = False) -> None:
+                 strategy: str = "churn", warmup: int = 3, balance: float = 10_000.0, spot: bool = False,
+                 store: StoreTarget | None = None) -> None:
         self.tmp = tmp_path
         self.spot = spot
         self.symbol = "BTC/USDT" if spot else SYMBOL
         self.series = random_walk(bars, symbol=self.symbol)
         self.csv = write_csv(self.series, tmp_path / "BTCUSDT_1h.csv")
-        self.db = tmp_path / "live.db"
+        # The store: a SQLite file under tmp_path unless a target (tests/stores.py) is given.
+        self.store = store if store is not None else sqlite_target(tmp_path, "live.db")
+        self.db = self.store.path
         self.fake = FakeBybit(bars={SYMBOL_ID: self.series}, api_key=KEY, api_secret=SECRET,
                               balance={"USDT": balance}).start()
         self.fake.delay_s = 1.2  # longer than the client's timeout below: a "timeout" fault is one
-        self.settings = [f'store.url="sqlite:///{self.db}"', f'live.api_url="{self.fake.url}"', "live.timeout_s=0.6",
+        self.settings = [self.store.setting, f'live.api_url="{self.fake.url}"', "live.timeout_s=0.6",
                          "live.backoff_s=0.001", "live.rate_limit=false", "live.reconcile_every_s=86400", f'run.strategy="{strategy}"',
                          f'data.symbol="{self.symbol}"', 'logging.file=""',
                          *([] if spot else ['instrument.contract="linear_perp"', "instrument.max_leverage=5.0"]),
@@ -84,14 +88,14 @@ class LiveRig:
         if self.daemon is not None and self.daemon.store is not None:
             self.daemon.close("stopped")
         self.fake.stop()
+        self.store.dispose()
 
     # -- reading the store ---------------------------------------------------------------------
     def rows(self, sql: str, *params: Any) -> list[tuple]:
-        conn = sqlite3.connect(self.db)
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
+        """``sql`` with ``?`` placeholders, on either back-end."""
+        names = iter(range(len(params)))
+        named = re.sub(r"\?", lambda _: f":p{next(names)}", sql)
+        return self.store.rows(named, **{f"p{i}": v for i, v in enumerate(params)})
 
     def counts(self) -> dict[str, int]:
         return {t: self.rows(f"SELECT count(*) FROM {t}")[0][0] for t in TABLES}

@@ -30,6 +30,14 @@ def rig(tmp_path):
     rig.stop()
 
 
+@pytest.fixture
+def any_rig(tmp_path, store_target):
+    """A rig recording into this case's back-end (SQLite, or PostgreSQL: tests/stores.py)."""
+    rig = LiveRig(tmp_path, store=store_target)
+    yield rig
+    rig.stop()
+
+
 def scenario(rig: LiveRig, before: int = 3, after: int = 3, **check) -> None:
     """Check now, restart, take ``after`` more bars, check again."""
     rig.check(**check)
@@ -50,7 +58,8 @@ def last_order(rig: LiveRig) -> str:
     return rig.rows("SELECT client_order_id FROM orders ORDER BY ts_init DESC, client_order_id DESC LIMIT 1")[0][0]
 
 
-def test_a_clean_run_trades_every_bar_and_agrees_with_the_exchange(rig):
+def test_a_clean_run_trades_every_bar_and_agrees_with_the_exchange(any_rig):
+    rig = any_rig
     rig.open()
     rig.step(6)
     assert len(rig.fake.creates()) == 6 and rig.counts()["fills"] == 6
@@ -76,7 +85,8 @@ def test_spot_trades_coins_and_agrees_with_the_wallet(tmp_path):
         rig.stop()
 
 
-def test_lost_ack_the_order_exists_is_found_by_its_client_id_and_not_sent_again(rig):
+def test_lost_ack_the_order_exists_is_found_by_its_client_id_and_not_sent_again(any_rig):
+    rig = any_rig
     rig.open()
     rig.step(2)
     rig.fake.fault(CREATE, "timeout", when="after")
@@ -311,8 +321,8 @@ def test_funding_comes_from_the_exchange_once(tmp_path):
 
 
 @pytest.mark.parametrize("point", ["intent_committed:2", "after_sending:2", "after_post:2", "fill_committed:2"])
-def test_kill_9_at_a_named_crash_point_then_restart_loses_and_doubles_nothing(tmp_path, point):
-    rig = LiveRig(tmp_path)
+def test_kill_9_at_a_named_crash_point_then_restart_loses_and_doubles_nothing(tmp_path, point, store_target):
+    rig = LiveRig(tmp_path, store=store_target)
     try:
         env = {**os.environ, "BYBIT_API_KEY": KEY, "BYBIT_API_SECRET": SECRET, "ENGINE_CRASH_AT": point}
         assert run_cli(rig, env) == -signal.SIGKILL
@@ -344,7 +354,8 @@ def cli_argv(rig: LiveRig) -> list[str]:
     return argv
 
 
-def test_two_daemons_at_once_the_second_is_refused(rig):
+def test_two_daemons_at_once_the_second_is_refused(any_rig):
+    rig = any_rig
     rig.open()
     rig.step(1)
     env = {**os.environ, "BYBIT_API_KEY": KEY, "BYBIT_API_SECRET": SECRET}
