@@ -18,6 +18,7 @@ import pytest
 from engine.cli import main
 from engine.store.db import open_store
 from engine.store.queries import effective_status
+from tests.stores import StoreTarget, as_target, sqlite_target
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,18 +34,39 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def backtest(capsys, db: Path, *args: str) -> tuple[int, str, str]:
+def snapshot(db: StoreTarget) -> object:
+    """Everything a refusal must leave alone: the SQLite files byte for byte; on PostgreSQL the
+    schema revision and every run and daemon row."""
+    db.dispose()  # our own connections closed first: an open one holds the WAL's shared memory
+    if db.sqlite:
+        return files(db.path)
+    out = {t: db.rows(f"SELECT * FROM {t} ORDER BY 1") for t in ("alembic_version", "runs", "daemons")}
+    db.dispose()
+    return out
+
+
+def backtest(capsys, db: Path | StoreTarget, *args: str) -> tuple[int, str, str]:
     return cli(capsys, "backtest", "--json", "--no-progress", "--config", str(ROOT / "config.toml"),
-               "--set", f"store.url=sqlite:///{db}", "--set", "logging.file=''", *args)
+               "--set", as_target(db).setting, "--set", "logging.file=''", *args)
 
 
-@pytest.fixture
-def store_with_a_run(capsys, monkeypatch, tmp_path) -> tuple[Path, str]:
+def record_a_run(capsys, monkeypatch, tmp_path, db: StoreTarget) -> tuple[StoreTarget, str]:
     monkeypatch.chdir(tmp_path)
-    db = tmp_path / "runs.db"
     code, out, _ = backtest(capsys, db, "--set", "sample.bars=300")
     assert code == 0
     return db, json.loads(out)["run_id"]
+
+
+@pytest.fixture
+def store_with_a_run(capsys, monkeypatch, tmp_path, store_target) -> tuple[StoreTarget, str]:
+    """A store on this case's back-end holding one finished run."""
+    return record_a_run(capsys, monkeypatch, tmp_path, store_target)
+
+
+@pytest.fixture
+def sqlite_store_with_a_run(capsys, monkeypatch, tmp_path) -> tuple[Path, str]:
+    db, run_id = record_a_run(capsys, monkeypatch, tmp_path, sqlite_target(tmp_path, "runs.db"))
+    return db.path, run_id
 
 
 def test_corrupt_file_is_refused_and_left_alone(capsys, monkeypatch, tmp_path):
@@ -62,8 +84,9 @@ def test_corrupt_file_is_refused_and_left_alone(capsys, monkeypatch, tmp_path):
     assert files(db) == before
 
 
-def test_locked_store_is_reported_after_the_busy_timeout(capsys, store_with_a_run):
-    db, run_id = store_with_a_run
+def test_locked_store_is_reported_after_the_busy_timeout(capsys, sqlite_store_with_a_run):
+    """SQLite's whole-database write lock; PostgreSQL locks rows (the concurrency test covers both)."""
+    db, run_id = sqlite_store_with_a_run
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
@@ -82,30 +105,27 @@ def test_locked_store_is_reported_after_the_busy_timeout(capsys, store_with_a_ru
 
 def test_newer_schema_is_refused_without_changing_anything(capsys, store_with_a_run):
     db, _ = store_with_a_run
-    con = sqlite3.connect(db)
-    con.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
-    con.commit()
-    con.close()
-    before = files(db)
-    for args in (("runs", "--db", str(db)), ("report", "--latest", "--db", str(db))):
+    db.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    before = snapshot(db)
+    for args in (("runs", "--db", db.url), ("report", "--latest", "--db", db.url)):
         code, _, err = cli(capsys, *args)
         assert code == 1 and "schema revision '9999_from_the_future'" in err and "newer version" in err
     code, _, err = backtest(capsys, db)
     assert code == 1 and "Upgrade the engine" in err
-    assert files(db) == before
+    assert snapshot(db) == before
 
 
 def test_missing_run_id_lists_the_latest_runs_and_writes_nothing(capsys, store_with_a_run, tmp_path):
     db, run_id = store_with_a_run
     reports = tmp_path / "reports"
-    before = files(db)
-    code, out, err = cli(capsys, "report", "20990101T000000-nope", "--db", str(db),
+    before = snapshot(db)
+    code, out, err = cli(capsys, "report", "20990101T000000-nope", "--db", db.url,
                          "--set", f"store.reports_dir='{reports}'")
     assert code == 2 and out == ""
     assert "no run '20990101T000000-nope'" in err and run_id in err and "python -m engine runs" in err
-    code, _, err = cli(capsys, "report", "--compare", run_id, "nope", "--db", str(db))
+    code, _, err = cli(capsys, "report", "--compare", run_id, "nope", "--db", db.url)
     assert code == 2 and "no run 'nope'" in err
-    assert not reports.exists() and files(db) == before
+    assert not reports.exists() and snapshot(db) == before
 
 
 def test_report_of_a_store_that_does_not_exist_creates_nothing(capsys, tmp_path):
@@ -117,7 +137,7 @@ def test_report_of_a_store_that_does_not_exist_creates_nothing(capsys, tmp_path)
 
 def test_report_needs_exactly_one_choice(capsys, store_with_a_run):
     db, run_id = store_with_a_run
-    code, _, err = cli(capsys, "report", run_id, "--latest", "--db", str(db))
+    code, _, err = cli(capsys, "report", run_id, "--latest", "--db", db.url)
     assert code == 2 and "exactly one of" in err
 
 
@@ -135,12 +155,14 @@ def test_liveness_of_a_running_run():
 
 
 @pytest.mark.slow
-def test_killed_backtest_leaves_a_consistent_store_that_can_be_reported(capsys, tmp_path):
-    db = tmp_path / "killed.db"
+def test_killed_backtest_leaves_a_consistent_store_that_can_be_reported(capsys, tmp_path, store_target):
+    from sqlalchemy.exc import DBAPIError
+
+    db = store_target
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine", "backtest", "--json", "--no-progress", "--config", str(ROOT / "config.toml"),
          "--set", "sample.bars=2000000", "--set", "sample.headlines_per_day=0",
-         "--set", f"store.url=sqlite:///{db}", "--set", f"logging.file='{tmp_path / 'engine.log'}'"],
+         "--set", db.setting, "--set", f"logging.file='{tmp_path / 'engine.log'}'"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         fills = 0
@@ -149,12 +171,17 @@ def test_killed_backtest_leaves_a_consistent_store_that_can_be_reported(capsys, 
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "the run recorded no fills within a minute"
             time.sleep(0.05)
-            if db.exists():
+            if db.sqlite and db.path.exists():
                 try:
-                    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+                    con = sqlite3.connect(f"file:{db.path}?mode=ro", uri=True, timeout=1)
                     fills = con.execute("SELECT count(*) FROM fills").fetchone()[0]
                     con.close()
                 except sqlite3.OperationalError:  # the schema is not there yet
+                    fills = 0
+            elif not db.sqlite:
+                try:
+                    fills = db.one("SELECT count(*) FROM fills")
+                except DBAPIError:  # the schema is not there yet
                     fills = 0
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
@@ -164,25 +191,25 @@ def test_killed_backtest_leaves_a_consistent_store_that_can_be_reported(capsys, 
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
 
-    con = sqlite3.connect(db)
-    assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    assert con.execute("PRAGMA foreign_key_check").fetchall() == []
-    orphans = con.execute("SELECT count(*) FROM fills f LEFT JOIN orders o USING (run_pk, client_order_id) "
-                          "WHERE o.client_order_id IS NULL").fetchone()[0]
+    if db.sqlite:
+        assert db.rows("PRAGMA integrity_check") == [("ok",)]
+    assert db.foreign_key_violations() == []
+    orphans = db.one("SELECT count(*) FROM fills f LEFT JOIN orders o USING (run_pk, client_order_id) "
+                     "WHERE o.client_order_id IS NULL")
     assert orphans == 0
-    (run_id, status, bars), = con.execute("SELECT run_id, status, bars FROM runs").fetchall()
+    (run_id, status, bars), = db.rows("SELECT run_id, status, bars FROM runs")
     assert status == "running" and 0 < bars < 2_000_000
-    (points, last), = con.execute("SELECT count(*), max(ts_event) FROM equity").fetchall()
+    (points, last), = db.rows("SELECT count(*), max(ts_event) FROM equity")
     assert 0 < points <= bars
-    filled = con.execute("SELECT count(*) FROM orders WHERE status = 'filled'").fetchone()[0]
-    assert filled == con.execute("SELECT count(*) FROM fills").fetchone()[0]
-    con.close()
+    filled = db.one("SELECT count(*) FROM orders WHERE status = 'filled'")
+    assert filled == db.one("SELECT count(*) FROM fills")
+    db.dispose()
 
-    code, out, _ = cli(capsys, "runs", "--db", str(db), "--json")
+    code, out, _ = cli(capsys, "runs", "--db", db.url, "--json")
     assert code == 0 and json.loads(out)[0]["status"] == "incomplete"
-    code, out, err = cli(capsys, "report", run_id, "--db", str(db), "--out", str(tmp_path / "report"), "--json")
+    code, out, err = cli(capsys, "report", run_id, "--db", db.url, "--out", str(tmp_path / "report"), "--json")
     assert code == 0, err
     page = Path(json.loads(out)["html"]).read_text()
     assert "did not finish" in page and "incomplete" in page
-    store = open_store(db, create=False)
+    store = open_store(db.url, create=False)
     store.close()
