@@ -15,6 +15,12 @@ keys enforced, a 64 MiB page cache, the WAL checkpointed into the main file ever
 every 4 MiB (fewer rewrites of the same pages during a long backtest), and real transactions: pysqlite's implicit transaction handling is switched off and
 every transaction starts with ``BEGIN`` (reads) or ``BEGIN IMMEDIATE`` (writes, so a writer takes
 its lock up front and waits for it, instead of failing half-way on a lock upgrade).
+
+PostgreSQL specifics: reads run at ``REPEATABLE READ``, so all the statements of one read (a report
+loads a dozen tables) see the same committed batches; at the server's default, ``READ COMMITTED``,
+each statement saw the commits made since the one before, and a report of a running run could mix
+two batches (fills without their orders' new status). A read-only transaction at that level never
+waits for a writer and never fails on one. Writes stay at ``READ COMMITTED``.
 """
 
 from __future__ import annotations
@@ -74,7 +80,7 @@ def describe_url(url: URL) -> str:
 
 @dataclass
 class Store:
-    engine: Engine  # reads (deferred BEGIN on SQLite)
+    engine: Engine  # reads (deferred BEGIN on SQLite, REPEATABLE READ on PostgreSQL)
     writer: Engine  # writes (BEGIN IMMEDIATE on SQLite); the same pool
     url: URL
 
@@ -94,7 +100,7 @@ class Store:
             yield conn
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.engine.dispose()  # the pool both share
 
 
 def open_store(url: str | Path | URL, *, create: bool = True, busy_timeout: float = 5.0) -> Store:
@@ -132,7 +138,10 @@ def _make_store(url: URL, busy_timeout: float) -> Store:
         raise ConfigError(f"store.url {url.render_as_string(hide_password=True)}: {_scrub(str(exc), url)}") from None
     if sqlite:
         _sqlite_events(engine, busy_timeout)
-    return Store(engine=engine, writer=engine.execution_options(store_write=True), url=url)
+    reader = engine
+    if url.get_backend_name() == "postgresql":
+        reader = engine.execution_options(isolation_level="REPEATABLE READ")
+    return Store(engine=reader, writer=engine.execution_options(store_write=True), url=url)
 
 
 def _sqlite_events(engine: Engine, busy_timeout: float) -> None:
