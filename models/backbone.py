@@ -41,7 +41,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -389,18 +388,16 @@ def convert_gguf(gguf_path: str | Path, cache_dir: str | Path) -> Path:
                     target)
     started = time.perf_counter()
     log.info("converting %s to safetensors in %s (once)", gguf_path.name, target)
-    scratch = folders.scratch_for(target)
-    try:
+
+    def fill(scratch: Path) -> None:
         _convert_into(gguf_path, scratch)
         mark["seconds"] = round(time.perf_counter() - started, 2)
         (scratch / _CONVERSION_MARK).write_text(json.dumps(mark, indent=1))
-        folders.install(scratch, target, _is_conversion, "converted backbone")
+
+    try:
+        folders.write(target, fill, _is_conversion, "converted backbone")
     except folders.FolderError as exc:
-        shutil.rmtree(scratch, ignore_errors=True)
         raise BackboneError(str(exc)) from None
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
     log.info("converted %s in %.1f s", gguf_path.name, mark["seconds"])
     return target
 

@@ -50,6 +50,18 @@ def scratch_for(target: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.new-", dir=target.parent))
 
 
+def write(target: Path, fill: Callable[[Path], None], is_ours: Callable[[Path], bool], what: str) -> None:
+    """``fill`` a scratch folder beside ``target``, then swap it in (``install``); if anything fails
+    the scratch is removed and ``target`` is left as it was."""
+    scratch = scratch_for(target)
+    try:
+        fill(scratch)
+        install(scratch, target, is_ours, what)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
 def install(scratch: Path, target: Path, is_ours: Callable[[Path], bool], what: str) -> None:
     """Swap ``scratch`` in as ``target``; the previous ``target`` (empty or ``is_ours``) is deleted
     only once the new one is in place."""

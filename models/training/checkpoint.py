@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import types
 import typing
 from dataclasses import dataclass
@@ -77,8 +76,8 @@ def write_checkpoint(folder: str | Path, predictor: Any, task: str, config: dict
     """Write the checkpoint to ``folder``, replacing a checkpoint there; a folder that is neither
     empty nor a checkpoint is refused (``CheckpointError``) and left as it was."""
     folder = check_output_folder(folder)
-    scratch = folders.scratch_for(folder)
-    try:
+
+    def fill(scratch: Path) -> None:
         predictor.save_task(task, scratch / task)
         full = {"task": task, **config, "backbone_fingerprint": predictor.backbone.fingerprint,
                 "predictor_fingerprint": predictor.fingerprint(task)}
@@ -87,13 +86,11 @@ def write_checkpoint(folder: str | Path, predictor: Any, task: str, config: dict
         _write(scratch / METRICS_FILE, metrics)
         if scaler is not None:
             _write(scratch / SCALER_FILE, scaler)
-        folders.install(scratch, folder, is_checkpoint, "checkpoint")
+
+    try:
+        folders.write(folder, fill, is_checkpoint, "checkpoint")
     except folders.FolderError as exc:
-        shutil.rmtree(scratch, ignore_errors=True)
         raise CheckpointError(str(exc)) from None
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
     return folder
 
 
