@@ -34,10 +34,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from engine.brokers.bybit_client import OPEN_STATUSES, BybitAccount, classify, redact
+from engine.brokers.bybit_client import BybitAccount, classify, redact
 from engine.clock import Clock
 from engine.domain import (
     Bar,
@@ -96,13 +96,6 @@ class LiveOrder:
     resend: bool = False  # looked up and not found: to be sent again with its id at the next send
 
 
-@dataclass
-class Strangers:
-    """What the exchange shows that this run did not make, for the reconciliation to judge."""
-
-    executions: dict[str, dict[str, Any]] = field(default_factory=dict)  # execId -> row
-
-
 class BybitBroker:
     def __init__(self, account: BybitAccount, instruments: Mapping[str, Instrument], emit: Callable[[OrderEvent], None],
                  clock: Clock, *, funding: ReportedFunding, settings: LiveSettings | None = None,
@@ -118,7 +111,7 @@ class BybitBroker:
         self.seen: set[str] = set()  # execution ids ingested (fills and funding)
         self.cursor: dict[str, int] = {s: start_ms for s in instruments}  # executions read up to (exchange time)
         self.floor_ms = start_ms  # executions before the run began are not the run's
-        self.strangers = Strangers()
+        self.strangers: dict[str, dict[str, Any]] = {}  # execId -> row of an execution this run did not make
         self.blocked: dict[str, str] = {}  # symbol -> why nothing more is sent for it
         self.trouble = ""  # the last exchange problem, in words ("" when the last step went through)
         self.paused_until = 0
@@ -183,6 +176,12 @@ class BybitBroker:
                     and live.status is not S.CANCEL_PENDING and not self._paused():
                 self._send_cancel(live)
 
+    def drop(self, client_order_id: str, reason: str) -> None:
+        """Give up an intent that was never sent (a restart found it too old): rejected with ``reason``."""
+        live = self.orders[client_order_id]
+        assert live.status is S.INTENT, f"{client_order_id} was sent: it cannot be dropped"
+        self._event(Rejection(client_order_id, live.order.symbol, reason, self.clock.now()))
+
     def _paused(self) -> bool:
         if self.paused_until and time.time() * 1000 < self.paused_until:
             self.trouble = "Bybit refused this address (HTTP 403, an IP ban): no request until it lifts"
@@ -211,7 +210,7 @@ class BybitBroker:
                 exchange_id = self.account.create(order, self.instruments[symbol])
             except Exception as exc:  # noqa: BLE001 - every answer is classified; none is lost
                 self.crash_point("after_post")
-                meaning, text = classify(exc), self._text(exc)
+                meaning, text = classify(exc), self.describe(exc)
                 log.warning("order %s: create answered %s (%s)", coid, meaning, text)
                 if meaning == "rejected":
                     self._event(Rejection(coid, symbol, f"Bybit rejected it: {text}", self.clock.now()))
@@ -251,9 +250,9 @@ class BybitBroker:
             self.account.cancel(symbol, coid)
         except Exception as exc:  # noqa: BLE001
             meaning = classify(exc)
-            log.warning("cancel %s: %s (%s)", coid, meaning, self._text(exc))
+            log.warning("cancel %s: %s (%s)", coid, meaning, self.describe(exc))
             if meaning not in ("not_found", "rejected"):
-                self.trouble = f"cancel of {coid}: {self._text(exc)}"
+                self.trouble = f"cancel of {coid}: {self.describe(exc)}"
                 return  # still pending: the next sync reads its state and asks again if it still works
         self._refresh(live)  # cancelled, or gone because it filled: its final state decides
 
@@ -267,9 +266,9 @@ class BybitBroker:
             row = self.account.find_order(symbol, coid)
         except Exception as exc:  # noqa: BLE001
             live.lookups += 1
-            self.trouble = f"look-up of {coid}: {self._text(exc)}"
+            self.trouble = f"look-up of {coid}: {self.describe(exc)}"
             if live.lookups >= self.settings.max_lookups:
-                self._unknown(live, f"{live.lookups} look-ups went unanswered ({self._text(exc)})")
+                self._unknown(live, f"{live.lookups} look-ups went unanswered ({self.describe(exc)})")
             return
         if row is None:
             if live.status is S.UNKNOWN:
@@ -308,7 +307,7 @@ class BybitBroker:
         try:
             row = self.account.find_order(live.order.symbol, live.order.client_order_id)
         except Exception as exc:  # noqa: BLE001
-            self.trouble = f"reading {live.order.client_order_id}: {self._text(exc)}"
+            self.trouble = f"reading {live.order.client_order_id}: {self.describe(exc)}"
             return
         if row is not None:
             self._apply(live, row)
@@ -327,10 +326,10 @@ class BybitBroker:
             try:
                 self._ingest(live.order.symbol)
             except Exception as exc:  # noqa: BLE001 - the next sync ingests them
-                self.trouble = f"reading the executions of {live.order.client_order_id}: {self._text(exc)}"
+                self.trouble = f"reading the executions of {live.order.client_order_id}: {self.describe(exc)}"
                 return
-        if status in OPEN_STATUSES or status not in _CLOSED:
-            return
+        if status not in _CLOSED:
+            return  # still working (New, PartiallyFilled, Untriggered) or a state not final
         if live.filled + step < done:
             return  # its executions are not visible yet: the next sync ingests them
         coid, symbol = live.order.client_order_id, live.order.symbol
@@ -378,7 +377,7 @@ class BybitBroker:
                     else:
                         self._refresh(live)
         except Exception as exc:  # noqa: BLE001 - reads are retried at the next step
-            self.trouble = self._text(exc)
+            self.trouble = self.describe(exc)
             log.warning("exchange sync: %s", self.trouble)
 
     def ingest(self) -> None:
@@ -407,7 +406,7 @@ class BybitBroker:
                 continue
             live = self.orders.get(str(row.get("orderLinkId") or ""))
             if live is None or live.status.is_terminal:
-                self.strangers.executions[exec_id] = dict(row)
+                self.strangers[exec_id] = dict(row)
                 continue
             fill, coin_fee = execution_fill(live.order, row, inst)
             self._event(fill)
@@ -452,9 +451,10 @@ class BybitBroker:
         try:
             self.account.sync_time()
         except Exception as exc:  # noqa: BLE001
-            self.trouble = f"time sync: {self._text(exc)}"
+            self.trouble = f"time sync: {self.describe(exc)}"
 
-    def _text(self, exc: BaseException) -> str:
+    def describe(self, exc: BaseException) -> str:
+        """An exchange error in words, the keys blanked out."""
         return redact(f"{type(exc).__name__}: {exc}", self.account.credentials)[:600]
 
     def _event(self, event: OrderEvent) -> None:

@@ -208,7 +208,7 @@ class LiveDaemon(Daemon):
             self.broker.sync()
             if self.broker.trouble:
                 log.warning("run %s: exchange trouble: %s", self.run_id, self.broker.trouble)
-            elif self.broker.strangers.executions:  # trades nobody here made: judged now, not at the next round
+            elif self.broker.strangers:  # trades nobody here made: judged now, not at the next round
                 self.reconcile()
         assert self.kernel is not None
         self.kernel.loop.deliver()

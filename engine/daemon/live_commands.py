@@ -65,9 +65,7 @@ def live_daemon(args: argparse.Namespace, config: Any, *, say: Callable[[str], N
         spec.plan = _exchange_instruments(spec.plan, account)
         if live.venue == "mainnet":
             _confirm(args, account, config, spec)
-    except TemporaryError:
-        raise
-    except ConfigError:
+    except (TemporaryError, ConfigError):
         raise
     except Exception as exc:  # an exchange answer: say what it was, never the keys
         raise ConfigError(f"Bybit ({live.venue}) could not be read: {redact(str(exc), credentials)[:400]}") from None

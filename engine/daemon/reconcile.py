@@ -76,7 +76,7 @@ class Reconciler:
             if not out.halt:  # a balance cannot be judged beside an unexplained position
                 self._balance(out)
         except Exception as exc:  # noqa: BLE001 - a read that failed: incomplete, retried at the next step
-            return Outcome(complete=False, trouble=broker._text(exc), differences=out.differences, halt=out.halt)
+            return Outcome(complete=False, trouble=broker.describe(exc), differences=out.differences, halt=out.halt)
         self.kernel.loop.deliver()
         if out.halt:
             self.on_problem("", out.halt)
@@ -84,20 +84,18 @@ class Reconciler:
 
     # -- the steps -----------------------------------------------------------------------------
     def _drop_stale_intents(self, now: int, out: Outcome) -> None:
-        from engine.domain import Rejection
-
         limit = self.config.stale_intent_fraction * self.timeframe_ms
         for live in list(self.broker.orders.values()):
             if live.status is OrderStatus.INTENT and now - live.order.ts_init > limit:
                 reason = (f"never sent: found at restart {(now - live.order.ts_init) / 1000:.0f} s after it was decided "
                           "(the market has moved on); dropped")
-                self.broker._event(Rejection(live.order.client_order_id, live.order.symbol, reason, now))
+                self.broker.drop(live.order.client_order_id, reason)
                 self._record(out, "intent_dropped", "dropped", reason, client_order_id=live.order.client_order_id,
                              symbol=live.order.symbol)
 
     def _strangers(self, out: Outcome) -> None:
         broker = self.broker
-        for exec_id, row in sorted(broker.strangers.executions.items(), key=lambda kv: int(kv[1].get("execTime") or 0)):
+        for exec_id, row in sorted(broker.strangers.items(), key=lambda kv: int(kv[1].get("execTime") or 0)):
             coid = str(row.get("orderLinkId") or "")
             symbol = self._symbol_of(row)
             what = (f"execution {exec_id}: {row.get('side')} {row.get('execQty')} {row.get('symbol')} @ "
@@ -117,7 +115,7 @@ class Reconciler:
             if coin_fee:
                 broker.fee_in_coin(symbol, row, coin_fee)
             broker.seen.add(exec_id)
-            del broker.strangers.executions[exec_id]
+            del broker.strangers[exec_id]
             self._record(out, "external_execution", "adopted", what, symbol=symbol)
 
     def _open_orders(self, out: Outcome) -> None:
