@@ -52,6 +52,7 @@ class LoraSettings:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    top_layers: int = 0  # > 0: adapt only the top this many decoder layers (the lower ones stay frozen)
 
     def __post_init__(self) -> None:
         if self.rank <= 0 or self.alpha <= 0:
@@ -60,12 +61,26 @@ class LoraSettings:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules:
             raise ValueError("LoRA target_modules must name at least one module")
+        if self.top_layers < 0:
+            raise ValueError(f"LoRA top_layers must be >= 0 (0: every layer), got {self.top_layers}")
 
-    def to_peft(self) -> Any:
+    def first_layer(self, num_layers: int) -> int:
+        """The lowest adapted decoder layer of a ``num_layers``-layer backbone."""
+        if self.top_layers > num_layers:
+            raise ValueError(f"LoRA top_layers = {self.top_layers}, but the backbone has {num_layers} layers")
+        return num_layers - self.top_layers if self.top_layers else 0
+
+    def to_peft(self, num_layers: int | None = None) -> Any:
         from peft import LoraConfig
 
+        layers = None
+        if self.top_layers:
+            if num_layers is None:
+                raise ValueError("top_layers needs the backbone's number of layers")
+            layers = list(range(self.first_layer(num_layers), num_layers))
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.target_modules), bias="none")
+                          target_modules=list(self.target_modules), bias="none", layers_to_transform=layers,
+                          layers_pattern="layers" if layers else None)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoraSettings:
@@ -73,6 +88,25 @@ class LoraSettings:
         if "target_modules" in data:
             data["target_modules"] = tuple(data["target_modules"])
         return cls(**data)
+
+
+@dataclass(slots=True)
+class LowerStates:
+    """The frozen lower layers' work on a task's prompts, done once: for a task whose adapter covers
+    only the top layers (``LoraSettings.top_layers``), what enters the first adapted layer does not
+    depend on the adapter, so training runs only the adapted layers on these states
+    (``Predictor.states_from_lower``). Computed under ``torch.inference_mode``; fp32 by default."""
+
+    task: str
+    start: int  # the first adapted layer: these are its inputs
+    prefix_hidden: torch.Tensor  # (1, P, H): the prompt prefix
+    prefix_kv: tuple[torch.Tensor, ...]  # (key, value) of the prefix in layers 0 .. start-1, batch 1
+    suffixes: list[torch.Tensor]  # per sample (S_i, H), computed after the prefix
+    lengths: np.ndarray  # S_i
+
+    def nbytes(self) -> int:
+        tensors = [self.prefix_hidden, *self.prefix_kv, *self.suffixes]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 @dataclass(slots=True)
@@ -136,7 +170,7 @@ class Predictor:
         if task in self.heads:
             raise ValueError(f"task {task!r} already has an adapter")
         with seeded(seed):
-            self._add_adapter(task, lora.to_peft())
+            self._add_adapter(task, lora.to_peft(self.num_layers))
             head = make_head(task, self.backbone.hidden_size, head_settings)
         self.heads[task] = head.to(self.device).eval()  # inference by default; fit() turns training on
         self.lora[task] = lora
@@ -204,6 +238,108 @@ class Predictor:
     def _decoder(self) -> Any:
         """The transformer body (no LM head) with the LoRA layers injected."""
         return self.model.get_base_model().base_model
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.backbone.model.config.num_hidden_layers)
+
+    def _layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache: Any,
+                start: int, stop: int) -> torch.Tensor:
+        """Decoder layers ``start .. stop-1`` on ``hidden`` (what enters layer ``start``), as the model's
+        own forward runs them (causal mask, rotary positions, the key/value cache), then the final norm
+        when ``stop`` is the last layer. The task's LoRA layers run as they are (unmerged)."""
+        from transformers.masking_utils import create_causal_mask
+
+        decoder = self._decoder()
+        causal = create_causal_mask(config=decoder.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                                    cache=cache, position_ids=position_ids)
+        rotary = decoder.rotary_emb(hidden, position_ids=position_ids)
+        for layer in decoder.layers[start:stop]:
+            hidden = layer(hidden, attention_mask=causal, position_embeddings=rotary, position_ids=position_ids,
+                           cache=cache, use_cache=cache is not None)
+        return decoder.norm(hidden) if stop == self.num_layers else hidden
+
+    def lower_states(self, task: str, suffixes: Sequence[Sequence[int]], *, batch_size: int = 64,
+                     dtype: torch.dtype = torch.float32, progress: Any = None) -> LowerStates:
+        """What the frozen layers below the task's first adapted layer make of its prompts (the prefix
+        once, then each suffix after it): the inputs ``states_from_lower`` trains on. Batched by length."""
+        from transformers import DynamicCache
+
+        self._require(task)
+        start = self.lora[task].first_layer(self.num_layers)
+        if start == 0:
+            raise ValueError(f"the {task} adapter covers every layer: nothing below it to compute once "
+                             "(set LoRA top_layers)")
+        self.set_task(task)
+        config = self.model.get_base_model().config
+        embed = self._decoder().embed_tokens
+        with torch.inference_mode():
+            ids = torch.tensor([self.encoders[task].prefix_ids], dtype=torch.long, device=self.device)
+            prefix_cache = DynamicCache(config=config)
+            mask = torch.ones_like(ids)
+            prefix_hidden = self._layers(embed(ids), mask, positions_from_mask(mask), prefix_cache, 0, start)
+            prefix_kv = tuple(t for layer in prefix_cache.layers[:start] for t in (layer.keys, layer.values))
+            length = ids.shape[1]
+            out: list[torch.Tensor | None] = [None] * len(suffixes)
+            order = sorted(range(len(suffixes)), key=lambda k: len(suffixes[k]))
+            for first in range(0, len(order), batch_size):
+                chunk = order[first:first + batch_size]
+                batch = collate([suffixes[k] for k in chunk], self.tokenizer.pad_token_id).to(self.device)
+                size = len(chunk)
+                cache = DynamicCache(ddp_cache_data=[(prefix_kv[i].expand(size, -1, -1, -1),
+                                                      prefix_kv[i + 1].expand(size, -1, -1, -1))
+                                                     for i in range(0, len(prefix_kv), 2)], config=config)
+                full = torch.cat([batch.attention_mask.new_ones(size, length), batch.attention_mask], dim=1)
+                hidden = self._layers(embed(batch.input_ids), full, positions_from_mask(batch.attention_mask, length),
+                                      cache, 0, start)
+                for row, k in enumerate(chunk):
+                    out[k] = hidden[row, :len(suffixes[k])].to(dtype).clone()
+                if progress is not None:
+                    progress(len(chunk))
+        lengths = np.array([len(s) for s in suffixes], dtype=np.int64)
+        return LowerStates(task, start, prefix_hidden.to(dtype).clone(), tuple(t.clone() for t in prefix_kv),
+                           [t for t in out if t is not None], lengths)
+
+    def upper_prefix_kv(self, lower: LowerStates) -> list[torch.Tensor]:
+        """(key, value) of the prompt prefix in every layer, batch 1: the frozen layers' fixed ones from
+        ``lower``, the adapted layers' computed now (with grad if it is enabled: the adapter moves)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.get_base_model().config)
+        prefix = lower.prefix_hidden.to(next(self._decoder().norm.parameters()).dtype)
+        ones = torch.ones((1, prefix.shape[1]), dtype=torch.long, device=self.device)
+        self._layers(prefix, ones, positions_from_mask(ones), cache, lower.start, self.num_layers)
+        return [*lower.prefix_kv, *(t for layer in cache.layers[lower.start:] for t in (layer.keys, layer.values))]
+
+    def states_from_lower(self, lower: LowerStates, index: Sequence[int], *, grad: bool = False) -> TaskState:
+        """Last-token final hidden states of samples ``index`` of ``lower``, running only the adapted
+        layers: the prefix through them (with grad when training: the adapter moves every step), then
+        the suffixes after it. Equal to ``states`` on the same prompts to float rounding."""
+        from transformers import DynamicCache
+
+        task = lower.task
+        self.set_task(task)
+        if self.lora[task].first_layer(self.num_layers) != lower.start:
+            raise ValueError(f"these lower states end at layer {lower.start}, the {task} adapter starts at "
+                             f"{self.lora[task].first_layer(self.num_layers)}")
+        config = self.model.get_base_model().config
+        dtype = next(self._decoder().norm.parameters()).dtype
+        start, n_layers = lower.start, self.num_layers
+        with torch.set_grad_enabled(grad):
+            kv = self.upper_prefix_kv(lower)
+            length = lower.prefix_hidden.shape[1]
+            rows = [lower.suffixes[i] for i in index]
+            size, width = len(rows), max(len(r) for r in rows)
+            hidden = torch.zeros((size, width, lower.prefix_hidden.shape[2]), dtype=dtype, device=self.device)
+            mask = torch.zeros((size, width), dtype=torch.long, device=self.device)
+            for row, states in enumerate(rows):
+                hidden[row, :len(states)] = states.to(dtype)
+                mask[row, :len(states)] = 1
+            cache = DynamicCache(ddp_cache_data=[(kv[i].expand(size, -1, -1, -1), kv[i + 1].expand(size, -1, -1, -1))
+                                                 for i in range(0, len(kv), 2)], config=config)
+            full = torch.cat([mask.new_ones(size, length), mask], dim=1)
+            out = self._layers(hidden, full, positions_from_mask(mask, length), cache, start, n_layers)
+            return TaskState(task, last_token_state(out, mask))
 
     def merged_weights(self, task: str) -> dict[str, torch.Tensor]:
         """The adapted weights ``W + scale * B A`` of every LoRA-wrapped layer, by parameter name
@@ -404,7 +540,7 @@ class Predictor:
             self.model.delete_adapter(task)
             del self.heads[task]
         lora = LoraSettings.from_dict(meta["lora"])
-        self._add_adapter(task, lora.to_peft())
+        self._add_adapter(task, lora.to_peft(self.num_layers))
         weights = load_file(str(folder / "adapter_model.safetensors"))
         result = set_peft_model_state_dict(self.model, weights, adapter_name=task)
         unexpected = getattr(result, "unexpected_keys", [])

@@ -59,7 +59,15 @@ def add_parsers(sub: Any) -> None:
         g.add_argument("--lora-alpha", type=int)
         g.add_argument("--lora-dropout", type=float)
         g.add_argument("--lora-targets", help="comma-separated module names, e.g. q_proj,v_proj")
+        g.add_argument("--lora-top-layers", type=int,
+                       help="adapt only the top K decoder layers (0: all); the frozen layers below run once per sample")
+        g.add_argument("--no-cache-lower-states", action="store_true",
+                       help="with --lora-top-layers: run the whole model every step instead (the reference path)")
+        g.add_argument("--no-length-buckets", action="store_true", help="draw batches at random, not by length")
+        g.add_argument("--min-lr-ratio", type=float, help="the schedule decays to this fraction of the peak, not zero")
         g.add_argument("--max-train-samples", type=int, help="train on at most this many samples")
+        if task == "sentiment":
+            g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
         if task == "regressor":
             g.add_argument("--loss", choices=["gaussian", "beta_nll"])
             g.add_argument("--no-density-weights", action="store_true", help="do not reweight rare targets")
@@ -157,13 +165,18 @@ def _backbone_config(args: argparse.Namespace, base: Any) -> Any:
 
 def _optim(args: argparse.Namespace, base: Any) -> Any:
     names = ("epochs", "max_steps", "batch_size", "lr", "head_lr", "warmup_ratio", "schedule", "grad_clip",
-             "eval_every", "patience", "seed")
-    return replace(base, **{n: getattr(args, n) for n in names if getattr(args, n) is not None})
+             "eval_every", "patience", "seed", "min_lr_ratio")
+    changes = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if args.no_cache_lower_states:
+        changes["cache_lower_states"] = False
+    if args.no_length_buckets:
+        changes["length_buckets"] = False
+    return replace(base, **changes)
 
 
 def _lora(args: argparse.Namespace, base: Any) -> Any:
     changes = {k: v for k, v in (("rank", args.lora_rank), ("alpha", args.lora_alpha),
-                                 ("dropout", args.lora_dropout)) if v is not None}
+                                 ("dropout", args.lora_dropout), ("top_layers", args.lora_top_layers)) if v is not None}
     if args.lora_targets:
         changes["target_modules"] = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
     return replace(base, **changes)
@@ -286,6 +299,8 @@ def _train_sentiment(args: argparse.Namespace) -> dict[str, Any]:
                                "lora": _lora(args, base.lora)}
     if args.max_train_samples is not None:
         changes["max_train_samples"] = args.max_train_samples
+    if args.label_smoothing is not None:
+        changes["label_smoothing"] = args.label_smoothing
     config = replace(base, **changes)
     _, _, desc = _texts(args)
     return train_sentiment(config, desc, _out(args), progress=_progress(args))

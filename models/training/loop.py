@@ -38,6 +38,14 @@ class OptimSettings:
     patience: int = 3  # validations without improvement before stopping early; 0: never stop early
     seed: int = 0
     eval_batch_size: int = 64
+    # Batches of similar lengths: each epoch's shuffled samples are sorted by length within chunks of
+    # ``bucket_chunk`` batches, cut into batches, and the batches shuffled (less padding, same samples).
+    length_buckets: bool = True
+    bucket_chunk: int = 50
+    # With LoRA on the top layers only (``LoraSettings.top_layers``): run the frozen lower layers once
+    # per sample (``Predictor.lower_states``) and train only the adapted layers on their output.
+    cache_lower_states: bool = True
+    min_lr_ratio: float = 0.0  # the schedule decays to this fraction of the learning rate, not below
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -48,6 +56,8 @@ class OptimSettings:
             raise ValueError("set epochs > 0 or max_steps > 0")
         if self.lr <= 0 or self.head_lr <= 0 or not 0 <= self.warmup_ratio < 1 or self.grad_clip < 0:
             raise ValueError("learning rates must be positive, warmup_ratio in [0, 1), grad_clip >= 0")
+        if self.bucket_chunk < 1 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("bucket_chunk must be >= 1 and min_lr_ratio in [0, 1]")
 
     def total_steps(self, n_train: int) -> int:
         per_epoch = math.ceil(n_train / self.batch_size)
@@ -68,21 +78,42 @@ class FitResult:
         return asdict(self)
 
 
-def schedule_factor(step: int, total: int, warmup: int, kind: str) -> float:
-    """Learning-rate multiplier at ``step`` (0-based): linear warm-up, then the chosen decay."""
+def schedule_factor(step: int, total: int, warmup: int, kind: str, floor: float = 0.0) -> float:
+    """Learning-rate multiplier at ``step`` (0-based): linear warm-up, then the chosen decay down to
+    ``floor`` (a fraction of the peak) instead of zero."""
     if warmup and step < warmup:
         return (step + 1) / warmup
     if kind == "constant" or total <= warmup:
         return 1.0
     progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else max(0.0, 1.0 - progress)
+    decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else max(0.0, 1.0 - progress)
+    return floor + (1.0 - floor) * decay
+
+
+def epoch_batches(n: int, batch_size: int, rng: np.random.Generator, lengths: np.ndarray | None = None,
+                  chunk_batches: int = 50) -> list[np.ndarray]:
+    """One epoch's batches: every sample exactly once. With ``lengths``, the shuffled samples are sorted
+    by length within chunks of ``chunk_batches`` batches before they are cut, so a batch holds similar
+    lengths (little padding), and the batches are then shuffled (the order of lengths is not learnt).
+    ``ceil(n / batch_size)`` batches either way; only the last chunk's last batch may be short."""
+    order = rng.permutation(n)
+    if lengths is None:
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    chunk = batch_size * chunk_batches
+    batches: list[np.ndarray] = []
+    for first in range(0, n, chunk):
+        part = order[first:first + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def fit(predictor: Predictor, task: str, n_train: int, batch_loss: Callable[[np.ndarray], torch.Tensor],
         validate: Callable[[], dict[str, float]], score_key: str, settings: OptimSettings, *,
-        higher_is_better: bool, progress: bool = False) -> FitResult:
+        higher_is_better: bool, progress: bool = False, lengths: np.ndarray | None = None) -> FitResult:
     """Train ``task``'s adapter and head. ``batch_loss(indices)`` returns the loss of those training
-    samples (with grad); ``validate()`` returns metrics whose ``score_key`` drives early stopping."""
+    samples (with grad); ``validate()`` returns metrics whose ``score_key`` drives early stopping.
+    ``lengths`` (tokens per sample) turns on length-bucketed batches when ``settings.length_buckets``."""
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     lora, head = predictor.lora_parameters(task), list(predictor.heads[task].parameters())
@@ -92,21 +123,30 @@ def fit(predictor: Predictor, task: str, n_train: int, batch_loss: Callable[[np.
     total = settings.total_steps(n_train)
     warmup = int(settings.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: schedule_factor(s, total, warmup, settings.schedule))
+        optimiser, lambda s: schedule_factor(s, total, warmup, settings.schedule, settings.min_lr_ratio))
     per_epoch = math.ceil(n_train / settings.batch_size)
     eval_every = settings.eval_every or per_epoch
     best = (-math.inf, 0, _snapshot(predictor, task))
     history: list[dict[str, Any]] = []
     bad_evals, stopped, started = 0, False, time.perf_counter()
     order = np.empty(0, dtype=np.int64)
+    bucketed = lengths is not None and settings.length_buckets
+    if bucketed and lengths is not None and len(lengths) != n_train:
+        raise ValueError(f"{len(lengths)} lengths for {n_train} training samples")
+    queue: list[np.ndarray] = []
     bar = _progress(total, task, progress)
     running = 0.0
     step = 0
     last_note = started
     for step in range(1, total + 1):
-        if len(order) < settings.batch_size:
-            order = np.concatenate([order, rng.permutation(n_train)])
-        index, order = order[:settings.batch_size], order[settings.batch_size:]
+        if bucketed:
+            if not queue:
+                queue = epoch_batches(n_train, settings.batch_size, rng, lengths, settings.bucket_chunk)
+            index = queue.pop(0)
+        else:  # batches drawn from one permutation after another, crossing epochs
+            if len(order) < settings.batch_size:
+                order = np.concatenate([order, rng.permutation(n_train)])
+            index, order = order[:settings.batch_size], order[settings.batch_size:]
         predictor.train_mode(task, True)
         loss = batch_loss(index)
         optimiser.zero_grad(set_to_none=True)

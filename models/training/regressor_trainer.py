@@ -36,6 +36,7 @@ from models.training.checkpoint import (
     write_json,
 )
 from models.training.evaluation import random_backbone_outputs, regression_metrics, ridge_baseline
+from models.training.inputs import TaskInputs, inputs_record
 from models.training.loop import fit
 from models.training.regressor_config import RegressorTrainingConfig
 
@@ -119,30 +120,38 @@ class RegressorTrainer:
         predictor.add_task("regressor", config.lora, asdict(config.head), seed=config.optim.seed)
         predictor.set_template("regressor", config.template)
         train_texts, _, y_train = data.part("train")
-        suffixes = predictor.encoders["regressor"].encode(train_texts)
+        encoder = predictor.encoders["regressor"]
+        cache, size = config.optim.cache_lower_states, config.optim.eval_batch_size
+        train = TaskInputs(predictor, "regressor", encoder.encode(train_texts), cache_lower=cache, batch_size=size)
+        head = predictor.heads["regressor"]
         targets = torch.as_tensor(y_train, dtype=torch.float32)
         weights = torch.as_tensor(data.weights, dtype=torch.float32)
         beta = config.beta if config.loss == "beta_nll" else 0.0
         val_texts, _, y_val = data.part("val")
         if config.max_val_samples and len(val_texts) > config.max_val_samples:
             val_texts, y_val = val_texts[-config.max_val_samples:], y_val[-config.max_val_samples:]
+        val = TaskInputs(predictor, "regressor", encoder.encode(val_texts), cache_lower=cache, batch_size=size)
 
         def batch_loss(index: np.ndarray) -> torch.Tensor:
-            mean, logvar = predictor.regress([suffixes[i] for i in index], grad=True)
+            mean, logvar = head(train.states(index, grad=True))
             return gaussian_nll(mean, logvar, targets[index], weights[index], beta)
 
-        def validate() -> dict[str, float]:
-            mean, std = predictor.predict_regression(val_texts, batch_size=config.optim.eval_batch_size)
+        def validate(*, full: bool = False) -> dict[str, float]:
+            if val.lower is not None and not full:  # predict_regression's numbers, through the adapted layers only
+                mean_t, logvar_t = val.head_outputs(size)
+                mean, std = mean_t.double().numpy(), np.exp(0.5 * logvar_t.double().numpy())
+            else:
+                mean, std = predictor.predict_regression(val_texts, batch_size=size)
             return regression_metrics(mean, std, y_val)
 
         log.info("training the regressor on %d samples (%s), validating on %d", len(train_texts), bars.source,
                  len(val_texts))
         result = fit(predictor, "regressor", len(train_texts), batch_loss, validate, "nll", config.optim,
-                     higher_is_better=False, progress=self.progress)
+                     higher_is_better=False, progress=self.progress, lengths=train.lengths)
         metrics = {
-            "task": "regressor", "fit": result.as_dict(), "validation": validate(),
+            "task": "regressor", "fit": result.as_dict(), "validation": validate(full=True),
             "train_samples": len(train_texts), "seconds": time.perf_counter() - started,
-            "backbone_load_seconds": backbone.load_seconds,
+            "backbone_load_seconds": backbone.load_seconds, "inputs": inputs_record(train, val),
         }
         write_checkpoint(folder, predictor, "regressor", {"config": config.to_dict(), "data": {**_describe(bars), **(describe or {})}},
                          data.fingerprint, metrics, data.scaler.to_dict())

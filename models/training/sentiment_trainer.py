@@ -33,6 +33,7 @@ from models.training.checkpoint import (
     write_json,
 )
 from models.training.evaluation import classification_metrics, random_backbone_outputs
+from models.training.inputs import TaskInputs, inputs_record
 from models.training.loop import fit
 from models.training.sentiment_config import SentimentTrainingConfig
 
@@ -94,22 +95,30 @@ class SentimentTrainer:
         predictor = Predictor(backbone)
         predictor.add_task("sentiment", config.lora, asdict(config.head), seed=config.optim.seed)
         predictor.set_template("sentiment", config.template)
-        suffixes = predictor.encoders["sentiment"].encode([headline_text(t) for t in data.train.texts])
+        encoder = predictor.encoders["sentiment"]
         labels = torch.as_tensor(data.train.labels)
         val_texts = [headline_text(t) for t in data.val.texts]
+        cache, size = config.optim.cache_lower_states, config.optim.eval_batch_size
+        train = TaskInputs(predictor, "sentiment", encoder.encode([headline_text(t) for t in data.train.texts]),
+                           cache_lower=cache, batch_size=size)
+        val = TaskInputs(predictor, "sentiment", encoder.encode(val_texts), cache_lower=cache, batch_size=size)
+        head = predictor.heads["sentiment"]
 
         def batch_loss(index: np.ndarray) -> torch.Tensor:
-            logits = predictor.classify([suffixes[i] for i in index], grad=True)
+            logits = head(train.states(index, grad=True))
             return torch.nn.functional.cross_entropy(logits, labels[index], label_smoothing=config.label_smoothing)
 
         def validate() -> dict[str, float]:
-            metrics = classification_metrics(self._probabilities(predictor, val_texts), data.val.labels)
+            if val.lower is not None:  # the same numbers as predict_sentiment, through the adapted layers only
+                probs = head.probabilities(val.head_outputs(size)).double().numpy()
+            else:
+                probs = self._probabilities(predictor, val_texts)
+            metrics = classification_metrics(probs, data.val.labels)
             return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
         log.info("training sentiment on %d texts, validating on %d (%s)", len(data.train), len(data.val), data.train.source)
         result = fit(predictor, "sentiment", len(data.train), batch_loss, validate, "accuracy", config.optim,
-                     higher_is_better=True, progress=self.progress)
-        head = predictor.heads["sentiment"]
+                     higher_is_better=True, progress=self.progress, lengths=train.lengths)
         logits = self._logits(predictor, val_texts)
         head.temperature.fill_(fit_temperature(logits, torch.as_tensor(data.val.labels)))
         predictor.changed("sentiment")
@@ -117,7 +126,7 @@ class SentimentTrainer:
             "task": "sentiment", "fit": result.as_dict(), "temperature": float(head.temperature),
             "validation": classification_metrics(self._probabilities(predictor, val_texts), data.val.labels),
             "train_samples": len(data.train), "seconds": time.perf_counter() - started,
-            "backbone_load_seconds": backbone.load_seconds,
+            "backbone_load_seconds": backbone.load_seconds, "inputs": inputs_record(train, val),
         }
         write_checkpoint(folder, predictor, "sentiment", {"config": config.to_dict(), "data": describe or {}},
                          data.fingerprint, metrics)

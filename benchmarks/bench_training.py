@@ -1,0 +1,223 @@
+"""Training-step speed of the sentiment and regressor adapters on the real SmolLM2-135M, before and after.
+
+For each variant it builds a fresh predictor on the same backbone, then runs ``--warmup`` untimed and
+``--steps`` timed optimiser steps of ``--batch`` samples exactly as ``models.training.loop.fit`` does
+(loss, backward, gradient clipping, AdamW), and prints samples/s, real tokens/s and where the time
+goes:
+
+- **prefix**: the prompt's shared prefix through the adapted layers, with grad (every step: the
+  adapter moves);
+- **forward**: the rest of the forward pass (the suffixes, the head, the loss);
+- **backward**, and **optimiser** (clipping and the AdamW step);
+- **cache**: for the cached-lower-states variants, running the frozen lower layers once over the
+  ``--samples`` training samples (paid once per training run, not per step), and the samples/s of 3
+  epochs over those samples with that cost included.
+
+Variants: *before* is today's default (LoRA on all 30 layers, dropout 0.05, batches drawn at random);
+then length-bucketed batches, dropout 0, LoRA on the top K layers with the lower layers' states
+cached, and bf16 autocast (this CPU reports AMX/AVX-512 bf16). Samples are PhraseBank sentences
+(sentiment) and regression prompts of the shared BTC/USDT 1h bars (regressor). Nothing else should run
+on the machine meanwhile: two torch jobs on 2 cores slow each other several times over.
+
+    .venv/bin/python benchmarks/bench_training.py [--task sentiment|regressor|both] [--steps 3] [--top 4,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+PHRASEBANK = DATA / "sentiment" / "financial_phrasebank" / "Sentences_50Agree.txt"
+BTC = DATA / "ohlcv" / "crypto" / "binance_BTCUSDT_1h.csv"
+
+
+@dataclasses.dataclass
+class Variant:
+    name: str
+    top_layers: int = 0
+    dropout: float = 0.05
+    buckets: bool = False
+    bf16: bool = False
+
+
+class Timers:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def time(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+
+def texts_for(task: str, n: int) -> tuple[list[str], Any]:
+    import numpy as np
+    import torch
+
+    if task == "sentiment":
+        from models.datasets import load_phrasebank
+        from models.prompts import headline_text
+
+        data = load_phrasebank(PHRASEBANK)
+        rng = np.random.default_rng(0)
+        pick = rng.choice(len(data.texts), size=n, replace=False)
+        return [headline_text(data.texts[i]) for i in pick], torch.as_tensor(np.asarray(data.labels)[pick])
+    from models.training.regressor_config import RegressorTrainingConfig
+    from models.training.regressor_trainer import prepare_regression_data
+    from research.commands import bars_of
+
+    bars = bars_of({"path": str(BTC)})
+    config = dataclasses.replace(RegressorTrainingConfig(), feature_digits=1, max_train_samples=n)
+    data = prepare_regression_data(bars, config)
+    texts, _, y = data.part("train")
+    return list(texts[-n:]), torch.as_tensor(y[-n:], dtype=torch.float32)
+
+
+def run_variant(backbone: Any, task: str, texts: list[str], targets: Any, variant: Variant, args: Any) -> dict:
+    import numpy as np
+    import torch
+
+    from models.heads import gaussian_nll
+    from models.predictor import LoraSettings, Predictor
+    from models.training.inputs import TaskInputs
+    from models.training.loop import epoch_batches
+
+    predictor = Predictor(backbone)
+    predictor.add_task(task, LoraSettings(dropout=variant.dropout, top_layers=variant.top_layers), seed=0)
+    encoder = predictor.encoders[task]
+    timers = Timers()
+    started = time.perf_counter()
+    inputs = TaskInputs(predictor, task, encoder.encode(texts), cache_lower=variant.top_layers > 0,
+                        batch_size=64)
+    cache_s = time.perf_counter() - started if variant.top_layers else 0.0
+    # time the prefix inside the step: wrap the two places it runs
+    original = {"prefix_cache": predictor.prefix_cache, "upper_prefix_kv": predictor.upper_prefix_kv}
+
+    def timed(name: str) -> Any:
+        def call(*a: Any, **k: Any) -> Any:
+            with timers.time("prefix"):
+                return original[name](*a, **k)
+        return call
+
+    predictor.prefix_cache = timed("prefix_cache")  # type: ignore[method-assign]
+    predictor.upper_prefix_kv = timed("upper_prefix_kv")  # type: ignore[method-assign]
+    head = predictor.heads[task]
+    params = predictor.lora_parameters(task) + list(head.parameters())
+    optimiser = torch.optim.AdamW(params, lr=3e-4)
+    rng = np.random.default_rng(0)
+    lengths = inputs.lengths if variant.buckets else None
+    batches = [b for _ in range(4) for b in epoch_batches(len(texts), args.batch, rng, lengths)]
+    prefix_tokens = len(encoder.prefix_ids)
+    tokens = 0
+    predictor.train_mode(task, True)
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if variant.bf16 else contextlib.nullcontext)
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            timers.seconds.clear()
+            tokens = 0
+        index = batches[step]
+        with timers.time("step"):
+            with timers.time("forward+prefix"), autocast():
+                state = inputs.states(index, grad=True)
+                if task == "sentiment":
+                    loss = torch.nn.functional.cross_entropy(head(state).float(), targets[index])
+                else:
+                    mean, logvar = head(state)
+                    loss = gaussian_nll(mean.float(), logvar.float(), targets[index], torch.ones(len(index)), 0.5)
+            with timers.time("backward"):
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+            with timers.time("optimiser"):
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimiser.step()
+                predictor.changed(task)
+        tokens += int(inputs.lengths[index].sum()) + prefix_tokens * len(index)
+    s = timers.seconds
+    step_s = s["step"] / args.steps
+    sps = args.batch / step_s
+    widths = [int(inputs.lengths[b].max()) for b in batches[args.warmup:args.warmup + args.steps]]
+    real = [float(inputs.lengths[b].mean()) for b in batches[args.warmup:args.warmup + args.steps]]
+    epochs3 = 3 * args.samples_for_epochs
+    cache_per_sample = cache_s / len(texts)
+    return {"variant": variant.name, "samples_per_s": sps, "tokens_per_s": tokens / s["step"], "step_s": step_s,
+            "prefix_s": s.get("prefix", 0.0) / args.steps,
+            "forward_s": (s["forward+prefix"] - s.get("prefix", 0.0)) / args.steps,
+            "backward_s": s["backward"] / args.steps, "optimiser_s": s["optimiser"] / args.steps,
+            "padding": 1 - sum(real) / sum(widths), "cache_s": cache_s,
+            "sps_3_epochs": epochs3 / (epochs3 / sps + cache_per_sample * args.samples_for_epochs),
+            "prefix_tokens": prefix_tokens}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=["sentiment", "regressor", "both"], default="both")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=256, help="training samples drawn from (and cached)")
+    parser.add_argument("--samples-for-epochs", type=int, default=3876,
+                        help="training-set size for the 3-epoch figure (default: PhraseBank 50-agree's training split)")
+    parser.add_argument("--top", default="4,8", help="top-K layer counts to try (default: %(default)s)")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast variant")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    for path in (PHRASEBANK, BTC):
+        if not path.is_file():
+            print(f"no {path}: the benchmark reads the shared data next to the project", file=sys.stderr)
+            return 2
+    import torch
+
+    from models.backbone import BackboneConfig, load_backbone
+
+    torch.set_num_threads(torch.get_num_threads())
+    backbone = load_backbone(BackboneConfig())
+    print(f"backbone SmolLM2-135M ({backbone.model.config.num_hidden_layers} layers), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps "
+          "per variant", flush=True)
+    tops = [int(k) for k in args.top.split(",") if k]
+    variants = [Variant("before: all layers, dropout 0.05, random batches"),
+                Variant("+ length buckets", buckets=True),
+                Variant("+ dropout 0", buckets=True, dropout=0.0),
+                *[Variant(f"+ top {k} layers, lower states cached", top_layers=k, buckets=True, dropout=0.0)
+                  for k in tops]]
+    if not args.no_bf16:
+        variants.append(Variant(f"+ bf16 autocast (top {tops[0]})", top_layers=tops[0], buckets=True, dropout=0.0,
+                                bf16=True))
+    tasks = ["sentiment", "regressor"] if args.task == "both" else [args.task]
+    for task in tasks:
+        texts, targets = texts_for(task, args.samples)
+        print(f"\n{task}: {len(texts)} samples")
+        head = (f"{'variant':<44}{'samples/s':>10}{'tokens/s':>10}{'step s':>8}{'prefix':>8}{'fwd':>7}"
+                f"{'bwd':>7}{'optim':>7}{'pad':>6}{'cache s':>9}{'3 ep s/s':>9}")
+        print(head)
+        rows = []
+        for variant in variants:
+            row = run_variant(backbone, task, texts, targets, variant, args)
+            rows.append(row)
+            print(f"{row['variant']:<44}{row['samples_per_s']:10.2f}{row['tokens_per_s']:10.0f}{row['step_s']:8.2f}"
+                  f"{row['prefix_s']:8.2f}{row['forward_s']:7.2f}{row['backward_s']:7.2f}{row['optimiser_s']:7.2f}"
+                  f"{100 * row['padding']:5.0f}%{row['cache_s']:9.1f}{row['sps_3_epochs']:9.2f}", flush=True)
+        print(f"(prompt prefix {rows[0]['prefix_tokens']} tokens, run by every step through the adapted layers)")
+        base = rows[0]["samples_per_s"]
+        best = max(rows, key=lambda r: r["sps_3_epochs"])
+        print(f"{task}: best {best['variant']!r}: {best['samples_per_s']:.2f} samples/s per step "
+              f"({best['samples_per_s'] / base:.1f}x before), {best['sps_3_epochs']:.2f} over 3 epochs of "
+              f"{args.samples_for_epochs:,} samples with the cache ({best['sps_3_epochs'] / base:.1f}x)")
+    print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

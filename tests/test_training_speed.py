@@ -1,0 +1,177 @@
+"""The faster training paths: length-bucketed batches, LoRA on the top layers only, the frozen lower
+layers' states computed once (equal to the whole forward), and a learning-rate floor."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from models.backbone import BackboneConfig, load_backbone
+from models.predictor import LoraSettings, Predictor
+from models.prompts import PromptTemplate
+from models.training.checkpoint import read_checkpoint
+from models.training.inputs import TaskInputs
+from models.training.loop import OptimSettings, epoch_batches, fit, schedule_factor
+from models.training.sentiment_config import SentimentTrainingConfig
+from models.training.sentiment_trainer import SentimentTrainer, load_sentiment, prepare_sentiment_data
+from tests.llm_helpers import TINY, randomise_adapters, torch
+from tests.test_training import _toy_headlines
+
+FOUR = dataclasses.replace(TINY, num_hidden_layers=4)
+FOUR_LAYERS = BackboneConfig(source="tiny", tiny=FOUR)
+TEXTS = ["Shares of the company surged after record quarterly profit", "Bank cuts outlook", "flat",
+         "The board met on Tuesday to discuss the annual report and the dividend", "Oil plunges 8%"]
+
+
+# -- batches --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bucketed", [False, True])
+def test_every_sample_is_used_exactly_once_per_epoch(bucketed):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 60, 203) if bucketed else None
+    batches = epoch_batches(203, 16, np.random.default_rng(1), lengths, chunk_batches=4)
+    assert len(batches) == math.ceil(203 / 16)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(203))
+    assert sum(len(b) < 16 for b in batches) == 1  # only one short batch, whatever the chunks
+
+
+def test_bucketed_batches_hold_similar_lengths_but_come_in_random_order():
+    lengths = np.random.default_rng(0).integers(5, 80, 800)
+    random = epoch_batches(800, 16, np.random.default_rng(1))
+    bucketed = epoch_batches(800, 16, np.random.default_rng(1), lengths, chunk_batches=10)
+
+    def padding(batches):
+        return 1 - sum(lengths[b].sum() for b in batches) / sum(lengths[b].max() * len(b) for b in batches)
+
+    assert padding(bucketed) < 0.5 * padding(random)
+    widths = [int(lengths[b].max()) for b in bucketed]
+    assert widths != sorted(widths) and widths != sorted(widths, reverse=True)  # the batches are shuffled
+    again = epoch_batches(800, 16, np.random.default_rng(1), lengths, chunk_batches=10)
+    assert all((a == b).all() for a, b in zip(bucketed, again, strict=True))  # seeded
+
+
+def test_fit_with_lengths_draws_bucketed_epochs(tmp_path):
+    predictor = Predictor(load_backbone(FOUR_LAYERS))
+    predictor.add_task("sentiment", LoraSettings(dropout=0.0))
+    lengths = np.random.default_rng(0).integers(3, 30, 40)
+    seen: list[np.ndarray] = []
+
+    def batch_loss(index):
+        seen.append(index)
+        return sum(p.sum() for p in predictor.lora_parameters("sentiment")) * 0.0 + torch.tensor(1.0, requires_grad=True)
+
+    settings = OptimSettings(epochs=2, batch_size=8, patience=0, bucket_chunk=2)
+    result = fit(predictor, "sentiment", 40, batch_loss, lambda: {"accuracy": 0.5}, "accuracy", settings,
+                 higher_is_better=True, lengths=lengths)
+    assert result.steps == 10
+    for epoch in (seen[:5], seen[5:]):
+        assert sorted(np.concatenate(epoch).tolist()) == list(range(40))
+        assert all(lengths[b].max() - lengths[b].min() <= lengths.max() - lengths.min() for b in epoch)
+    with pytest.raises(ValueError, match="3 lengths for 40 training samples"):
+        fit(predictor, "sentiment", 40, batch_loss, lambda: {"accuracy": 0.5}, "accuracy", settings,
+            higher_is_better=True, lengths=lengths[:3])
+
+
+def test_the_schedule_decays_to_its_floor_not_to_zero():
+    assert schedule_factor(99, 100, 0, "cosine") == pytest.approx(0.0, abs=1e-3)
+    assert schedule_factor(99, 100, 0, "cosine", floor=0.1) == pytest.approx(0.1, abs=1e-3)
+    assert schedule_factor(0, 100, 0, "linear", floor=0.1) == 1.0
+    assert schedule_factor(50, 100, 0, "linear", floor=0.2) == pytest.approx(0.2 + 0.8 * 0.5)
+
+
+# -- LoRA on the top layers, lower states cached --------------------------------------------------------
+def _top_predictor(top: int = 2, seed: int = 0) -> Predictor:
+    predictor = Predictor(load_backbone(dataclasses.replace(FOUR_LAYERS, seed=seed)))
+    predictor.add_task("sentiment", LoraSettings(top_layers=top, dropout=0.0), seed=seed)
+    predictor.add_task("regressor", LoraSettings(top_layers=top, dropout=0.0), seed=seed + 1)
+    randomise_adapters(predictor, seed)
+    return predictor
+
+
+def test_top_layers_put_lora_on_those_layers_only():
+    predictor = _top_predictor(top=2)
+    layers = {int(n.split(".layers.")[1].split(".")[0]) for n, _ in predictor.model.named_parameters() if "lora_" in n}
+    assert layers == {2, 3}
+    with pytest.raises(ValueError, match="top_layers = 5, but the backbone has 4 layers"):
+        Predictor(load_backbone(FOUR_LAYERS)).add_task("sentiment", LoraSettings(top_layers=5))
+    with pytest.raises(ValueError, match="top_layers must be >= 0"):
+        LoraSettings(top_layers=-1)
+
+
+@pytest.mark.parametrize("task", ["sentiment", "regressor"])
+def test_cached_lower_states_equal_the_whole_forward_and_its_gradients(task):
+    predictor = _top_predictor()
+    suffixes = predictor.encoders[task].encode(TEXTS)
+    lower = predictor.lower_states(task, suffixes, batch_size=2)  # batches of mixed lengths
+    index = [4, 0, 2, 1, 3]
+    with torch.no_grad():
+        whole = predictor.states(task, [suffixes[i] for i in index], use_prefix_cache=False).values
+        cached = predictor.states_from_lower(lower, index).values
+    assert torch.allclose(cached, whole, atol=1e-5, rtol=0)
+
+    def grads(states):
+        out = predictor.heads[task](states)
+        loss = (out[0] if isinstance(out, tuple) else out).square().sum()
+        for p in predictor.lora_parameters(task):
+            p.grad = None
+        loss.backward()
+        return [p.grad.clone() for p in predictor.lora_parameters(task)]
+
+    reference = grads(predictor.states(task, [suffixes[i] for i in index], grad=True, use_prefix_cache=False))
+    fast = grads(predictor.states_from_lower(lower, index, grad=True))
+    assert len(fast) == len(reference) and all(g.abs().sum() > 0 for g in reference)
+    for a, b in zip(fast, reference, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_lower_states_need_an_adapter_on_the_top_layers_only():
+    predictor = Predictor(load_backbone(FOUR_LAYERS))
+    predictor.add_task("sentiment", LoraSettings())
+    with pytest.raises(ValueError, match="covers every layer"):
+        predictor.lower_states("sentiment", predictor.encoders["sentiment"].encode(TEXTS))
+    inputs = TaskInputs(predictor, "sentiment", predictor.encoders["sentiment"].encode(TEXTS), cache_lower=True)
+    assert inputs.path == "whole model" and inputs.cache_bytes() == 0
+    top = _top_predictor(top=1)
+    lower = top.lower_states("sentiment", top.encoders["sentiment"].encode(TEXTS))
+    assert lower.start == 3 and lower.nbytes() > 0
+    other = _top_predictor(top=2)
+    with pytest.raises(ValueError, match="these lower states end at layer 3, the sentiment adapter starts at 2"):
+        other.states_from_lower(lower, [0])
+
+
+def test_a_top_layers_adapter_trains_on_cached_states_and_reloads_exactly(tmp_path):
+    config = SentimentTrainingConfig(
+        backbone=FOUR_LAYERS, template=PromptTemplate("Be brief.", "Classify."),
+        lora=LoraSettings(top_layers=2, dropout=0.0),
+        optim=OptimSettings(epochs=10, max_steps=60, batch_size=16, lr=5e-3, head_lr=1e-2, eval_every=30,
+                            warmup_ratio=0.1, patience=0, min_lr_ratio=0.1))
+    data = prepare_sentiment_data(_toy_headlines(), config)
+    metrics = SentimentTrainer(config).train(data, tmp_path / "ckpt")
+    assert metrics["inputs"]["path"] == "cached lower states" and metrics["inputs"]["lower_states_mb"] > 0
+    assert metrics["validation"]["accuracy"] > 0.8  # it learns through the cached path
+    checkpoint = read_checkpoint(tmp_path / "ckpt", "sentiment")
+    predictor, _ = load_sentiment(tmp_path / "ckpt")
+    assert predictor.lora["sentiment"].top_layers == 2
+    assert predictor.fingerprint("sentiment") == checkpoint.config["predictor_fingerprint"]
+    texts = [f"Headline: {t}" for t in data.test.texts[:12]]
+    again, _ = load_sentiment(tmp_path / "ckpt")
+    assert np.array_equal(predictor.predict_sentiment(texts), again.predict_sentiment(texts))
+
+
+def test_cached_and_whole_model_training_take_the_same_steps(tmp_path):
+    """The same seed, data and settings: the loss curve of the cached path follows the whole model's."""
+    base = SentimentTrainingConfig(
+        backbone=FOUR_LAYERS, lora=LoraSettings(top_layers=2, dropout=0.0),
+        optim=OptimSettings(max_steps=6, epochs=1, batch_size=8, patience=0, eval_every=3))
+    data = prepare_sentiment_data(_toy_headlines(120), base)
+    runs = {}
+    for cache in (True, False):
+        config = dataclasses.replace(base, optim=dataclasses.replace(base.optim, cache_lower_states=cache))
+        runs[cache] = SentimentTrainer(config).train(data, tmp_path / f"run-{cache}")
+    fast, slow = (runs[c]["fit"]["history"] for c in (True, False))
+    assert runs[True]["inputs"]["path"] == "cached lower states" and runs[False]["inputs"]["path"] == "whole model"
+    for a, b in zip(fast, slow, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["log_loss"] == pytest.approx(b["log_loss"], rel=1e-4)
