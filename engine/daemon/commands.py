@@ -349,12 +349,12 @@ def _status(store: Any, daemon: Any, config: Any, as_json: bool) -> int:
 def _stop(store: Any, daemon: Any, timeout: float) -> int:
     import socket
 
-    from engine.store.daemons import find_daemon, set_controls
+    from engine.store.daemons import find_daemon, request_stop
 
     if daemon.state in ("stopped", "finished", "failed") or daemon.lease_pid is None:
         print(f"run {daemon.run_id} is not running ({daemon.state})")
         return 0
-    set_controls(store, daemon.run_pk, stop_requested=1)
+    request_stop(store, daemon.run_pk)
     if daemon.lease_host == socket.gethostname():
         try:
             os.kill(daemon.lease_pid, signal.SIGTERM)
@@ -374,13 +374,13 @@ def _stop(store: Any, daemon: Any, timeout: float) -> int:
 
 
 def _halt(store: Any, daemon: Any, args: argparse.Namespace) -> int:
-    from engine.store.daemons import set_controls
+    from engine.store.daemons import clear_halt, request_halt
 
     if args.clear:
-        set_controls(store, daemon.run_pk, halted=0, halt_reason="", flatten_requested=0)
+        clear_halt(store, daemon.run_pk)
         print(f"run {daemon.run_id}: halt lifted; it trades again from its next step")
         return 0
-    set_controls(store, daemon.run_pk, halted=1, halt_reason=args.reason, flatten_requested=int(args.flatten))
+    request_halt(store, daemon.run_pk, args.reason, flatten=args.flatten)
     what = "cancels its open orders, closes its positions and sends nothing more" if args.flatten else \
         "sends no new order"
     print(f"run {daemon.run_id}: halted; from its next step it {what} (`halt --clear` lifts it)")
