@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     add_paper_parsers(sub, add_run_options)
+
+    from engine.serve.commands import add_parser as add_serve_parser  # light: FastAPI is imported on use
+
+    add_serve_parser(sub)
     return parser
 
 
@@ -114,6 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _setup_logging(_config(args, _flag_overrides(args)))
             return paper_commands.main(args, _config, _flag_overrides(args) if args.verb == "start" else [],
                                        format_summary)
+        if args.command == "serve":
+            from engine.serve import commands as serve_commands
+
+            _setup_logging(_config(args))
+            return serve_commands.main(args, _config)
         if args.command in ("train", "evaluate"):
             from research import commands as ml_commands
 
