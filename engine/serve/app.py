@@ -53,9 +53,9 @@ SECURITY_HEADERS = {
 
 class HaltRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field("halted from the dashboard", min_length=1, max_length=500,
+    reason: str = Field(default="halted from the dashboard", min_length=1, max_length=500,
                         description="recorded with the halt, shown by `paper status`")
-    flatten: bool = Field(False, description="also cancel the open orders and close the positions")
+    flatten: bool = Field(default=False, description="also cancel the open orders and close the positions")
 
 
 class Unauthorised(Exception):

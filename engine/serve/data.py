@@ -26,8 +26,7 @@ from engine.domain import OrderStatus
 from engine.report import stats
 from engine.store.daemons import DaemonInfo, find_daemon
 from engine.store.db import RunNotFound, Store
-from engine.store.models import OrderEvent, OrderRow, PredictionRow, ReconciliationRow
-from engine.store.models import FillRow as FillTable
+from engine.store.models import FillRow, OrderEvent, OrderRow, PredictionRow, ReconciliationRow
 from engine.store.queries import RunData, RunInfo, find_run, list_runs, load_run
 from engine.store.redact import redact_settings
 from engine.timeutil import iso
@@ -244,9 +243,9 @@ class Reader:
     def fills(self, info: RunInfo, *, limit: int, offset: int) -> dict[str, Any]:
         """Fills, newest first, with what each cost."""
         with self.store.read() as conn:
-            total = int(conn.scalar(select(func.count()).select_from(FillTable).where(FillTable.run_pk == info.pk)) or 0)
-            rows = conn.execute(select(FillTable.__table__).where(FillTable.run_pk == info.pk)
-                                .order_by(FillTable.ts_event.desc(), FillTable.id.desc())
+            total = int(conn.scalar(select(func.count()).select_from(FillRow).where(FillRow.run_pk == info.pk)) or 0)
+            rows = conn.execute(select(FillRow.__table__).where(FillRow.run_pk == info.pk)
+                                .order_by(FillRow.ts_event.desc(), FillRow.id.desc())
                                 .limit(limit).offset(offset)).mappings().all()
         return {"total": total, "offset": offset, "fills": [{
             "ts": r["ts_event"], "time": when(r["ts_event"]), "client_order_id": r["client_order_id"],
