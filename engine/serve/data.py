@@ -2,8 +2,11 @@
 
 Every figure comes from the store through the readers the HTML report uses (``engine.store.queries``,
 ``engine.report.stats``), so the dashboard, the report and ``backtest --json`` cannot disagree. A
-run's whole record (``load_run``) is kept in a small cache once the run has ended (its rows never
-change again); a run still being written is read afresh on every request.
+run's whole record (``load_run``) is kept in a small cache keyed by the version of the run's row:
+every write of a run's record (the journal's checkpoints) also sets the row's ``heartbeat_ms`` and
+``bars`` in the same transaction, so (status, bars, heartbeat, finished) changes whenever the record
+does, and each request reads the row afresh. A page of a running daemon that asks for five views
+of one checkpoint loads it once; loads are one at a time, so they never pile up on the store.
 
 Long series (an equity point per bar) are thinned to at most ``max_points`` evenly spaced samples,
 the first and the last always kept; the answer says how many points the run has (``points``).
@@ -32,7 +35,6 @@ from engine.store.redact import redact_settings
 from engine.timeutil import iso
 
 DAEMON_MODES = ("paper", "live")
-ENDED = ("completed", "failed", "interrupted")  # a run's stored status once nothing writes it any more
 TERMINAL_DAEMON = ("stopped", "finished", "failed")
 OPEN_STATUSES = [s.value for s in OrderStatus if not s.is_terminal]
 
@@ -74,9 +76,10 @@ class Reader:
     def __init__(self, store: Store, *, lease_stale_ms: int, cache_size: int = 4) -> None:
         self.store = store
         self.lease_stale_ms = lease_stale_ms
-        self._cache: OrderedDict[tuple[int, int], RunData] = OrderedDict()
+        self._cache: OrderedDict[tuple[Any, ...], RunData] = OrderedDict()
         self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the cache
+        self._loading = threading.Lock()  # one load_run at a time
 
     # -- runs ---------------------------------------------------------------------------------------
     def info(self, run_id: str) -> RunInfo:
@@ -84,18 +87,18 @@ class Reader:
         return find_run(self.store, run_id)
 
     def data(self, info: RunInfo) -> RunData:
-        if info.stored_status not in ENDED:
-            return load_run(self.store, info)
-        key = (info.pk, info.bars)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        data = load_run(self.store, info)
-        with self._lock:
-            self._cache[key] = data
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        """The run's record as ``info`` (just read) describes it: from the cache when it is that version."""
+        key = (info.pk, info.stored_status, info.bars, info.heartbeat_ms, info.finished_ms)
+        with self._loading:
+            with self._lock:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                    return self._cache[key]
+            data = load_run(self.store, info)
+            with self._lock:
+                self._cache[key] = data
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
         return data
 
     def daemon(self, info: RunInfo) -> DaemonInfo | None:
