@@ -203,7 +203,8 @@
   function summaryPairs(s) {
     const m = s.metrics || {};
     return [
-      ["final equity", num(s.final_equity === null ? s.equity : s.final_equity), "", "final_equity"],
+      [s.final_equity === null ? "equity (last close)" : "final equity",
+        num(s.final_equity === null ? s.equity : s.final_equity), "", "final_equity"],
       ["starting cash", num(s.starting_cash), "", "starting_cash"],
       ["total return", pct(m.total_return, true), sign(m.total_return), "total_return"],
       ["buy & hold return", pct(m.buy_and_hold_return, true), sign(m.buy_and_hold_return), "buy_hold_return"],
@@ -303,7 +304,8 @@
           $("daemon").hidden = false;
           const d = await api("/runs/" + enc + "/daemon");
           keyValues($("health"), [
-            ["state", d.state + (d.halted ? " (halted: " + d.halt_reason + ")" : ""), d.halted ? "neg" : "", "state"],
+            ["state", !d.halted ? d.state : d.state === "halted" ? "halted: " + d.halt_reason :
+              d.state + " (halted: " + d.halt_reason + ")", d.halted ? "neg" : "", "state"],
             ["doing", d.note || "-"], ["process", d.pid ? "pid " + d.pid + " on " + d.host : "-", "", "process"],
             ["heartbeat", d.heartbeat_age_s === null ? "-" : num(d.heartbeat_age_s, 1) + " s ago" +
               (d.stale ? " (STALE)" : ""), d.stale ? "neg" : "", "heartbeat"],
