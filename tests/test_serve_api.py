@@ -206,6 +206,18 @@ def test_bad_requests_are_4xx_json_with_a_message(api, sqlite_run, method, path,
     assert words in body["error"] and "Traceback" not in response.text
 
 
+@pytest.mark.parametrize(("path", "status", "words"), [
+    ("/runs/no-such-run", 404, "no run"), ("/runs/bad%20id", 422, "run_id"), ("/compare?a=x", 422, "query.b"),
+    ("/compare?a=no-such&b=run", 404, "no run"), ("/nowhere", 404, "no such page"),
+])
+def test_a_bad_page_request_is_a_4xx_page_with_the_message(sqlite_run, path, status, words):
+    browser = client(sqlite_run[0])
+    browser.cookies.set("llmtrader_token", TOKEN)
+    response = browser.get(path, headers={"Accept": "text/html"})
+    assert response.status_code == status and response.headers["content-type"].startswith("text/html")
+    assert words in response.text and "Traceback" not in response.text
+
+
 @pytest.mark.parametrize("body", [b"not json", b'{"reason": ""}', b'{"reason": "' + b"x" * 501 + b'"}',
                                   b'{"flatten": "maybe"}', b'{"reason": "ok", "extra": 1}', b"[1, 2]"])
 def test_a_bad_control_body_is_422(api, sqlite_run, body):
@@ -273,7 +285,7 @@ def test_daemon_health_and_halt_resume_stop_reach_the_daemon(backend, bars_file)
     from engine.store.daemons import read_controls
 
     target = backend.new()
-    daemon = stepped_daemon(target.url, bars_file, 120)
+    daemon = stepped_daemon(target.url, bars_file, 140)  # sma_cross holds BTC from bar 137
     try:
         api = client(target.url)
         run_id = daemon.run_id
@@ -283,7 +295,7 @@ def test_daemon_health_and_halt_resume_stop_reach_the_daemon(backend, bars_file)
         health = get(api, f"/api/runs/{run_id}/daemon")
         assert health["state"] == "running" and health["pid"] == health["lease"]["pid"] and health["pid"] > 0
         assert health["heartbeat_age_s"] is not None and health["heartbeat_age_s"] < 60 and not health["stale"]
-        assert health["bars"] == 120 and health["last_bar_close"] is not None
+        assert health["bars"] == 140 and health["last_bar_close"] is not None
         assert health["controls"] == {"halted": False, "halt_reason": "", "flatten_requested": False,
                                       "stop_requested": False}
 
@@ -302,6 +314,17 @@ def test_daemon_health_and_halt_resume_stop_reach_the_daemon(backend, bars_file)
         daemon.step(3)
         assert get(api, f"/api/runs/{run_id}/daemon")["state"] == "running"
 
+        assert daemon.kernel.portfolio.quantity(daemon.symbol) > 0
+        flatten = api.post(f"/api/runs/{run_id}/halt", json={"reason": "flat now", "flatten": True}, headers=AUTH)
+        assert flatten.status_code == 200 and flatten.json()["controls"]["flatten_requested"]
+        assert "closes its positions" in flatten.json()["message"]
+        daemon.step(2)
+        assert daemon.kernel.portfolio.quantity(daemon.symbol) == 0.0
+        assert read_controls(daemon.store, daemon.run_pk)["flatten_requested"] is False  # done: the daemon cleared it
+        assert get(api, f"/api/runs/{run_id}/positions")["open_orders_total"] == 0
+        assert api.post(f"/api/runs/{run_id}/resume", headers=AUTH).status_code == 200
+        daemon.step(1)
+
         stopped = api.post(f"/api/runs/{run_id}/stop", headers=AUTH)
         assert stopped.status_code == 200 and stopped.json()["controls"]["stop_requested"]
         daemon.step(1)
@@ -311,7 +334,7 @@ def test_daemon_health_and_halt_resume_stop_reach_the_daemon(backend, bars_file)
         assert again.status_code == 409 and "not running (stopped)" in again.json()["error"]
         assert get(api, f"/api/runs/{run_id}/daemon")["state"] == "stopped"
         s = get(api, f"/api/runs/{run_id}")
-        assert s["mode"] == "paper" and s["has_daemon"] and s["bars"] == 126  # the step that read the stop took no bar
+        assert s["mode"] == "paper" and s["has_daemon"] and s["bars"] == 149  # the step that read the stop took no bar
     finally:
         if daemon.state not in ("stopped", "finished", "failed"):
             daemon.close("stopped")
