@@ -114,10 +114,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("paper", "live"):
             from engine.daemon import commands as paper_commands
 
+            stop_serving = None
             if args.verb == "start":
-                _setup_logging(_config(args, _flag_overrides(args)))
-            return paper_commands.main(args, _config, _flag_overrides(args) if args.verb == "start" else [],
-                                       format_summary)
+                config = _config(args, _flag_overrides(args))
+                _setup_logging(config)
+                if args.serve is not None:
+                    stop_serving = _serve_beside(args, config)
+            try:
+                return paper_commands.main(args, _config, _flag_overrides(args) if args.verb == "start" else [],
+                                           format_summary)
+            finally:
+                if stop_serving is not None:
+                    stop_serving()
         if args.command == "serve":
             from engine.serve import commands as serve_commands
 
@@ -146,6 +154,19 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
     if args.drop_bad_rows:
         out.append("data.drop_bad_rows=true")
     return out
+
+
+def _serve_beside(args: argparse.Namespace, config: Config) -> Any:
+    """``paper start --serve``: the dashboard in a thread beside the daemon; the function that stops it."""
+    if args.detach:
+        raise ConfigError("--serve prints the dashboard's address, with its token, on this terminal, which a "
+                          "detached daemon has not: drop --detach, or run `python -m engine serve` beside it")
+    if not config.store.enabled:
+        raise ConfigError(f"the {args.command} daemon records everything in the store: store.enabled = false "
+                          "cannot run it")
+    from engine.serve.commands import serve_beside
+
+    return serve_beside(config, args.serve, say=_stderr)
 
 
 def _config(args: argparse.Namespace, flags: Sequence[str] = ()) -> Config:

@@ -123,3 +123,58 @@ def test_a_real_server_prints_the_address_once_and_logs_no_token(tmp_path):
     assert printed.count(token) == 1 and "written to no log" in printed
     assert token not in err and "token=***" in err  # the access log shows the visit without its token
     assert token not in log_file.read_text() if log_file.exists() else True
+
+
+def test_paper_start_serve_runs_the_dashboard_beside_the_daemon(tmp_path, tmp_path_factory):
+    import json
+
+    from tests.test_paper import first_hours
+
+    bars = first_hours(tmp_path_factory, 1500)
+    db, log_file = tmp_path / "store.db", tmp_path / "engine.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "paper", "start", "--replay", str(bars), "--strategy",
+                             "sma_cross", "--speed", "20", "--serve", "0", "--set", f'store.url="sqlite:///{db}"',
+                             "--set", f'logging.file="{log_file}"'],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        seen = []
+        while not any("dashboard: " in line for line in seen):
+            line = proc.stderr.readline()
+            assert line, "".join(seen)
+            seen.append(line)
+        match = re.search(r"dashboard: (http://127\.0\.0\.1:\d+)/\?token=(\S+)", "".join(seen))
+        assert match, seen
+        base, token = match.groups()
+        assert token == (tmp_path / "cfg" / "llmtrader" / "serve-token").read_text().strip()
+        headers = {"Authorization": f"Bearer {token}"}
+
+        def call(path: str, method: str = "GET") -> dict:
+            request = urllib.request.Request(base + path, headers=headers, method=method)
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return json.loads(answer.read())
+
+        deadline = time.monotonic() + 30
+        while True:
+            runs = call("/api/runs")["runs"]
+            if runs and runs[0]["daemon_state"] == "running":
+                break
+            assert time.monotonic() < deadline, runs
+            time.sleep(0.2)
+        run_id = runs[0]["run_id"]
+        assert call(f"/api/runs/{run_id}/daemon")["pid"] == proc.pid  # the same process serves and trades
+        assert "stop requested" in call(f"/api/runs/{run_id}/stop", "POST")["message"]
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert f"run {run_id} stopped" in err
+    assert token not in err and token not in log_file.read_text()
+
+
+def test_serve_beside_a_detached_daemon_is_refused(capsys, tmp_path):
+    code = main(["paper", "start", "--detach", "--serve", "--set", f'store.url="sqlite:///{tmp_path / "s.db"}"'])
+    assert code == 2 and "drop --detach" in capsys.readouterr().err

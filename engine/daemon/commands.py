@@ -78,6 +78,10 @@ def _add_daemon_parser(sub: Any, mode: str, add_run_options: Any) -> None:
     start.add_argument("--new", action="store_true", help="start a fresh run instead of resuming this command's run")
     start.add_argument("--detach", action="store_true", help=f"run in the background, logging to logs/{mode}-*.log")
     start.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
+    start.add_argument("--serve", nargs="?", type=int, const=8787, metavar="PORT",  # serve's DEFAULT_PORT
+                       help="also serve the dashboard (as `python -m engine serve`) on 127.0.0.1:PORT (default "
+                       "8787, 0: a free one) while the daemon runs; its address, with the token, is printed on "
+                       "this terminal. Not with --detach")
     if mode == "live":
         venue = start.add_mutually_exclusive_group()
         venue.add_argument("--testnet", action="store_true", help="trade on Bybit's testnet (its own keys and prices)")

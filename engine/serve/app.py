@@ -85,9 +85,10 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return SafeJSONResponse({"error": message, **extra}, status_code=status, headers=SECURITY_HEADERS)
 
 
-def create_app(store_url: str, token: str, *, config: Any = None) -> FastAPI:
+def create_app(store_url: str, token: str, *, config: Any = None, create: bool = False) -> FastAPI:
     """The dashboard over the store at ``store_url`` (a URL or a SQLite path), guarded by ``token``.
-    ``config`` (the checked ``Config``; defaults when None) gives the daemons' staleness limits."""
+    ``config`` (the checked ``Config``; defaults when None) gives the daemons' staleness limits;
+    ``create`` makes an empty store where there is none (a daemon about to record into it)."""
     if len(token) < 16:
         raise ValueError("the dashboard token must be at least 16 characters")
     from engine.store.db import open_store
@@ -96,7 +97,7 @@ def create_app(store_url: str, token: str, *, config: Any = None) -> FastAPI:
         from engine.session import load_settings
 
         config = load_settings(None, [])
-    store = open_store(store_url, create=False, busy_timeout=config.store.busy_timeout)
+    store = open_store(store_url, create=create, busy_timeout=config.store.busy_timeout)
     reader = Reader(store, lease_stale_ms=int(config.paper.lease_stale_s * 1000))
 
     @asynccontextmanager

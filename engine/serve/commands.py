@@ -10,6 +10,8 @@ import logging
 import re
 import socket
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +116,38 @@ def main(args: argparse.Namespace, config_loader: Any) -> int:
     finally:
         sock.close()
     return 0
+
+
+def serve_beside(config: Any, port: int, *, say: Callable[[str], None]) -> Callable[[], None]:
+    """``paper start --serve [PORT]`` / ``live start --serve``: the dashboard on 127.0.0.1:PORT in a
+    thread of the daemon's process, over the daemon's store (created now if the daemon has not yet),
+    until the returned function stops it. Loopback only, the token as for ``serve``; the page's
+    address goes to ``say`` (the terminal), never to a log, and the access log is off so the daemon's
+    own lines stay readable."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--serve PORT must be 0-65535, got {port}")
+    token_file = default_token_file()
+    token, created = load_or_create_token(token_file)
+
+    import uvicorn
+
+    from engine.serve.app import create_app
+
+    app = create_app(config.store.url, token, config=config, create=True)
+    sock = _bind("127.0.0.1", port)
+    server = uvicorn.Server(uvicorn.Config(app, log_config=LOG_CONFIG, server_header=False, access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="dashboard", daemon=True)
+    thread.start()
+    bound = sock.getsockname()[1]
+    say(f"dashboard: http://127.0.0.1:{bound}/?token={token} (the token, {'new, ' if created else ''}kept in "
+        f"{token_file}, is printed here once and written to no log)")
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+    return stop
 
 
 def _bind(host: str, port: int) -> socket.socket:
