@@ -135,6 +135,7 @@ def test_two_runs_side_by_side(browser, two_runs):
     assert console_errors(browser) == []
 
 
+@pytest.mark.slow
 def test_halt_on_the_page_halts_a_running_paper_daemon_and_stop_stops_it(browser, tmp_path_factory):
     from tests.test_paper import first_hours
 

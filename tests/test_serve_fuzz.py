@@ -42,6 +42,7 @@ def fuzz_target(tmp_path_factory):
 EXAMPLES = 10  # per operation and generation mode: 15 operations x 2 modes x 10, well under a minute
 
 
+@pytest.mark.slow
 def test_no_request_makes_a_server_error(fuzz_target):
     """Every operation of the document, with valid (positive) and invalid (negative) inputs. (Driven
     through ``as_strategy`` rather than schemathesis' pytest plugin, whose fixture loader does not work
