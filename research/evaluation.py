@@ -54,6 +54,7 @@ from engine.files import atomic_write_text
 from engine.plan import BacktestPlan
 from engine.session import load_settings, prepare_backtest, run_recorded, strategy_factory
 from engine.timeutil import iso, parse_instant
+from research.executors import EXECUTORS, Executor, executor, torch_threads
 from strategies.llm_settings import llm_settings, with_llm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,6 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--markets", default="", help="comma-separated names or prefixes (default: all), e.g. BTC,AAPL")
     parser.add_argument("--no-walk-forward", action="store_true", help="skip the walk-forward section")
     parser.add_argument("--store", default=str(ROOT / "logs" / "evaluation.db"), help="SQLite file the runs are recorded in")
+    parser.add_argument("--executor", choices=EXECUTORS, default="serial",
+                        help="run the markets one after another (default) or in parallel on Ray (pip install -e "
+                        "'.[ray]'); each market gets as many cores as torch uses here, so its numbers equal the "
+                        "serial run's, and loads its own backbone")
+    parser.add_argument("--workers", type=int, help="with --executor ray: local CPUs to use (default: all)")
+    parser.add_argument("--ray-address", help="with --executor ray: join this Ray cluster instead of starting one")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the Markdown from an earlier run's results.json (no backtest is run)")
     args = parser.parse_args(argv)
@@ -178,15 +185,22 @@ def _main(args: argparse.Namespace) -> int:
     regressor = _ensure_checkpoint(REGRESSOR, data) if any(
         not m.own_regressor for m in chosen) else None
     args.charts.mkdir(parents=True, exist_ok=True)
-    results = []
-    for i, market in enumerate(chosen, 1):
-        _say(f"[{i}/{len(chosen)}] {market.name}")
-        results.append(evaluate_market(market, data, args.store, sentiment, regressor, args.charts))
-        _write(args, results, None, sentiment, regressor, time.perf_counter() - started, partial=True)
-    walk = None
-    if not args.no_walk_forward and any(m.own_regressor for m in chosen):
-        _say("walk-forward on BTC/USDT 1h")
-        walk = walk_forward_btc(data, args.store, sentiment, args.charts)
+    done: dict[int, dict[str, Any]] = {}
+
+    def finished(k: int, result: dict[str, Any]) -> None:  # the markets done so far, in table order
+        done[k] = result
+        _write(args, [done[i] for i in sorted(done)], None, sentiment, regressor, time.perf_counter() - started,
+               partial=True)
+
+    task = partial(evaluate_market, data=data, store=args.store, sentiment=sentiment, regressor=regressor,
+                   charts=args.charts)
+    with executor(args.executor, address=args.ray_address, workers=args.workers, say=_say) as ex:
+        _say(f"{len(chosen)} markets on {ex.name}")
+        results = ex.map(task, chosen, labels=[m.name for m in chosen], say=_say, each=finished, cpus=torch_threads())
+        walk = None
+        if not args.no_walk_forward and any(m.own_regressor for m in chosen):
+            _say("walk-forward on BTC/USDT 1h")
+            walk = walk_forward_btc(data, args.store, sentiment, args.charts, ex)
     _write(args, results, walk, sentiment, regressor, time.perf_counter() - started, partial=False)
     _say(f"wrote {args.out} and {args.charts / 'results.json'} in {(time.perf_counter() - started) / 60:.1f} min")
     return 0
@@ -330,7 +344,8 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def walk_forward_btc(data: Path, store: str, sentiment: dict[str, Any], charts: Path) -> dict[str, Any]:
+def walk_forward_btc(data: Path, store: str, sentiment: dict[str, Any], charts: Path,
+                     ex: Executor | None = None) -> dict[str, Any]:
     from research.walk_forward import plot_walk_forward, run_walk_forward
 
     market = MARKETS[0]
@@ -343,7 +358,7 @@ def walk_forward_btc(data: Path, store: str, sentiment: dict[str, Any], charts: 
              f"{_pct(summary['metrics']['buy_and_hold_return'])}), run {summary['run_id']}")
         return summary
 
-    result = run_walk_forward(plan, run_plan, say=_say)
+    result = run_walk_forward(plan, run_plan, say=_say, executor=ex)
     chart = plot_walk_forward(result, charts / "walk_forward_btc.png")
     result["chart"] = str(chart.relative_to(ROOT)) if chart.is_relative_to(ROOT) else str(chart)
     return result

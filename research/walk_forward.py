@@ -32,6 +32,7 @@ from engine.plan import BacktestPlan
 from engine.timeutil import iso
 
 if TYPE_CHECKING:
+    from research.executors import Executor
     from strategies.llm_settings import WalkForwardSettings
 
 RunPlan = Callable[[BacktestPlan, str], dict[str, Any]]
@@ -71,62 +72,77 @@ def check_walk_forward(config: Config) -> None:
 
 
 def run_walk_forward(plan: BacktestPlan, run_plan: RunPlan, *, progress: bool = False,
-                     say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Every fold's in-sample and out-of-sample runs and their totals (a JSON-able dict)."""
+                     say: Callable[[str], None] | None = None, executor: Executor | None = None) -> dict[str, Any]:
+    """Every fold's in-sample and out-of-sample runs and their totals (a JSON-able dict). The folds are
+    independent of one another, so ``executor`` (``research.executors``; default: serial) may run them
+    in parallel; the rows come back in fold order either way. On Ray each fold gets as many cores as
+    torch uses here, so that it trains with the same threads and gives the same numbers as serially:
+    a machine runs (its cores / that) folds at once."""
+    from research.executors import SerialExecutor, torch_threads
+    from strategies.llm_settings import llm_settings
+
+    config = plan.config
+    check_walk_forward(config)
+    settings = llm_settings(config).walk_forward
+    if len(plan.series) != 1:
+        raise ConfigError("--walk-forward trades one series at a time")
+    all_folds = folds(len(plan.series[0]), settings)
+    ex = executor or SerialExecutor()
+    task = partial(_run_fold, plan, run_plan, len(all_folds), progress and ex.name == "serial", say)
+    rows = ex.map(task, all_folds, labels=[f"fold {f.index + 1}/{len(all_folds)}" for f in all_folds],
+                  say=None if ex.name == "serial" else say, cpus=torch_threads())
+    in_sample = settings.in_sample_bars or settings.test_bars
+    return {"folds": rows, "settings": dataclasses.asdict(settings) | {"in_sample_bars": in_sample},
+            "totals": {sample: _totals([r[sample] for r in rows]) for sample in ("in_sample", "out_of_sample")}}
+
+
+def _run_fold(plan: BacktestPlan, run_plan: RunPlan, n_folds: int, progress: bool,
+              say: Callable[[str], None] | None, fold: Fold) -> dict[str, Any]:
+    """Train fold ``fold``'s adapters (or reuse them), then run its in-sample and out-of-sample windows."""
     from strategies.llm_prepare import llm_plan, setup_llm, translated_errors
     from strategies.llm_settings import llm_settings, with_llm
     from strategies.llm_signal import LlmSignal
 
     config = plan.config
-    check_walk_forward(config)
     llm = llm_settings(config)
-    settings = llm.walk_forward
-    if len(plan.series) != 1:
-        raise ConfigError("--walk-forward trades one series at a time")
     series = plan.series[0]
-    in_sample = settings.in_sample_bars or settings.test_bars
+    in_sample = llm.walk_forward.in_sample_bars or llm.walk_forward.test_bars
     lookback = llm.aggregation.news_lookback_ms
-    rows: list[dict[str, Any]] = []
-    all_folds = folds(len(series), settings)
-    for fold in all_folds:
-        label = f"fold {fold.index + 1}/{len(all_folds)}"
-        if say is not None:
-            say(f"walk-forward {label}: train on bars {fold.start:,}..{fold.cut - 1:,}, trade {fold.cut:,}..{fold.end - 1:,}")
-        end_ms = int(series.ts_open[fold.end]) if fold.end < len(series) else None
-        window = series.between(int(series.ts_open[fold.start]), end_ms)
-        fraction = (fold.cut - fold.start) / (fold.end - fold.start)
-        fold_news = [n for n in plan.news if end_ms is None or n.ts_event < end_ms]
-        fold_config = with_llm(config, train_fraction=fraction)
-        fold_plan = dataclasses.replace(plan, config=fold_config, series=[window], news=fold_news)
-        with translated_errors(config):
-            setup = setup_llm(fold_plan, progress=progress, say=say)  # a fresh backbone: peft wraps it in place
-            split = setup.split
-            symbol = split.trade.symbol
-            oos_source = setup.precompute()
-            is_start = int(split.train.ts_open[max(0, len(split.train) - in_sample)])
-            is_news = [n for n in split.train_news if n.ts_event >= is_start - lookback]  # with their context
-            is_source = setup.precompute(start_ms=is_start, news=is_news, bars=split.train)
-        is_delivered = [n for n in is_news if n.ts_event >= is_start]
-        oos_plan = llm_plan(fold_plan, setup, partial(LlmSignal, setup.params, {symbol: oos_source}),
-                            dict(oos_source.stats))
-        is_series = split.train.between(is_start, None)
-        is_plan = dataclasses.replace(
-            oos_plan, series=[is_series], news=is_delivered,
-            make_strategy=partial(LlmSignal, setup.params, {symbol: is_source}),
-            notes=[*plan.notes, f"llm walk-forward {label}: IN SAMPLE, trading the last {len(is_series):,} bars "
-                                "the adapters were trained on"],
-            extra={**oos_plan.extra, "predictions": dict(is_source.stats),
-                   "trade_period": {**_span(is_series), "headlines": len(is_delivered)}})
-        fold_info = {"fold": fold.index + 1, "of": len(all_folds)}
-        results = {}
-        for sample, sub in (("in_sample", is_plan), ("out_of_sample", oos_plan)):
-            sub = dataclasses.replace(sub, extra={**sub.extra, "walk_forward": {**fold_info, "sample": sample}})
-            results[sample] = _row(run_plan(sub, f"walk-forward {label} {sample.replace('_', '-')}"))
-        rows.append({**fold_info, "train": _span(split.train), "in_sample": results["in_sample"],
-                     "out_of_sample": results["out_of_sample"], "checkpoints": setup.checkpoints,
-                     "seconds": setup.seconds})
-    return {"folds": rows, "settings": dataclasses.asdict(settings) | {"in_sample_bars": in_sample},
-            "totals": {sample: _totals([r[sample] for r in rows]) for sample in ("in_sample", "out_of_sample")}}
+    label = f"fold {fold.index + 1}/{n_folds}"
+    if say is not None:
+        say(f"walk-forward {label}: train on bars {fold.start:,}..{fold.cut - 1:,}, trade {fold.cut:,}..{fold.end - 1:,}")
+    end_ms = int(series.ts_open[fold.end]) if fold.end < len(series) else None
+    window = series.between(int(series.ts_open[fold.start]), end_ms)
+    fraction = (fold.cut - fold.start) / (fold.end - fold.start)
+    fold_news = [n for n in plan.news if end_ms is None or n.ts_event < end_ms]
+    fold_config = with_llm(config, train_fraction=fraction)
+    fold_plan = dataclasses.replace(plan, config=fold_config, series=[window], news=fold_news)
+    with translated_errors(config):
+        setup = setup_llm(fold_plan, progress=progress, say=say)  # a fresh backbone: peft wraps it in place
+        split = setup.split
+        symbol = split.trade.symbol
+        oos_source = setup.precompute()
+        is_start = int(split.train.ts_open[max(0, len(split.train) - in_sample)])
+        is_news = [n for n in split.train_news if n.ts_event >= is_start - lookback]  # with their context
+        is_source = setup.precompute(start_ms=is_start, news=is_news, bars=split.train)
+    is_delivered = [n for n in is_news if n.ts_event >= is_start]
+    oos_plan = llm_plan(fold_plan, setup, partial(LlmSignal, setup.params, {symbol: oos_source}),
+                        dict(oos_source.stats))
+    is_series = split.train.between(is_start, None)
+    is_plan = dataclasses.replace(
+        oos_plan, series=[is_series], news=is_delivered,
+        make_strategy=partial(LlmSignal, setup.params, {symbol: is_source}),
+        notes=[*plan.notes, f"llm walk-forward {label}: IN SAMPLE, trading the last {len(is_series):,} bars "
+                            "the adapters were trained on"],
+        extra={**oos_plan.extra, "predictions": dict(is_source.stats),
+               "trade_period": {**_span(is_series), "headlines": len(is_delivered)}})
+    fold_info = {"fold": fold.index + 1, "of": n_folds}
+    results = {}
+    for sample, sub in (("in_sample", is_plan), ("out_of_sample", oos_plan)):
+        sub = dataclasses.replace(sub, extra={**sub.extra, "walk_forward": {**fold_info, "sample": sample}})
+        results[sample] = _row(run_plan(sub, f"walk-forward {label} {sample.replace('_', '-')}"))
+    return {**fold_info, "train": _span(split.train), "in_sample": results["in_sample"],
+            "out_of_sample": results["out_of_sample"], "checkpoints": setup.checkpoints, "seconds": setup.seconds}
 
 
 def _span(series: Any) -> dict[str, Any]:
