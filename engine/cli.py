@@ -105,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     add_paper_parsers(sub, add_run_options)
+
+    from engine.serve.commands import add_parser as add_serve_parser  # light: FastAPI is imported on use
+
+    add_serve_parser(sub)
     return parser
 
 
@@ -124,16 +128,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("paper", "live"):
             from engine.daemon import commands as paper_commands
 
+            stop_serving = None
             if args.verb == "start":
-                _setup_logging(_config(args, _flag_overrides(args)))
-            return paper_commands.main(args, _config, _flag_overrides(args) if args.verb == "start" else [],
-                                       format_summary)
+                config = _config(args, _flag_overrides(args))
+                _setup_logging(config)
+                if args.serve is not None:
+                    stop_serving = _serve_beside(args, config)
+            try:
+                return paper_commands.main(args, _config, _flag_overrides(args) if args.verb == "start" else [],
+                                           format_summary)
+            finally:
+                if stop_serving is not None:
+                    stop_serving()
         if args.command == "sweep":
             from research import sweep
 
             flags = _flag_overrides(argparse.Namespace(**{**vars(args), "data": None}))  # --data is swept
             _setup_logging(_config(args, flags))
             return sweep.main(args, _config_path(args), _config, flags)
+        if args.command == "serve":
+            from engine.serve import commands as serve_commands
+
+            _setup_logging(_config(args))
+            return serve_commands.main(args, _config)
         if args.command in ("train", "evaluate"):
             from research import commands as ml_commands
 
@@ -161,6 +178,19 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
 
 def _config_path(args: argparse.Namespace) -> Path | None:
     return args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+
+
+def _serve_beside(args: argparse.Namespace, config: Config) -> Any:
+    """``paper start --serve``: the dashboard in a thread beside the daemon; the function that stops it."""
+    if args.detach:
+        raise ConfigError("--serve prints the dashboard's address, with its token, on this terminal, which a "
+                          "detached daemon has not: drop --detach, or run `python -m engine serve` beside it")
+    if not config.store.enabled:
+        raise ConfigError(f"the {args.command} daemon records everything in the store: store.enabled = false "
+                          "cannot run it")
+    from engine.serve.commands import serve_beside
+
+    return serve_beside(config, args.serve, say=_stderr)
 
 
 def _config(args: argparse.Namespace, flags: Sequence[str] = ()) -> Config:

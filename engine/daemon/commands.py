@@ -78,6 +78,10 @@ def _add_daemon_parser(sub: Any, mode: str, add_run_options: Any) -> None:
     start.add_argument("--new", action="store_true", help="start a fresh run instead of resuming this command's run")
     start.add_argument("--detach", action="store_true", help=f"run in the background, logging to logs/{mode}-*.log")
     start.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
+    start.add_argument("--serve", nargs="?", type=int, const=8787, metavar="PORT",  # serve's DEFAULT_PORT
+                       help="also serve the dashboard (as `python -m engine serve`) on 127.0.0.1:PORT (default "
+                       "8787, 0: a free one) while the daemon runs; its address, with the token, is printed on "
+                       "this terminal. Not with --detach")
     if mode == "live":
         venue = start.add_mutually_exclusive_group()
         venue.add_argument("--testnet", action="store_true", help="trade on Bybit's testnet (its own keys and prices)")
@@ -349,12 +353,12 @@ def _status(store: Any, daemon: Any, config: Any, as_json: bool) -> int:
 def _stop(store: Any, daemon: Any, timeout: float) -> int:
     import socket
 
-    from engine.store.daemons import find_daemon, set_controls
+    from engine.store.daemons import find_daemon, request_stop
 
     if daemon.state in ("stopped", "finished", "failed") or daemon.lease_pid is None:
         print(f"run {daemon.run_id} is not running ({daemon.state})")
         return 0
-    set_controls(store, daemon.run_pk, stop_requested=1)
+    request_stop(store, daemon.run_pk)
     if daemon.lease_host == socket.gethostname():
         try:
             os.kill(daemon.lease_pid, signal.SIGTERM)
@@ -374,13 +378,13 @@ def _stop(store: Any, daemon: Any, timeout: float) -> int:
 
 
 def _halt(store: Any, daemon: Any, args: argparse.Namespace) -> int:
-    from engine.store.daemons import set_controls
+    from engine.store.daemons import clear_halt, request_halt
 
     if args.clear:
-        set_controls(store, daemon.run_pk, halted=0, halt_reason="", flatten_requested=0)
+        clear_halt(store, daemon.run_pk)
         print(f"run {daemon.run_id}: halt lifted; it trades again from its next step")
         return 0
-    set_controls(store, daemon.run_pk, halted=1, halt_reason=args.reason, flatten_requested=int(args.flatten))
+    request_halt(store, daemon.run_pk, args.reason, flatten=args.flatten)
     what = "cancels its open orders, closes its positions and sends nothing more" if args.flatten else \
         "sends no new order"
     print(f"run {daemon.run_id}: halted; from its next step it {what} (`halt --clear` lifts it)")

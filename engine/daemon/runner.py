@@ -392,7 +392,7 @@ class Daemon:
                 kernel.ctx.trading = not self._halted
                 self.last_bar_close = bar.ts_event
                 crash.reached("bar_processed")
-                self._checkpoint("running", f"last bar closed {iso(bar.ts_event)}")
+                self._checkpoint("halted" if self._halted else "running", f"last bar closed {iso(bar.ts_event)}")
                 self._after_commit()  # intents are in the store: now they may be sent
                 latency = (time.perf_counter() - started) * 1000
                 report.latencies_ms.append(latency)

@@ -157,9 +157,26 @@ def update_daemon(store: Store, run_pk: int, token: str, values: dict[str, Any])
 
 
 def set_controls(store: Store, run_pk: int, **values: Any) -> None:
-    """What ``paper stop`` / ``paper halt`` ask of a daemon (read at its next tick)."""
+    """What ``paper stop`` / ``paper halt`` ask of a daemon (read at its next tick); the verbs below
+    are what the command line and the dashboard write."""
     with store.write() as conn:
         conn.execute(update(DaemonRow).where(DaemonRow.run_pk == run_pk).values(**values))
+
+
+def request_halt(store: Store, run_pk: int, reason: str, *, flatten: bool = False) -> None:
+    """Halt: from its next step the daemon sends nothing new (``flatten``: it also cancels its open
+    orders and closes its positions). Kept until ``clear_halt``; a stopped run resumes halted."""
+    set_controls(store, run_pk, halted=1, halt_reason=reason, flatten_requested=int(flatten))
+
+
+def clear_halt(store: Store, run_pk: int) -> None:
+    """Lift a halt (a person's or a risk limit's): the daemon trades again from its next step."""
+    set_controls(store, run_pk, halted=0, halt_reason="", flatten_requested=0)
+
+
+def request_stop(store: Store, run_pk: int) -> None:
+    """Ask the daemon to finish its current step, record "stopped" and exit (read at its next tick)."""
+    set_controls(store, run_pk, stop_requested=1)
 
 
 _CONTROLS = select(DaemonRow.halted, DaemonRow.halt_reason, DaemonRow.flatten_requested,

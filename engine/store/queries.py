@@ -248,4 +248,6 @@ def _array(conn: Connection, stmt: Any, columns: int) -> np.ndarray:
     rows = conn.execute(stmt).all()
     if not rows:
         return np.empty((0, columns), dtype=np.float64)
-    return np.array(rows, dtype=np.float64)
+    # Plain tuples: given SQLAlchemy rows, numpy probes each one for the array protocols, and every
+    # failed attribute look-up on a Row raises and catches an error (500,000 rows: 27 s instead of 0.3 s).
+    return np.array([tuple(r) for r in rows], dtype=np.float64)
