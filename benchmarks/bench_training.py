@@ -122,7 +122,9 @@ def run_variant(backbone: Any, task: str, texts: list[str], targets: Any, varian
     prefix_tokens = len(encoder.prefix_ids)
     tokens = 0
     predictor.train_mode(task, True)
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if variant.bf16 else contextlib.nullcontext)
+    def autocast() -> Any:
+        return torch.autocast("cpu", dtype=torch.bfloat16) if variant.bf16 else contextlib.nullcontext()
+
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             timers.seconds.clear()
@@ -149,6 +151,7 @@ def run_variant(backbone: Any, task: str, texts: list[str], targets: Any, varian
     sps = args.batch / step_s
     widths = [int(inputs.lengths[b].max()) for b in batches[args.warmup:args.warmup + args.steps]]
     real = [float(inputs.lengths[b].mean()) for b in batches[args.warmup:args.warmup + args.steps]]
+    predictor.model.unload()  # peft injected its layers into the shared backbone: take them out again
     epochs3 = 3 * args.samples_for_epochs
     cache_per_sample = cache_s / len(texts)
     return {"variant": variant.name, "samples_per_s": sps, "tokens_per_s": tokens / s["step"], "step_s": step_s,

@@ -52,7 +52,7 @@ class LoraSettings:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    top_layers: int = 0  # > 0: adapt only the top this many decoder layers (the lower ones stay frozen)
+    top_layers: int = 0  # > 0: adapt only the top this many decoder layers (every layer if the model has fewer)
 
     def __post_init__(self) -> None:
         if self.rank <= 0 or self.alpha <= 0:
@@ -65,10 +65,8 @@ class LoraSettings:
             raise ValueError(f"LoRA top_layers must be >= 0 (0: every layer), got {self.top_layers}")
 
     def first_layer(self, num_layers: int) -> int:
-        """The lowest adapted decoder layer of a ``num_layers``-layer backbone."""
-        if self.top_layers > num_layers:
-            raise ValueError(f"LoRA top_layers = {self.top_layers}, but the backbone has {num_layers} layers")
-        return num_layers - self.top_layers if self.top_layers else 0
+        """The lowest adapted decoder layer of a ``num_layers``-layer backbone (0: all of them)."""
+        return max(0, num_layers - self.top_layers) if self.top_layers else 0
 
     def to_peft(self, num_layers: int | None = None) -> Any:
         from peft import LoraConfig
@@ -77,7 +75,8 @@ class LoraSettings:
         if self.top_layers:
             if num_layers is None:
                 raise ValueError("top_layers needs the backbone's number of layers")
-            layers = list(range(self.first_layer(num_layers), num_layers))
+            if self.first_layer(num_layers) > 0:
+                layers = list(range(self.first_layer(num_layers), num_layers))
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
                           target_modules=list(self.target_modules), bias="none", layers_to_transform=layers,
                           layers_pattern="layers" if layers else None)
