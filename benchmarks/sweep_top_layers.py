@@ -31,6 +31,9 @@ def main() -> int:
     parser.add_argument("--top", default="2,4,8", help="K values (0: every layer) (default: %(default)s)")
     parser.add_argument("--samples", type=int, default=1000, help="training samples (default: %(default)s)")
     parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--lr", type=float, help="LoRA learning rate (default: the trainer's)")
+    parser.add_argument("--head-lr", type=float, help="head learning rate (default: the trainer's)")
+    parser.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -41,7 +44,6 @@ def main() -> int:
 
     from models.backbone import load_backbone
     from models.datasets import load_phrasebank
-    from models.predictor import LoraSettings
     from models.prompts import headline_text
     from models.training.evaluation import classification_metrics
     from models.training.sentiment_config import SentimentTrainingConfig
@@ -51,12 +53,14 @@ def main() -> int:
     base = SentimentTrainingConfig()
     rows = []
     print(f"PhraseBank 50-agree: {len(data.texts):,} sentences; {args.samples:,} training samples, "
-          f"{args.epochs:g} epochs", flush=True)
+          f"{args.epochs:g} epochs, lr {args.lr or base.optim.lr:g} / head {args.head_lr or base.optim.head_lr:g}, "
+          f"dropout {args.dropout:g}", flush=True)
     print(f"{'K':>3} {'accuracy':>17} {'macro-F1':>17} {'cache s':>8} {'train s':>8} {'samples/s':>10} {'steps':>6}")
     for k in (int(x) for x in args.top.split(",")):
-        config = dataclasses.replace(base, max_train_samples=args.samples,
-                                     lora=dataclasses.replace(base.lora, top_layers=k, dropout=0.0),
-                                     optim=dataclasses.replace(base.optim, epochs=args.epochs))
+        optim = dataclasses.replace(base.optim, epochs=args.epochs, lr=args.lr or base.optim.lr,
+                                    head_lr=args.head_lr or base.optim.head_lr)
+        config = dataclasses.replace(base, max_train_samples=args.samples, optim=optim,
+                                     lora=dataclasses.replace(base.lora, top_layers=k, dropout=args.dropout))
         prepared = prepare_sentiment_data(data, config)
         folder = Path(tempfile.mkdtemp(prefix=f"top{k}-")) / "ckpt"
         backbone = load_backbone(config.backbone)
@@ -84,7 +88,8 @@ def main() -> int:
                "test_macro_f1": float(test["macro_f1"]), "macro_f1_95": [float(lo), float(hi)],
                "test_n": len(labels), "cache_seconds": cache_s, "train_seconds": train_s, "total_seconds": seconds,
                "samples_per_second": sps, "steps": steps, "best_step": metrics["fit"]["best_step"],
-               "validation_accuracy": metrics["validation"]["accuracy"]}
+               "validation_accuracy": metrics["validation"]["accuracy"], "epochs": args.epochs,
+               "lr": optim.lr, "head_lr": optim.head_lr, "dropout": args.dropout}
         rows.append(row)
         print(f"{k:>3} {acc:.3f} [{acc - half:.3f},{acc + half:.3f}] {test['macro_f1']:.3f} [{lo:.3f},{hi:.3f}] "
               f"{cache_s:8.1f} {train_s:8.1f} {sps:10.2f} {steps:6d}", flush=True)

