@@ -241,6 +241,10 @@ def setup_llm(plan: BacktestPlan, *, progress: bool = False, say: Say | None = N
     probe = plan.make_strategy()  # the LLM strategy, its [strategies.<name>] table checked
     strategy, params = type(probe), probe.params
     strategy.check_instruments(params, plan.instruments.values())  # before minutes of training, not after
+    if not llm.regressor_checkpoint and llm.regressor.horizon != params.holding_bars:
+        raise ConfigError(f"llm.regressor.horizon = {llm.regressor.horizon} but strategies.llm_signal.holding_bars = "
+                          f"{params.holding_bars}: the regressor forecasts {llm.regressor.horizon} bars ahead (llm."
+                          "regressor.horizon) and the expected move is over the holding time; set them equal")
     split = split_market(plan.series[0], plan.news, llm.train_fraction, llm.aggregation.news_lookback_ms)
     report.say(f"training part: {len(split.train):,} bars {iso(int(split.train.ts_open[0]))} .. "
                f"{iso(split.trade_start_ms)} and {len(split.train_news):,} headlines; traded part: {len(split.trade):,} "
