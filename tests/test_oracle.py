@@ -71,7 +71,6 @@ def test_a_config_file_cannot_make_the_oracle_the_signal_source(capsys, monkeypa
 
 def test_paper_and_live_refuse_the_oracle(capsys, monkeypatch, tmp_path):
     from engine.session import load_settings, prepare_backtest
-
     from tests.live_helpers import KEY, SECRET  # the fake exchange's test keys
 
     monkeypatch.chdir(tmp_path)
