@@ -1,4 +1,5 @@
-"""Where the LLM strategy's signals come from: one interface (``SignalSource``), two implementations.
+"""Where the LLM strategy's signals come from: one interface (``SignalSource``), two implementations
+from the model (and ``OracleSignals``, the sample market's true tones: an upper bound, ``--oracle`` only).
 
 A source answers two questions while the event loop runs, for one symbol:
 
@@ -6,10 +7,11 @@ A source answers two questions while the event loop runs, for one symbol:
   (publish time, calibrated bearish / neutral / bullish probabilities, confidence = the largest
   probability). From its publish time on, the headline counts in every later signal.
 - ``on_bar(bar)``: the ``BarPrediction`` at the bar's close: the regressor's mean and log-variance
-  of the next bar's log return divided by realised volatility (see
-  ``models.training.regressor_trainer``), the bar's realised volatility, and the aggregated
+  of the log return over its horizon (the strategy's holding time) divided by realised volatility
+  (see ``models.training.regressor_trainer``), the bar's realised volatility, the aggregated
   ``models.aggregation.Signal`` of that regression and of the headlines published up to the close
-  (within ``AggregationConfig.news_lookback_ms``, none later). ``None`` while the features warm up
+  (within ``AggregationConfig.news_lookback_ms``, none later), the news score and the calibrated
+  forecast (``SignalModel.calibration``, ``models.calibration``). ``None`` while the features warm up
   (their first ``models.features.WARMUP_BARS`` bars).
 
 ``PrecomputedSignals`` computes everything before the loop, in batches: the features of the whole
