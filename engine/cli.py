@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                     "(pip install -e '.[ray]')")
     bt.add_argument("--workers", type=int, help="with --executor ray: local CPUs to use (default: all)")
     bt.add_argument("--ray-address", help="with --executor ray: join this Ray cluster instead of starting one")
+    bt.add_argument("--oracle", action="store_true",
+                    help="the LLM strategy on the synthetic sample only: trade with the TRUE headline tones instead of "
+                    "a model (no training): the best the strategy can do there, an upper bound, never a strategy")
     bt.add_argument("--crosscheck", choices=["backtrader"], help="rerun through backtrader and report the differences")
     bt.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     bt.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -209,6 +212,8 @@ def _backtest(args: argparse.Namespace) -> int:
         from research.walk_forward import check_walk_forward
 
         check_walk_forward(config)
+    if args.oracle and args.walk_forward:
+        raise ConfigError("--oracle runs one backtest on the sample market; drop it or --walk-forward")
     if args.walk_forward and args.crosscheck:
         raise ConfigError("--crosscheck compares one run with backtrader; drop it or --walk-forward")
     if not args.walk_forward and (args.executor != "serial" or args.workers or args.ray_address):
@@ -217,7 +222,8 @@ def _backtest(args: argparse.Namespace) -> int:
     _setup_logging(config)
     progress = not args.json and not args.no_progress and sys.stderr.isatty()
     # A strategy prepares here (the LLM strategy trains and predicts; per fold later with --walk-forward).
-    plan = prepare_backtest(config, progress=progress, say=_stderr, prepare=not args.walk_forward)
+    plan = prepare_backtest(config, progress=progress, say=_stderr, prepare=not args.walk_forward,
+                            oracle=args.oracle)
     for note in plan.notes:
         log.info(note)
         if not args.json:
@@ -298,9 +304,23 @@ def _llm_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     train = s["train_period"]
     trained = ", ".join(f"{task} {'trained' if c['trained'] else 'reused'}" for task, c in s["checkpoints"].items())
     actions = ", ".join(f"{k} {v}" for k, v in s.get("signal_actions", {}).items())
-    return [("trained on", f"{train['start']} -> {train['end']} ({train['bars']:,} bars, {train['headlines']:,} "
-                           f"headlines; {trained})"),
+    rows = [("trained on", f"{train['start']} -> {train['end']} ({train['bars']:,} bars, {train['headlines']:,} "
+                           f"headlines; {trained or 'nothing trained'})"),
             ("signals", f"{s.get('signals', 0):,} ({actions or 'none'})")]
+    if s.get("signal_source") == "oracle":
+        rows.insert(0, ("signal source", f"oracle -- {s.get('oracle', '')}"))
+    return rows
+
+
+def _gate_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """The LLM strategy's cost gate: the share of bars whose expected move beat the threshold x cost."""
+    gate = s.get("gate")
+    if not gate:
+        return []
+    chosen = (s.get("calibration") or {}).get("enter_threshold", {}).get("from", "config")
+    share = "n/a" if gate["share"] is None else _pct(gate["share"])
+    return [("", ""), ("cost gate", f"{gate['passed']:,} of {gate['bars']:,} bars passed ({share}) at "
+                                    f"enter_threshold {gate['enter_threshold']:g} ({chosen})")]
 
 
 def _halt_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
@@ -344,6 +364,7 @@ def format_summary(s: dict[str, Any]) -> str:
         ("speed", f"{s['bars_per_second']:,.0f} bars/s ({s['elapsed_seconds']:.2f} s)"),
         ("recorded in", s.get("database") or "not recorded (store.enabled = false)"),
         *([("report", s["report"])] if "report" in s else []),
+        *_gate_rows(s),
     ]
     if "crosscheck" in s:
         cc = s["crosscheck"]

@@ -280,7 +280,8 @@ class SampleMarketConfig:
     volatility: float = 0.006  # per-bar standard deviation of log returns (noise)
     drift: float = 0.0  # per-bar mean log return
     headlines_per_day: float = 4.0  # Poisson rate
-    tone_effect: float = 0.004  # total log-return impact of one bullish (+) / bearish (-) headline
+    tone_effect: float = 0.01  # total log-return impact of one bullish (+) / bearish (-) headline (0.004 before
+    # issue 17: too small for spot costs, so even an oracle of the true tones could not trade it)
     effect_bars: int = 6  # the impact is spread evenly over the bars after publication
     neutral_share: float = 0.4  # share of neutral headlines (no effect)
 

@@ -24,11 +24,12 @@ log = logging.getLogger("engine")
 
 
 def prepare_backtest(config: Config, *, progress: bool = False, say: Callable[[str], None] | None = None,
-                     prepare: bool = True, online: bool = False) -> BacktestPlan:
+                     prepare: bool = True, online: bool = False, oracle: bool = False) -> BacktestPlan:
     """Everything a backtest of ``config`` needs, then the strategy's own preparation
     (``Strategy.prepare``: the LLM strategy trains or reuses its predictor there), reporting each
     stage to ``say`` and, with ``progress``, drawing progress bars; ``prepare=False`` leaves that to
-    the caller (the walk-forward prepares per fold)."""
+    the caller (the walk-forward prepares per fold). ``oracle`` (``backtest --oracle``): the LLM
+    strategy's upper bound on the synthetic sample, from the true headline tones."""
     from engine.feeds.market_data import bar_quality, remote_market
 
     notes: list[str] = []
@@ -48,8 +49,12 @@ def prepare_backtest(config: Config, *, progress: bool = False, say: Callable[[s
         costs=costs, make_strategy=strategy_factory(config), data_label=label, notes=notes,
         strategy_name=strategy_class(config).name,
     )
+    if oracle and plan.strategy_name != "llm_signal":
+        raise ConfigError(f"--oracle is the llm_signal strategy's upper bound on the sample market; run.strategy is "
+                          f"{plan.strategy_name!r} (add --strategy llm_signal)")
     if prepare:
-        plan = strategy_class(config).prepare(plan, progress=progress, say=say, online=online)
+        options = {"oracle": True} if oracle else {}
+        plan = strategy_class(config).prepare(plan, progress=progress, say=say, online=online, **options)
     return plan
 
 

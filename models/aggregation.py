@@ -193,6 +193,14 @@ def news_component(headlines: Iterable[ScoredHeadline | tuple[int, Sequence[floa
     return Component(min(max(weighted / total, -1.0), 1.0), total / (total + weight_half), count=count)
 
 
+def news_score(news: Component | None) -> float:
+    """The news input of the calibrated expected move (``models.calibration``): the news
+    component's score x its confidence, i.e. sum_i w_i (p_bull_i - p_bear_i) / (W + weight_half)
+    over the headlines known at the instant (0 without any). Bounded in [-1, 1], zero with nothing
+    to say, and growing with the amount of fresh, confident, agreeing news."""
+    return 0.0 if news is None else news.score * news.confidence
+
+
 def aggregate(regression: Component | None, news: Component | None,
               weights: Mapping[str, float] | None = None, threshold: float = _DEFAULT.threshold) -> Signal:
     """Combine the components into a ``Signal``; None leaves a component out.

@@ -23,6 +23,7 @@ torch and transformers are imported here, on use; the engine's other paths never
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import json
@@ -90,6 +91,7 @@ class LlmSetup:
     seconds: dict[str, float]
     reporter: _Reporter
     strategy: Any = None  # the strategy class the signals are for (strategies.llm_signal.LlmSignal)
+    calibration: dict[str, Any] | None = None  # what ``calibrate`` fitted and chose, for the summary
 
     def precompute(self, start_ms: int | None = None, news: Sequence[News] | None = None,
                    bars: BarSeries | None = None) -> Any:
@@ -131,6 +133,60 @@ def prepare_llm_backtest(plan: BacktestPlan, *, progress: bool = False, say: Say
     return plan
 
 
+def prepare_oracle_backtest(plan: BacktestPlan, *, say: Say | None = None) -> BacktestPlan:
+    """``backtest --strategy llm_signal --oracle``: the same strategy, split, calibration and
+    threshold search as ``prepare_llm_backtest``, with the ``OracleSignals`` of the sample market's
+    TRUE headline tones instead of a trained predictor (no backbone, no training): the best this
+    strategy can do there, an upper bound, labelled as such in the summary and the records.
+    Refused on any market other than the synthetic sample."""
+    from engine.feeds.sample import generate_sample_market
+    from strategies.llm_signals import ORACLE_NOTE, OracleSignals
+
+    config = plan.config
+    if not plan.data_label.startswith("synthetic:") or config.data.news or config.data.bars:
+        raise ConfigError(f"--oracle knows the true headline tones, which only the synthetic sample market has; "
+                          f"this run's market is {plan.data_label!r}{' with ' + config.data.news if config.data.news else ''}"
+                          " (drop --data/--news/--source to run it on the sample)")
+    llm = llm_settings(config)
+    report = _Reporter(False, say)
+    if len(plan.series) != 1:
+        raise ConfigError("strategies.llm_signal trades one series at a time")
+    probe = plan.make_strategy()
+    strategy, params = type(probe), probe.params
+    strategy.check_instruments(params, plan.instruments.values())
+    split = split_market(plan.series[0], plan.news, llm.train_fraction, llm.aggregation.news_lookback_ms)
+    market = generate_sample_market(config.sample)
+    truth = {(n.ts_event, n.headline): tone for n, tone in zip(market.news, market.tones)}
+
+    def tones(news: Sequence[News]) -> list[int]:
+        return [truth[(n.ts_event, n.headline)] for n in news]
+
+    report.say(f"{ORACLE_NOTE}: no model, each headline classified as its true tone with probability 1")
+    window_start, why = _calibration_window(split, llm.calibration.bars, None)
+    why = f"(the last {int(len(split.train) - np.searchsorted(split.train.ts_open, window_start)):,} before the cut)"
+    pre = OracleSignals.build(split.train, split.train_news, tones(split.train_news), llm.aggregation,
+                              start_ms=window_start)
+    calibration, params, record = calibrate(plan, split, pre, params, strategy, llm, report, window_start)
+    record["window"]["chosen_because"] = why
+    traded = split.context_news + split.trade_news
+    source = OracleSignals.build(split.history, traded, tones(traded), llm.aggregation,
+                                 start_ms=split.trade_start_ms, calibration=calibration)
+    trade = split.trade
+    extra = {
+        "train_period": _period(split.train, split.train_news, split.train.ts_open[0], split.trade_start_ms),
+        "trade_period": _period(trade, split.trade_news, split.trade_start_ms, trade.ts_close[-1]),
+        "checkpoints": {}, "signal_source": "oracle", "oracle": ORACLE_NOTE, "predictions": dict(source.stats),
+        "calibration": record,
+    }
+    symbol = trade.symbol
+    notes = [*plan.notes, f"llm: {ORACLE_NOTE}",
+             f"llm: trading {iso(split.trade_start_ms)} .. {iso(int(trade.ts_close[-1]))} only; the calibration "
+             "and threshold were fitted on the data before it"]
+    return dataclasses.replace(plan, series=[trade], news=split.trade_news,
+                               make_strategy=lambda: strategy(params, {symbol: source}), notes=notes,
+                               extra={**plan.extra, **extra})
+
+
 def llm_plan(plan: BacktestPlan, setup: LlmSetup, make_strategy: Callable[[], Any],
              predictions: dict[str, Any]) -> BacktestPlan:
     """``plan`` cut to ``setup``'s traded part, with ``make_strategy`` and the LLM summary keys."""
@@ -144,6 +200,7 @@ def llm_plan(plan: BacktestPlan, setup: LlmSetup, make_strategy: Callable[[], An
         "signal_source": llm.signal_source,
         "predictions": predictions,
         "llm_seconds": setup.seconds,
+        "calibration": setup.calibration,
     }
     notes = [*plan.notes, f"llm: trading {iso(split.trade_start_ms)} .. {iso(int(trade.ts_close[-1]))} only; "
                           f"the adapters were trained on the data before it"]
@@ -184,6 +241,10 @@ def setup_llm(plan: BacktestPlan, *, progress: bool = False, say: Say | None = N
     probe = plan.make_strategy()  # the LLM strategy, its [strategies.<name>] table checked
     strategy, params = type(probe), probe.params
     strategy.check_instruments(params, plan.instruments.values())  # before minutes of training, not after
+    if not llm.regressor_checkpoint and llm.regressor.horizon != params.holding_bars:
+        raise ConfigError(f"llm.regressor.horizon = {llm.regressor.horizon} but strategies.llm_signal.holding_bars = "
+                          f"{params.holding_bars}: the regressor forecasts {llm.regressor.horizon} bars ahead (llm."
+                          "regressor.horizon) and the expected move is over the holding time; set them equal")
     split = split_market(plan.series[0], plan.news, llm.train_fraction, llm.aggregation.news_lookback_ms)
     report.say(f"training part: {len(split.train):,} bars {iso(int(split.train.ts_open[0]))} .. "
                f"{iso(split.trade_start_ms)} and {len(split.train_news):,} headlines; traded part: {len(split.trade):,} "
@@ -199,11 +260,120 @@ def setup_llm(plan: BacktestPlan, *, progress: bool = False, say: Say | None = N
     sentiment = _sentiment_checkpoint(config, split, plan, backbone.fingerprint, progress, report, checkpoints)
     for task, info in checkpoints.items():
         seconds[f"train_{task}"] = info["seconds"]
-    model = _signal_model(llm, backbone, regressor, sentiment, split.trade)
-    return LlmSetup(split, model, params, backbone, checkpoints, seconds, report, strategy)
+    model = _signal_model(llm, backbone, regressor, sentiment, split.trade, params.holding_bars)
+    setup = LlmSetup(split, model, params, backbone, checkpoints, seconds, report, strategy)
+    started = time.perf_counter()
+    window_start, why = _calibration_window(split, llm.calibration.bars, _unseen_from(regressor))
+    window_bars = int(len(split.train) - np.searchsorted(split.train.ts_open, window_start, side="left"))
+    report.say(f"calibrating the expected move before the cut: {window_bars:,} bars {why}")
+    pre = setup.precompute(start_ms=window_start, news=split.train_news, bars=split.train)
+    calibration, setup.params, setup.calibration = calibrate(plan, split, pre, params, strategy, llm, report,
+                                                             window_start)
+    setup.calibration["window"]["chosen_because"] = why
+    setup.model = dataclasses.replace(model, calibration=calibration)
+    seconds["calibrate"] = round(time.perf_counter() - started, 2)
+    return setup
 
 
-def _signal_model(llm: LlmSettings, backbone: Any, regressor: Any, sentiment: Any, trade: BarSeries) -> Any:
+def _unseen_from(regressor: Any) -> int | None:
+    """The open time of the regressor's first validation sample: it trained on none from there on."""
+    value = (getattr(regressor, "data_fingerprint", None) or {}).get("val_first_bar_ms")
+    return int(value) if isinstance(value, int | float) else None
+
+
+def _calibration_window(split: MarketSplit, bars: int, unseen_ms: int | None) -> tuple[int, str]:
+    """(first bar open, why) of the bars before the cut that calibrate the regression and choose the
+    threshold: the most recent ``bars`` (0: all) of those the regressor did not train on."""
+    train = split.train
+    first = 0 if bars == 0 else max(0, len(train) - bars)
+    start = int(train.ts_open[first])
+    if unseen_ms is None:
+        return start, (f"(the last {len(train) - first:,} before the cut; the regressor's split is not known, so "
+                       "they may include bars it trained on)")
+    if not int(train.ts_open[0]) <= unseen_ms < split.trade_start_ms:
+        raise ConfigError(f"llm: the regressor's validation split starts at {iso(unseen_ms)}, outside this run's "
+                          f"training part {iso(int(train.ts_open[0]))} .. {iso(split.trade_start_ms)}: it was trained "
+                          "on other bars, so nothing before the cut is known to be unseen by it; train it on this run "
+                          "(llm.regressor_checkpoint = \"\")")
+    if unseen_ms > start:
+        return unseen_ms, f"(from {iso(unseen_ms)}, the regressor's validation tail: it trained on none of them)"
+    return start, f"(the last {len(train) - first:,} before the cut, all after the regressor's training split)"
+
+
+def calibrate(plan: BacktestPlan, split: MarketSplit, pre: Any, params: Any, strategy: Any, llm: LlmSettings,
+              report: _Reporter, window_start_ms: int) -> tuple[Any, Any, dict[str, Any]]:
+    """Fit the expected move and choose the enter threshold, from data before the cut only.
+
+    ``pre`` is a ``PrecomputedSignals`` (or the oracle) over ``split.train``: regressions for the
+    bars of the calibration window (those opening at or after ``window_start_ms``), every training
+    headline classified. The news coefficient is
+    fitted on every training bar past the features' warm-up, the regression coefficient on the
+    window (``models.calibration.fit_calibration``); then each of
+    ``llm.calibration.enter_thresholds`` is backtested on the window's bars with the run's costs and
+    the calibrated move, and the best after-cost return is kept (ties, or none positive: the highest
+    threshold, i.e. trade less). Returns (the calibration, the params with that threshold, the record)."""
+    from models.aggregation import news_component, news_score
+    from models.calibration import fit_calibration, forward_targets
+    from models.features import compute_features
+    from strategies.llm_signals import volatility_of
+
+    settings, aggregation, horizon = llm.calibration, pre.aggregation, params.holding_bars
+    train = split.train
+    closes = train.ts_close.tolist()
+    rows = pre.rows()
+    headlines = pre.headlines()
+    times = [h.publish_ms for h in headlines]
+    n = len(train)
+    reg, news, sigma = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    features = compute_features(train.ts_open, train.open, train.high, train.low, train.close, train.volume,
+                                train.timeframe_ms)
+    for i in range(n):
+        if not np.isfinite(features[i]).all():
+            continue
+        ts = closes[i]
+        sigma[i] = volatility_of(features[i])
+        lo, hi = bisect.bisect_left(times, ts - aggregation.news_lookback_ms), bisect.bisect_right(times, ts)
+        news[i] = news_score(news_component(headlines[lo:hi], ts, aggregation.news_half_life_ms,
+                                            aggregation.news_lookback_ms, aggregation.news_weight_half))
+        row = rows.get(ts)
+        if row is not None and pre.signal_source != "oracle":
+            reg[i] = row[0]
+    target = forward_targets(train.close, sigma, horizon)  # the last `horizon` bars: NaN (their close is past the cut)
+    calibration = fit_calibration(reg, news, target, horizon=horizon, min_t=settings.min_t)
+    report.say("calibration: " + "; ".join(c.note + f" (estimate {c.estimate:.3g}, s.e. {c.std_error:.3g})"
+                                           for c in (calibration.news, calibration.regression)))
+
+    window = train.between(window_start_ms, None)
+    window_news = [item for item in split.train_news if item.ts_event >= int(window.ts_open[0])]
+    source = pre.with_calibration(calibration)
+    tried: dict[str, float] = {}
+    chosen, origin = params.enter_threshold, "config (strategies.llm_signal.enter_threshold)"
+    candidates = [t for t in sorted(set(settings.enter_thresholds)) if t > params.exit_threshold]
+    if candidates:
+        symbol = train.symbol
+        for threshold in candidates:
+            trial = dataclasses.replace(params, enter_threshold=threshold)
+            sub = dataclasses.replace(plan, series=[window], news=window_news,
+                                      make_strategy=lambda trial=trial: strategy(trial, {symbol: source}))
+            tried[f"{threshold:g}"] = float(sub.run().summary()["total_return"])
+        best = max(tried.values())
+        if best > 0 and list(tried.values()).count(best) == 1:
+            chosen = float(next(t for t in candidates if tried[f"{t:g}"] == best))
+            origin = "validation: the best after-cost return before the cut"
+        else:
+            chosen = float(candidates[-1])
+            origin = ("validation: no threshold made money before the cut, so the highest (trade least)"
+                      if best <= 0 else "validation: a tie, so the highest (trade least)")
+        report.say(f"enter threshold {chosen:g} ({origin}); after-cost returns on {len(window):,} bars before the cut: "
+                   + ", ".join(f"{k}: {100 * v:+.2f}%" for k, v in tried.items()))
+    record = {**calibration.to_dict(),
+              "window": {"start": iso(int(window.ts_open[0])), "end": iso(split.trade_start_ms), "bars": len(window)},
+              "enter_threshold": {"chosen": chosen, "from": origin, "after_cost_returns": tried}}
+    return calibration, dataclasses.replace(params, enter_threshold=chosen), record
+
+
+def _signal_model(llm: LlmSettings, backbone: Any, regressor: Any, sentiment: Any, trade: BarSeries,
+                  holding_bars: int) -> Any:
     """One predictor with both adapters, prompting as the regressor was trained."""
     from models.cache import PredictionCache
     from models.features import FeatureScaler
@@ -216,10 +386,14 @@ def _signal_model(llm: LlmSettings, backbone: Any, regressor: Any, sentiment: An
     if sentiment is not None:
         load_into(predictor, sentiment)
     trained = regressor.config["config"]
-    if trained.get("vol_window") != RVOL_WINDOW or trained.get("horizon") != 1:
+    if trained.get("vol_window") != RVOL_WINDOW:
         raise ConfigError(f"{regressor.folder}: strategies.llm_signal reads the regressor's target scale from the "
-                          f"rvol20 feature, so it needs a regressor trained with vol_window = {RVOL_WINDOW} and "
-                          f"horizon = 1 (this one: {trained.get('vol_window')}, {trained.get('horizon')})")
+                          f"rvol20 feature, so it needs a regressor trained with vol_window = {RVOL_WINDOW} (this one: "
+                          f"{trained.get('vol_window')})")
+    if trained.get("horizon") != holding_bars:
+        raise ConfigError(f"{regressor.folder}: the regressor forecasts {trained.get('horizon')} bars ahead "
+                          f"(llm.regressor.horizon) but strategies.llm_signal.holding_bars = {holding_bars}: the "
+                          "expected move is over the holding time, so set llm.regressor.horizon = holding_bars")
     if regressor.scaler is None:
         raise ConfigError(f"{regressor.folder}: the regressor checkpoint has no feature_scaler.json (incomplete)")
     return SignalModel(predictor=predictor, scaler=FeatureScaler.from_dict(regressor.scaler),

@@ -42,9 +42,30 @@ class WalkForwardSettings:
             raise ValueError("max_folds must be >= 0")
 
 
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """``[llm.calibration]``: how the expected move and the enter threshold are fitted before the
+    cut (``strategies.llm_prepare.calibrate``, ``models.calibration``)."""
+
+    bars: int = 480  # the most recent bars before the cut that the regressor did not train on: the regression
+    # coefficient and the threshold search use them (each costs one regression; the news coefficient uses every bar)
+    min_t: float = 2.0  # a coefficient with |t| below this is set to 0
+    enter_thresholds: tuple[float, ...] = (1.0, 1.25, 1.5, 2.0, 3.0)  # tried on those bars with the run's costs;
+    # the best after-cost return wins (ties or none positive: the highest). () = keep strategies.llm_signal's
+
+    def __post_init__(self) -> None:
+        if self.bars < 0:
+            raise ValueError(f"bars must be >= 0, got {self.bars}")
+        if not self.min_t >= 0:
+            raise ValueError(f"min_t must be >= 0, got {self.min_t}")
+        if any(not t >= 1 for t in self.enter_thresholds):
+            raise ValueError(f"enter_thresholds must all be >= 1, got {list(self.enter_thresholds)}")
+
+
 def _backtest_regressor() -> RegressorTrainingConfig:
-    # A first default run trains in about 3 minutes: 192 samples, short prompts; validation on 32.
-    return RegressorTrainingConfig(max_train_samples=192, max_val_samples=32, feature_digits=1)
+    # A first default run trains in about 3 minutes: 192 samples, short prompts; validation on 32. The target's
+    # horizon is the strategy's holding time (strategies.llm_signal.holding_bars, 6 by default).
+    return RegressorTrainingConfig(max_train_samples=192, max_val_samples=32, feature_digits=1, horizon=6)
 
 
 def _backtest_sentiment() -> SentimentTrainingConfig:
@@ -58,7 +79,7 @@ class LlmSettings:
     train_fraction: float = 0.8  # the first 80% of the bars (and their headlines) train, the rest is traded
     cache_dir: str = ".cache/llm"  # trained checkpoints and the prediction cache (git-ignored)
     model_cache_dir: str = ".cache/models"  # converted GGUF backbones
-    signal_source: Literal["precomputed", "online"] = "precomputed"
+    signal_source: Literal["precomputed", "online", "oracle"] = "precomputed"  # "oracle" is refused: --oracle only
     batch_size: int = 1  # prompts per forward pass at inference; 1 = exactly what the online path computes
     regressor_checkpoint: str = ""  # "" = train or reuse automatically; a folder = use it (no training)
     sentiment_checkpoint: str = ""
@@ -66,8 +87,13 @@ class LlmSettings:
     sentiment: SentimentTrainingConfig = field(default_factory=_backtest_sentiment)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     walk_forward: WalkForwardSettings = field(default_factory=WalkForwardSettings)
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
 
     def __post_init__(self) -> None:
+        if self.signal_source == "oracle":
+            raise ValueError('signal_source = "oracle" cannot be set in a config: the oracle knows the sample '
+                             "market's true tones, an upper bound and never a default; pass --oracle to "
+                             "`python -m engine backtest --strategy llm_signal` explicitly")
         if not 0 < self.train_fraction < 1:
             raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
         if self.batch_size < 1:

@@ -3,18 +3,17 @@
 At every bar close the strategy asks its ``SignalSource`` (``strategies.llm_signals``) for the
 ``BarPrediction`` of that close and decides a target position, as a signed fraction of equity:
 
-**Expected move.** The regressor predicts the mean ``m`` and std ``s`` of the next bar's log return
-divided by the realised volatility ``sigma`` (the last 20 log returns), and the aggregation maps it
-to the score ``tanh(k m / s)`` (``k`` = ``AggregationConfig.regression_scale``) before averaging
-it with the news score. The strategy reads the aggregated score back on the regression's scale::
+**Expected move.** The regressor predicts the mean ``m`` and std ``s`` of the log return over
+``holding_bars`` bars (its target horizon must equal ``holding_bars``) divided by the realised
+volatility ``sigma`` (the last 20 log returns). The source calibrates it with the news
+(``models.calibration``, fitted before the cut by ``strategies.llm_prepare``) into
+``expected_z = b_r x m + b_n x news_score``, each coefficient 0 unless significant, and::
 
-    m_hat = atanh(score) / k * s          # the vol-normalised next-bar mean the whole signal implies
-    expected_move = m_hat * sigma * holding_bars
+    expected_move = expected_z x sigma          # the expected log return over the holding time
 
-With no news (or news of zero confidence) the score is the regression's own and ``m_hat = m``:
-the expected log return over the holding time is the predicted mean x realised volatility x
-holding bars, i.e. the prediction is assumed to persist for ``holding_bars`` bars. Headlines move
-the score, and so ``m_hat``, at the exchange rate the aggregation weights set.
+A source without a calibration gives ``expected_z = m`` (the forecast as it is). The aggregated
+``Signal`` (score, confidence) is still recorded and sizes the position; only the gate uses the
+calibrated move.
 
 **Round-trip cost** of a position in direction ``d`` (+1 long, -1 short), as fractions of notional:
 ``2 x (taker fee + half-spread + slippage)`` from the instrument and the run's cost models
@@ -42,7 +41,6 @@ components above with ``ctx.record_signal``, and every model output with ``ctx.r
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -56,8 +54,6 @@ from models.datasets import SENTIMENT_LABELS
 from strategies.base import Strategy
 from strategies.llm_signals import BarPrediction, SignalSource
 
-_MAX_SCORE = 1.0 - 1e-9  # atanh(1) is infinite: a score of exactly +-1 reads as this
-
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -68,9 +64,10 @@ class Decision:
     target: float
     trade: bool
     expected_move: float  # log return over the holding time, signed
-    implied_mean: float  # m_hat, the vol-normalised next-bar mean the signal implies
+    expected_z: float  # the calibrated vol-normalised forecast over the holding time behind it
     cost: float  # round-trip cost in the expected move's direction
     costs: Mapping[str, float]  # its parts: fees, spread, slippage, funding
+    passes_gate: bool = False  # side x expected_move >= enter_threshold x cost (whatever else held it back)
 
 
 class LlmSignal(Strategy):
@@ -114,20 +111,27 @@ class LlmSignal(Strategy):
         self.sources = dict(sources or {})
         self.signals_recorded = 0
         self.actions: Counter[str] = Counter()
+        self.gate_passed = 0  # decisions whose expected move beat enter_threshold x the round-trip cost
 
     sections = ("llm",)  # strategies.llm_settings
 
     @classmethod
     def prepare(cls, plan: Any, *, progress: bool = False, say: Callable[[str], None] | None = None,
-                online: bool = False) -> Any:
+                online: bool = False, oracle: bool = False) -> Any:
         """Train (or reuse) the predictor on the part of the plan before ``llm.train_fraction``, make
         its predictions (``online``: none ahead, each one at its bar or headline) and return the plan
-        cut to the rest (``strategies.llm_prepare``)."""
+        cut to the rest (``strategies.llm_prepare``). ``oracle`` (``backtest --oracle``): the
+        sample market's true tones instead of a model, an upper bound (``OracleSignals``)."""
+        if oracle and online:
+            raise ConfigError("the oracle signal source knows the sample market's true tones: it is an upper bound "
+                              "for backtests (`backtest --oracle`), never for paper or live trading")
         try:
-            from strategies.llm_prepare import prepare_llm_backtest
+            from strategies.llm_prepare import prepare_llm_backtest, prepare_oracle_backtest
         except ImportError as exc:  # the llm extra is missing
             raise ConfigError(f"strategies.llm_signal needs the llm extra ({exc.name} is missing): "
                               "pip install -e '.[llm]'") from exc
+        if oracle:
+            return prepare_oracle_backtest(plan, say=say)
         return prepare_llm_backtest(plan, progress=progress, say=say, online=online)
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -173,16 +177,21 @@ class LlmSignal(Strategy):
         if prediction is None:
             return
         symbol = bar.symbol
-        ctx.record_prediction(symbol, "regression", value=prediction.mean, uncertainty=prediction.std,
-                              confidence=prediction.signal.components["regression"].confidence,
-                              model=source.regressor_model, horizon_ms=source.timeframe_ms)
+        regression = prediction.signal.components.get("regression")
+        if regression is not None:  # the oracle has none
+            ctx.record_prediction(symbol, "regression", value=prediction.mean, uncertainty=prediction.std,
+                                  confidence=regression.confidence, model=source.regressor_model,
+                                  horizon_ms=source.timeframe_ms * self.params.holding_bars)
         decision = self.decide(ctx, symbol, prediction, source)
         self._record(ctx, symbol, prediction, decision, source)
         if decision.trade:
             ctx.target_percent(symbol, decision.target, tag=f"llm_signal:{decision.action}")
 
     def summary(self) -> dict[str, Any]:
-        return {"signals": self.signals_recorded, "signal_actions": dict(sorted(self.actions.items()))}
+        bars = self.signals_recorded
+        return {"signals": bars, "signal_actions": dict(sorted(self.actions.items())),
+                "gate": {"bars": bars, "passed": self.gate_passed, "share": self.gate_passed / bars if bars else None,
+                         "enter_threshold": self.params.enter_threshold}}
 
     # -- the decision --------------------------------------------------------------------------
     def decide(self, ctx, symbol: str, prediction: BarPrediction, source: SignalSource) -> Decision:
@@ -196,9 +205,8 @@ class LlmSignal(Strategy):
         cap = self._cap * (params.leverage if inst.can_short else 1.0)
         quantity = equity * cap / price  # the largest position: what price-impact models are asked about
 
-        score = max(-_MAX_SCORE, min(_MAX_SCORE, signal.score))
-        implied = math.atanh(score) / source.aggregation.regression_scale * prediction.std
-        move = implied * prediction.volatility * params.holding_bars
+        z = prediction.z
+        move = z * prediction.volatility
         side = 1 if move > 0 else -1 if move < 0 else 0
         costs = self.round_trip_cost(ctx, symbol, side or 1, source.timeframe_ms, quantity)
         cost = sum(costs.values())
@@ -206,9 +214,10 @@ class LlmSignal(Strategy):
         hold_cost = cost if held in (0, side or 1) else sum(  # funding depends on the direction
             self.round_trip_cost(ctx, symbol, held, source.timeframe_ms, quantity).values())
 
+        passes = bool(side) and side * move >= params.enter_threshold * cost
         if self._halted:
             target = 0.0
-        elif side and side * move >= params.enter_threshold * cost:  # enter, grow, shrink or flip
+        elif passes:  # enter, grow, shrink or flip
             size = cap * min(1.0, signal.strength * signal.confidence / params.full_size_at)
             target = side * size if side > 0 or inst.can_short else 0.0
         elif held and held * move >= params.exit_threshold * hold_cost:  # inside the band: keep it
@@ -224,7 +233,7 @@ class LlmSignal(Strategy):
             action = "hold" if position else "flat"
         else:
             action = "open" if not held else "close" if target == 0.0 else "flip" if target * position < 0 else "resize"
-        return Decision(action, position, target, trade, move, implied, cost, costs)
+        return Decision(action, position, target, trade, move, z, cost, costs, passes)
 
     def round_trip_cost(self, ctx, symbol: str, side: int, timeframe_ms: int, quantity: float) -> dict[str, float]:
         """Cost of opening and closing a position in direction ``side`` (+1 / -1) held
@@ -258,10 +267,12 @@ class LlmSignal(Strategy):
         components = {
             "signal": signal.to_dict(),
             "regression": {"mean": prediction.mean, "std": prediction.std, "volatility": prediction.volatility},
+            "calibrated": {"news_score": prediction.news_score, "expected_z": decision.expected_z,
+                           "calibrated": prediction.expected_z is not None},
             "decision": {
                 "action": decision.action, "position": decision.position, "target": decision.target,
                 "traded": decision.trade, "expected_move": decision.expected_move,
-                "implied_mean": decision.implied_mean, "round_trip_cost": decision.cost,
+                "passes_gate": decision.passes_gate, "round_trip_cost": decision.cost,
                 "costs": dict(decision.costs), "holding_bars": self.params.holding_bars,
                 "day_start_equity": self._day_start, "halted": self._halted,
             },
@@ -269,4 +280,5 @@ class LlmSignal(Strategy):
         ctx.record_signal(symbol, signal.score, confidence=signal.confidence, components=components,
                           model=f"{source.regressor_model}+{source.sentiment_model}")
         self.signals_recorded += 1
+        self.gate_passed += decision.passes_gate
         self.actions[decision.action] += 1

@@ -1,4 +1,5 @@
-"""Where the LLM strategy's signals come from: one interface (``SignalSource``), two implementations.
+"""Where the LLM strategy's signals come from: one interface (``SignalSource``), two implementations
+from the model (and ``OracleSignals``, the sample market's true tones: an upper bound, ``--oracle`` only).
 
 A source answers two questions while the event loop runs, for one symbol:
 
@@ -6,10 +7,11 @@ A source answers two questions while the event loop runs, for one symbol:
   (publish time, calibrated bearish / neutral / bullish probabilities, confidence = the largest
   probability). From its publish time on, the headline counts in every later signal.
 - ``on_bar(bar)``: the ``BarPrediction`` at the bar's close: the regressor's mean and log-variance
-  of the next bar's log return divided by realised volatility (see
-  ``models.training.regressor_trainer``), the bar's realised volatility, and the aggregated
+  of the log return over its horizon (the strategy's holding time) divided by realised volatility
+  (see ``models.training.regressor_trainer``), the bar's realised volatility, the aggregated
   ``models.aggregation.Signal`` of that regression and of the headlines published up to the close
-  (within ``AggregationConfig.news_lookback_ms``, none later). ``None`` while the features warm up
+  (within ``AggregationConfig.news_lookback_ms``, none later), the news score and the calibrated
+  forecast (``SignalModel.calibration``, ``models.calibration``). ``None`` while the features warm up
   (their first ``models.features.WARMUP_BARS`` bars).
 
 ``PrecomputedSignals`` computes everything before the loop, in batches: the features of the whole
@@ -40,7 +42,8 @@ import numpy as np
 
 from engine.domain import Bar, News
 from engine.series import BarSeries
-from models.aggregation import AggregationConfig, ScoredHeadline, Signal, signal_from
+from models.aggregation import AggregationConfig, ScoredHeadline, Signal, news_score, signal_from
+from models.calibration import Calibration
 from models.features import FEATURE_NAMES, FeatureScaler, IncrementalFeatures, compute_features
 from models.prompts import headline_text, regression_text
 
@@ -56,20 +59,32 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True, slots=True)
 class BarPrediction:
-    """The predictor's view at one bar close ``ts``: ``mean`` and ``log_variance`` of the next bar's
-    log return divided by ``volatility`` (the realised volatility of the last 20 log returns, as
-    the regressor's target was normalised), and the aggregated ``signal``."""
+    """The predictor's view at one bar close ``ts``: ``mean`` and ``log_variance`` of the
+    regressor's target (the log return over its horizon, the strategy's ``holding_bars``, divided by
+    ``volatility``, the realised volatility of the last 20 log returns, as the regressor's target was
+    normalised), the aggregated ``signal`` (kept for records and sizing), ``news_score``
+    (``models.aggregation.news_score`` of the headlines known at the close) and ``expected_z``: the
+    CALIBRATED forecast of that vol-normalised return (``models.calibration.Calibration.z``), which
+    the cost gate uses (expected move = expected_z x volatility). ``expected_z`` None: no
+    calibration was given, and the regression mean stands for it as it is."""
 
     ts: int
     mean: float
     log_variance: float
     volatility: float
     signal: Signal
+    news_score: float = 0.0
+    expected_z: float | None = None
 
     @property
     def std(self) -> float:
         """Predicted standard deviation of the volatility-normalised return."""
         return math.exp(0.5 * self.log_variance)
+
+    @property
+    def z(self) -> float:
+        """The forecast the strategy trades: ``expected_z``, or the regression mean without a calibration."""
+        return self.mean if self.expected_z is None else self.expected_z
 
 
 class SignalSource(Protocol):
@@ -105,6 +120,7 @@ class SignalModel:
     feature_digits: int = 2
     batch_size: int = 1
     cache: Any = None
+    calibration: Calibration | None = None  # the fitted expected move (strategies.llm_prepare fits it)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -125,7 +141,8 @@ class SignalModel:
         return [regression_text(self.asset, self.timeframe, row, self.feature_digits) for row in scaled]
 
     def regress(self, texts: Sequence[str], cache: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, log-variance) per prompt text."""
+        """(mean, log-variance) per prompt text: the ONE place where the regressor is called (the
+        precomputed and online sources and the calibration all go through it)."""
         mean, std = self.predictor.predict_regression(list(texts), batch_size=self.batch_size, cache=cache)
         return mean, 2.0 * np.log(std)
 
@@ -136,14 +153,19 @@ class SignalModel:
 
     def signal(self, ts: int, mean: float, log_variance: float, volatility: float,
                headlines: Iterable[ScoredHeadline]) -> BarPrediction:
-        return bar_prediction(self.aggregation, ts, mean, log_variance, volatility, headlines)
+        return bar_prediction(self.aggregation, ts, mean, log_variance, volatility, headlines, self.calibration)
 
 
 def bar_prediction(aggregation: AggregationConfig, ts: int, mean: float, log_variance: float, volatility: float,
-                   headlines: Iterable[ScoredHeadline]) -> BarPrediction:
-    """The prediction at the bar close ``ts`` with its signal aggregated from the regression and ``headlines``."""
-    return BarPrediction(ts, mean, log_variance, volatility,
-                         signal_from(aggregation, ts, (mean, log_variance), list(headlines)))
+                   headlines: Iterable[ScoredHeadline], calibration: Calibration | None = None, *,
+                   regression: bool = True) -> BarPrediction:
+    """The prediction at the bar close ``ts`` with its signal aggregated from the regression and
+    ``headlines``, its news score and, given a ``calibration``, the calibrated forecast.
+    ``regression=False`` leaves the regression out of the signal (the oracle has none)."""
+    signal = signal_from(aggregation, ts, (mean, log_variance) if regression else None, list(headlines))
+    news = news_score(signal.components.get("news"))
+    z = None if calibration is None else calibration.z(mean if regression else 0.0, news)
+    return BarPrediction(ts, mean, log_variance, volatility, signal, news, z)
 
 
 def score_headline(publish_ms: int, probabilities: np.ndarray) -> ScoredHeadline:
@@ -152,8 +174,12 @@ def score_headline(publish_ms: int, probabilities: np.ndarray) -> ScoredHeadline
     return ScoredHeadline(int(publish_ms), probs, max(probs))
 
 
-def _volatility(features: np.ndarray) -> float:
+def volatility_of(features: np.ndarray) -> float:
+    """The realised volatility (a sample std, as the regressor's target uses) of a feature row."""
     return float(features[_RVOL]) * _SAMPLE_STD
+
+
+_volatility = volatility_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,10 +191,12 @@ class SourceIdentity:
     aggregation: AggregationConfig
     regressor_model: str
     sentiment_model: str
+    calibration: Calibration | None = None
 
     @classmethod
     def of(cls, model: SignalModel, symbol: str) -> SourceIdentity:
-        return cls(symbol, model.timeframe_ms, model.aggregation, model.regressor_model, model.sentiment_model)
+        return cls(symbol, model.timeframe_ms, model.aggregation, model.regressor_model, model.sentiment_model,
+                   model.calibration)
 
 
 class _Source:
@@ -181,6 +209,8 @@ class _Source:
         self.aggregation = identity.aggregation
         self.regressor_model = identity.regressor_model
         self.sentiment_model = identity.sentiment_model
+        self.calibration = identity.calibration
+        self.signal_source = "model"  # "oracle" for OracleSignals: the records say which
 
 
 class PrecomputedSignals(_Source):
@@ -195,6 +225,7 @@ class PrecomputedSignals(_Source):
         self._times = [h.publish_ms for h in self._headlines]
         self._classes = classes  # headline text -> probabilities
         self.stats = stats  # what was predicted and how much came from the cache
+        self._regression = True  # False: the signal has no regression component (the oracle)
 
     @classmethod
     def compute(cls, model: SignalModel, bars: BarSeries, news: Sequence[News], *, start_ms: int,
@@ -244,6 +275,22 @@ class PrecomputedSignals(_Source):
         identity = dataclasses.replace(self.identity, sentiment_model="")
         return PrecomputedSignals(identity, self._rows, [], {}, {**self.stats, "headlines": 0, "distinct_headlines": 0})
 
+    def with_calibration(self, calibration: Calibration | None) -> PrecomputedSignals:
+        """The same answers with another calibration of the expected move (nothing is recomputed)."""
+        other = type(self).__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        _Source.__init__(other, dataclasses.replace(self.identity, calibration=calibration))
+        other.signal_source = self.signal_source
+        return other
+
+    def rows(self) -> dict[int, tuple[float, float, float] | None]:
+        """Bar close -> (mean, log-variance, volatility); None during the features' warm-up."""
+        return dict(self._rows)
+
+    def headlines(self) -> list[ScoredHeadline]:
+        """Every classified headline, in publish order."""
+        return list(self._headlines)
+
     def on_news(self, news: News) -> ScoredHeadline:
         probs = self._classes.get(news.headline)
         if probs is None:
@@ -261,7 +308,8 @@ class PrecomputedSignals(_Source):
             return None
         lookback = self.aggregation.news_lookback_ms
         lo, hi = bisect.bisect_left(self._times, ts - lookback), bisect.bisect_right(self._times, ts)
-        return bar_prediction(self.aggregation, ts, *row, self._headlines[lo:hi])
+        return bar_prediction(self.aggregation, ts, *row, self._headlines[lo:hi], self.calibration,
+                              regression=self._regression)
 
 
 class OnlineSignals(_Source):
@@ -344,3 +392,47 @@ def ridge_signals(bars: BarSeries, aggregation: AggregationConfig, *, train_end_
     stats = {"bars": len(ready), "headlines": 0, "distinct_headlines": 0, "regression_cached": 0,
              "sentiment_cached": 0, "train_samples": n}
     return PrecomputedSignals(identity, rows, [], {}, stats)
+
+
+ORACLE_NOTE = "ORACLE: knows the true tones; an upper bound, not a strategy"
+
+
+class OracleSignals(PrecomputedSignals):
+    """The best the ``llm_signal`` strategy can do on the SYNTHETIC sample market: a source that
+    knows every headline's true tone (``engine.feeds.sample.SampleMarket.tones``) and classifies it
+    with probability 1, and has no regression (its mean is 0 and it is left out of the signal). It
+    is an upper bound for the LLM's sentiment half, NEVER a strategy: it reads the answer the
+    market was generated from, so it exists only on the sample and only behind ``--oracle``."""
+
+    @classmethod
+    def build(cls, bars: BarSeries, news: Sequence[News], tones: Sequence[int], aggregation: AggregationConfig, *,
+              start_ms: int, calibration: Calibration | None = None) -> OracleSignals:
+        """The answers for the bars of ``bars`` opening at or after ``start_ms`` (the earlier ones
+        feed the volatility), for the headlines ``news`` with their true ``tones`` (-1, 0, +1)."""
+        if len(news) != len(tones):
+            raise ValueError(f"one tone per headline: {len(news)} headlines, {len(tones)} tones")
+        features = compute_features(bars.ts_open, bars.open, bars.high, bars.low, bars.close, bars.volume,
+                                    bars.timeframe_ms)
+        first = int(np.searchsorted(bars.ts_open, start_ms, side="left"))
+        closes = bars.ts_close.tolist()
+        rows: dict[int, tuple[float, float, float] | None] = dict.fromkeys(closes[first:])
+        for i in range(first, len(bars)):
+            if np.isfinite(features[i]).all():
+                rows[closes[i]] = (0.0, 0.0, _volatility(features[i]))
+        one_hot = {-1: (1.0, 0.0, 0.0), 0: (0.0, 1.0, 0.0), 1: (0.0, 0.0, 1.0)}
+        pairs = sorted(zip(news, tones), key=lambda p: p[0].ts_event)
+        classes: dict[str, tuple[float, ...]] = {}
+        for item, tone in pairs:
+            if tone not in one_hot:
+                raise ValueError(f"a tone is -1, 0 or +1, got {tone!r}")
+            if classes.setdefault(item.headline, one_hot[tone]) != one_hot[tone]:
+                raise ValueError(f"headline {item.headline[:60]!r} has two different tones")
+        headlines = [score_headline(item.ts_event, np.array(one_hot[tone])) for item, tone in pairs]
+        identity = SourceIdentity(bars.symbol, bars.timeframe_ms, aggregation, "oracle:none", "oracle:true-tones",
+                                  calibration)
+        stats = {"bars": sum(r is not None for r in rows.values()), "headlines": len(pairs),
+                 "distinct_headlines": len(classes), "regression_cached": 0, "sentiment_cached": 0}
+        source = cls(identity, rows, headlines, classes, stats)
+        source._regression = False
+        source.signal_source = "oracle"
+        return source

@@ -185,3 +185,15 @@ def test_signal_score_is_monotonic_in_each_component_score(reg, nws, w, which, a
         return aggregate(parts["regression"], parts["news"], w).score
 
     assert score_with(low) <= score_with(high)
+
+
+def test_news_score_is_the_news_score_times_its_confidence_and_zero_without_news():
+    from models.aggregation import news_score
+
+    assert news_score(None) == 0.0
+    one = news_component([(0, (0.0, 0.0, 1.0), 1.0)], now_ms=0)  # one fresh, sure, bullish headline: W = 1
+    assert news_score(one) == pytest.approx(1.0 * 0.5)
+    two = news_component([(0, (0.0, 0.0, 1.0), 1.0), (0, (0.0, 0.0, 1.0), 1.0)], now_ms=0)
+    assert news_score(two) == pytest.approx(2 / 3)  # more agreeing news, a larger score
+    mixed = news_component([(0, (0.0, 0.0, 1.0), 1.0), (0, (1.0, 0.0, 0.0), 1.0)], now_ms=0)
+    assert news_score(mixed) == 0.0

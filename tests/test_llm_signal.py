@@ -24,8 +24,8 @@ SPOT_COST = 2 * (0.001 + 0.0001 + 0.0002)  # taker fee, half-spread 1 bp, slippa
 
 class ScriptedSource:
     """A ``SignalSource`` that plays one regression mean per bar (None: still warming up), with
-    log-variance 0 and no news, so the signal's score is tanh(2 x mean) and the expected move
-    mean x VOL x holding_bars."""
+    log-variance 0 and no news, so the signal's score is tanh(2 x mean) and, with no calibration
+    (``expected_z`` None), the expected move over the holding time mean x VOL."""
 
     timeframe_ms = MS_PER_HOUR
     aggregation = AggregationConfig()
@@ -64,9 +64,10 @@ class RecordingJournal:
         return lambda *args, **kw: None
 
 
-def mean_for(edge, holding_bars=1, cost=SPOT_COST):
-    """The regression mean whose expected move is ``edge`` x the round-trip cost."""
-    return edge * cost / (VOL * holding_bars)
+def mean_for(edge, cost=SPOT_COST):
+    """The regression mean (of the return over the holding time / VOL) whose expected move is
+    ``edge`` x the round-trip cost."""
+    return edge * cost / VOL
 
 
 def run(means, *, prices=None, inst=None, costs=None, news=(), **params):
@@ -144,7 +145,7 @@ def test_funding_over_the_holding_time_counts_against_longs_and_for_shorts():
     # 16 hourly bars of holding = 2 settlements: a long pays 0.2%, a short receives it
     long_cost, short_cost = fees + 0.002, fees - 0.002
     edge_move = 1.5 * fees  # beats the fees alone, not fees + funding
-    mean = edge_move / (VOL * 16)
+    mean = edge_move / VOL  # the forecast is of the return over the 16 bars held
     sized = {"holding_bars": 16, "full_size_at": 0.001, "min_change": 0.0}  # any signal that passes trades in full
     longs, journal, _ = run([mean, None], inst=perp, costs=costs, **sized)
     assert longs.orders == ()
@@ -189,10 +190,13 @@ def test_every_decision_records_its_signal_and_the_predictions_behind_it():
     news = [News(T0 + 30 * 60_000, "Synthcoin wins approval", "TEST")]
     result, journal, strategy = run([None, None, 0.1, 3.0, None], news=news)
     assert [s["ts"] for s in journal.signals] == result.equity_ts[2:4].tolist()  # none while warming up
-    assert strategy.summary() == {"signals": 2, "signal_actions": {"flat": 1, "open": 1}}
+    assert strategy.summary() == {"signals": 2, "signal_actions": {"flat": 1, "open": 1},
+                                  "gate": {"bars": 2, "passed": 1, "share": 0.5, "enter_threshold": 1.5}}
     first = journal.signals[0]
     assert first["model"] == "scripted-regressor+scripted-sentiment"
-    assert set(first["components"]) == {"signal", "regression", "decision"}
+    assert set(first["components"]) == {"signal", "regression", "calibrated", "decision"}
+    assert first["components"]["calibrated"] == {"news_score": pytest.approx(0.0), "expected_z": 0.1,
+                                                 "calibrated": False}  # no calibration: the mean as it is
     assert first["components"]["signal"]["components"]["regression"]["score"] == pytest.approx(math.tanh(0.2))
     kinds = [(p["kind"], p["ts"]) for p in journal.predictions]
     assert kinds == [("sentiment", news[0].ts_event), ("regression", result.equity_ts[2]),
@@ -210,3 +214,32 @@ def test_params_are_checked_and_a_source_is_required():
             cls.Params(**bad)
     with pytest.raises(ConfigError, match="no signal source for"):
         run_backtest(cls(), [candles([(1, 1, 1, 1)] * 3)], {"TEST": instrument()})
+
+
+class CalibratedSource(ScriptedSource):
+    """Plays a calibrated forecast ``expected_z`` beside a regression mean that says the opposite."""
+
+    def __init__(self, zs, symbol="TEST"):
+        super().__init__([None if z is None else -1.0 for z in zs], symbol)
+        self.zs = list(zs)
+
+    def on_bar(self, bar):
+        z = self.zs[self.bars]
+        prediction = super().on_bar(bar)
+        return None if prediction is None else BarPrediction(
+            prediction.ts, prediction.mean, 0.0, VOL, prediction.signal, 0.0, z)
+
+
+def test_the_cost_gate_uses_the_calibrated_forecast_not_the_raw_mean_and_counts_the_bars_that_pass():
+    inst = instrument(taker=0.001, maker=0.001)
+    zs = [mean_for(1.03), mean_for(0.5), None]
+    strategy = LlmSignal(LlmSignal.Params(holding_bars=1, enter_threshold=1.0),
+                         {inst.symbol: CalibratedSource(zs, inst.symbol)})
+    journal = RecordingJournal()
+    result = run_backtest(strategy, [candles([(100.0,) * 4] * 3, symbol=inst.symbol)], {inst.symbol: inst},
+                          costs=CostModels(spread=FixedBps(1.0), slippage=FixedBps(2.0)), journal=journal)
+    assert [o.side for o in result.orders] == [Side.BUY]  # the raw mean (-1) would have said sell or stay flat
+    decisions = [s["components"]["decision"] for s in journal.signals]
+    assert decisions[0]["expected_move"] == pytest.approx(1.03 * SPOT_COST)
+    assert [d["passes_gate"] for d in decisions] == [True, False]
+    assert strategy.summary()["gate"] == {"bars": 2, "passed": 1, "share": 0.5, "enter_threshold": 1.0}

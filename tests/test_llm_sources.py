@@ -12,6 +12,7 @@ from engine.domain import ContractType, News
 from engine.feeds.sample import SampleMarketConfig, generate_sample_market
 from models.aggregation import AggregationConfig
 from models.cache import PredictionCache
+from models.calibration import Calibration, Coefficient
 from models.features import FeatureScaler, compute_features
 from strategies.llm_signal import LlmSignal
 from strategies.llm_signals import OnlineSignals, PrecomputedSignals, SignalModel
@@ -22,6 +23,9 @@ from tests.test_llm_signal import RecordingJournal
 WARMUP = 140  # bars before the traded part: the features' 100-bar look-back and then some
 TRADED = 60
 LOOKBACK = AggregationConfig().news_lookback_ms
+# A calibration that uses both inputs, so that both paths compute the calibrated forecast the same way.
+CALIBRATION = Calibration(Coefficient(0.22, 0.22, 0.05, 4.4, 100, "kept"), Coefficient(3.0, 3.0, 1.0, 3.0, 100, "kept"),
+                          horizon=3, min_t=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +47,13 @@ def model(market):
                                 bars.timeframe_ms)
     return SignalModel(predictor=tiny_predictor(seed=3), scaler=FeatureScaler.fit(features),
                        aggregation=AggregationConfig(news_half_life_ms=2 * 3_600_000), asset=bars.symbol,
-                       timeframe=bars.timeframe, timeframe_ms=bars.timeframe_ms, feature_digits=2)
+                       timeframe=bars.timeframe, timeframe_ms=bars.timeframe_ms, feature_digits=2,
+                       calibration=CALIBRATION)
 
 
 def backtest(market, source):
     """A perpetual with light costs and thresholds set inside the random model's range of
-    expected move / cost (about 1 to 3.5 here), so that its signal opens, resizes and closes."""
+    calibrated expected move / cost (about 0.5 to 6.5 here), so that its signal opens, resizes and closes."""
     inst = instrument(market["trade"].symbol, contract=ContractType.LINEAR_PERP, taker=0.0002, maker=0.0001,
                       leverage=2)
     params = LlmSignal.Params(enter_threshold=2.2, exit_threshold=1.5, min_change=0.05, full_size_at=0.6,

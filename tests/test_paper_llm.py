@@ -19,13 +19,13 @@ from engine.cli import main
 from engine.feeds.sample import generate_sample_market
 from engine.session import load_settings
 from tests.llm_helpers import torch  # noqa: F401  (skips this module without the llm extra)
+from tests.test_llm_backtest import TRADING
 from tests.test_paper import record
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"llm.backbone": '"tiny"', "sample.bars": "1300", "llm.train_fraction": "0.9",
         "llm.regressor.optim.max_steps": "2", "llm.regressor.max_train_samples": "32",
-        "llm.regressor.max_val_samples": "16", "llm.sentiment.optim.max_steps": "2",
-        "llm.sentiment.max_train_samples": "32"}
+        "llm.regressor.max_val_samples": "16", **TRADING}  # a sentiment adapter that learns, so the runs trade
 
 
 def sets(values: dict[str, str]) -> list[str]:
@@ -91,7 +91,8 @@ def test_llm_replay_through_the_daemon_equals_the_online_backtest(recorded, tmp_
     out = capsys.readouterr()
     paper = json.loads(out.out)
     assert paper["signal_source"] == "online" and "online signals" in out.err
-    assert backtest["signals"] > 50 and backtest["news"] > 10  # the tiny random backbone may not trade: signals and predictions carry the comparison
+    assert backtest["signals"] > 50 and backtest["news"] > 10
+    assert backtest["fills"] > 0  # it trades, so equal orders and fills mean the same decisions, not none
     for key in ("bars", "news", "orders", "fills", "final_equity", "fees", "metrics", "signals", "signal_actions",
                 "trade_period"):
         assert paper[key] == backtest[key], key
@@ -120,6 +121,7 @@ def test_llm_daemon_killed_mid_run_resumes_to_the_same_record(recorded, tmp_path
         assert died.returncode == -signal.SIGKILL, died.stderr
     resumed = start(crashed_db)
     assert resumed.returncode == 0 and "resuming run" in resumed.stderr, resumed.stderr
+    assert json.loads(clean.stdout)["fills"] > 0
     a = llm_record(clean_db, json.loads(clean.stdout)["run_id"])
     b = llm_record(crashed_db, json.loads(resumed.stdout)["run_id"])
     for table in ("orders", "fills", "equity", "signals", "predictions"):
