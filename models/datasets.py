@@ -325,13 +325,17 @@ WEIGHTINGS = ("none", "sqrt_density", "density")
 def sample_weights(targets: np.ndarray, kind: str, *, cap: float = 3.0, bins: int = 50,
                    smoothing: float = 2.0) -> np.ndarray:
     """Training-sample weights of mean 1: ``"none"`` (all ones), ``"sqrt_density"`` (1 / sqrt of the
-    smoothed label density) or ``"density"`` (1 / density), capped at ``cap``. TRAIN targets only."""
+    smoothed label density) or ``"density"`` (1 / density), capped at ``cap``. TRAIN targets only.
+    The density is that of the targets in units of their own std (binned over +-4 std), so the
+    weights mean the same for every horizon (a 6-bar target's std is ~2.5 times a 1-bar one's)."""
     if kind not in WEIGHTINGS:
         raise DatasetError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {kind!r}")
     targets = np.asarray(targets, dtype=np.float64)
     if kind == "none":
         return np.ones(len(targets))
-    return density_weights(targets, bins=bins, smoothing=smoothing, cap=cap, power=0.5 if kind == "sqrt_density" else 1.0)
+    std = targets.std() if len(targets) > 1 else 0.0
+    standard = targets / std if std > 0 else targets
+    return density_weights(standard, bins=bins, smoothing=smoothing, cap=cap, power=0.5 if kind == "sqrt_density" else 1.0)
 
 
 def effective_sample_size(weights: np.ndarray) -> float:

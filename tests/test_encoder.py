@@ -160,6 +160,8 @@ def test_effective_sample_size_of_each_weighting_on_normal_targets():
     assert 0.8 < ess["sqrt_density"] < 0.95  # 1/sqrt(density), cap 3: keeps most of the sample
     assert 0.6 < ess["density"] < ess["sqrt_density"]
     assert effective_sample_size(sample_weights(y, "density", cap=10.0)) < 0.45  # the old default: a bit over a third
+    # in units of the targets' own std: a 6-bar target (std ~2.5x) gets the same weights
+    np.testing.assert_allclose(sample_weights(2.5 * y, "sqrt_density"), sample_weights(y, "sqrt_density"))
     with pytest.raises(DatasetError, match="weighting must be one of"):
         sample_weights(y, "inverse")
 
