@@ -9,6 +9,14 @@ Both paths run in the same process on the same prompts and the same weights:
   Its one-off set-up per adapter version (merging, prefix cache) is timed apart and reported;
 - cached: the optimised call repeated with a ``PredictionCache`` already filled by a first pass.
 
+The regressor's numeric-encoder input (``--encoder``, on by default) runs beside it on a second copy of
+the backbone: windows of the last ``--window`` bars of scaled features -> ``--virtual-tokens``
+embeddings after the cached instruction (``Predictor.predict_regression_windows``), timed in
+fixed-shape batches of 1 (one window per call: the online path at batch size 1), of
+``--batch-size`` given one window per call (the online path when the backtest batches at that size)
+and of ``--batch-size`` over all windows at once (the precomputed path), with a check that each
+window predicted alone equals it inside the batch (bit for bit).
+
 Regression prompts come from the synthetic sample market's bars (16 scaled features per bar);
 sentiment prompts from Financial PhraseBank sentences when ../shared/data is present, else from the
 sample headlines. The adapters are fresh with small random LoRA weights (or ``--checkpoint``
@@ -45,6 +53,18 @@ def regression_texts(n: int) -> list[str]:
     features = features[~np.isnan(features).any(axis=1)]
     scaled = FeatureScaler.fit(features).transform(features[-n:])
     return [regression_text(bars.symbol, bars.timeframe, row) for row in scaled]
+
+
+def regression_windows(n: int, window: int) -> np.ndarray:
+    from engine.feeds.sample import generate_sample_market
+    from models.encoder import feature_windows, window_ready
+    from models.features import FeatureScaler, compute_features
+
+    bars = generate_sample_market().bars
+    features = compute_features(bars.ts_open, bars.open, bars.high, bars.low, bars.close, bars.volume, bars.timeframe_ms)
+    ready = np.flatnonzero(window_ready(features, window))
+    scaler = FeatureScaler.fit(features[ready])
+    return feature_windows(scaler.transform(features), ready[-n:], window)
 
 
 def headline_texts(n: int) -> list[str]:
@@ -87,6 +107,53 @@ def build_predictor(args: argparse.Namespace):
     return predictor, backbone
 
 
+def encoder_predictor(args: argparse.Namespace):
+    import torch
+
+    from models.backbone import BackboneConfig, load_backbone
+    from models.encoder import EncoderSettings
+    from models.predictor import Predictor
+
+    backbone = load_backbone(BackboneConfig(source=args.backbone))
+    predictor = Predictor(backbone)
+    predictor.add_task("regressor", seed=1)
+    predictor.add_numeric_encoder("regressor", EncoderSettings(window=args.window, virtual_tokens=args.virtual_tokens),
+                                  seed=1)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in [*predictor.lora_parameters("regressor"), *predictor.heads["regressor"].parameters()]:
+            if param.abs().max() == 0:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+    predictor.changed("regressor")
+    return predictor
+
+
+def bench_encoder(predictor, windows: np.ndarray, batch_size: int) -> list[dict]:
+    predictor.predict_regression_windows(windows[:1], batch_size=1)  # warm-up
+    predictor.changed("regressor")
+    started = time.perf_counter()  # once per adapter version: merged weights and the instruction's KV cache
+    predictor.predict_regression_windows(windows[:1], batch_size=1)
+    setup_s = time.perf_counter() - started
+    rows = []
+    batched = None
+    for label, size, one_by_one in (("encoder online", 1, True), ("encoder online", batch_size, True),
+                                    ("encoder batched", batch_size, False)):
+        started = time.perf_counter()
+        if one_by_one:
+            mean = np.array([predictor.predict_regression_windows(w[None], batch_size=size)[0][0] for w in windows])
+        else:
+            mean = predictor.predict_regression_windows(windows, batch_size=size)[0]
+            batched = mean
+        seconds = time.perf_counter() - started
+        rows.append({"path": label, "batch_size": size, "samples": len(windows), "per_s": len(windows) / seconds,
+                     "setup_s": setup_s, "mean": mean})
+    alone = rows[1]["mean"]  # one window per call at the batch's fixed shape
+    for row in rows:
+        row["identical_to_batched"] = bool(np.array_equal(row.pop("mean"), batched)) if row["batch_size"] == batch_size else None
+    rows[1]["identical_to_batched"] = bool(np.array_equal(alone, batched))
+    return rows
+
+
 def bench(predictor, task: str, texts: list[str], batch_size: int) -> dict:
     from models.cache import PredictionCache
 
@@ -122,6 +189,11 @@ def main() -> int:
     parser.add_argument("--task", choices=["regressor", "sentiment", "both"], default="both")
     parser.add_argument("--samples", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--no-encoder", dest="encoder", action="store_false",
+                        help="skip the regressor's numeric-encoder path")
+    parser.add_argument("--encoder-samples", type=int, default=0, help="windows for the encoder path (0: --samples)")
+    parser.add_argument("--window", type=int, default=16)
+    parser.add_argument("--virtual-tokens", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--regressor-checkpoint")
     parser.add_argument("--sentiment-checkpoint")
@@ -137,10 +209,14 @@ def main() -> int:
     for task in tasks:
         texts = regression_texts(args.samples) if task == "regressor" else headline_texts(args.samples)
         results.append(bench(predictor, task, texts, args.batch_size))
+    encoder_rows = []
+    if args.encoder and args.task in ("regressor", "both"):
+        windows = regression_windows(args.encoder_samples or args.samples, args.window)
+        encoder_rows = bench_encoder(encoder_predictor(args), windows, args.batch_size)
     header = {"backbone": args.backbone, "backbone_load_s": round(backbone.load_seconds, 2),
               "threads": torch.get_num_threads(), "batch_size": args.batch_size}
     if args.json:
-        print(json.dumps({**header, "results": results}))
+        print(json.dumps({**header, "results": results, "encoder": encoder_rows}))
         return 0
     print(" ".join(f"{k}={v}" for k, v in header.items()))
     print(f"{'task':10} {'samples':>7} {'prefix':>6} {'tokens':>6} {'naive/s':>9} {'optimised/s':>11} {'speed-up':>8} "
@@ -149,6 +225,12 @@ def main() -> int:
         print(f"{r['task']:10} {r['samples']:>7} {r['prefix_tokens']:>6} {r['mean_sample_tokens']:>6} "
               f"{r['naive_per_s']:>9.2f} {r['optimised_per_s']:>11.2f} {r['speedup']:>7.2f}x "
               f"{r['cached_per_s']:>10.0f} {r['max_abs_diff']:>10.2e} {r['optimised_setup_s']:>7.2f}")
+    if encoder_rows:
+        print(f"\nregressor, numeric encoder ({args.window} bars -> {args.virtual_tokens} virtual tokens), fixed-shape batches")
+        print(f"{'path':16} {'batch':>5} {'samples':>7} {'per s':>8} {'== batched':>10} {'setup s':>7}")
+        for r in encoder_rows:
+            same = "-" if r["identical_to_batched"] is None else str(r["identical_to_batched"])
+            print(f"{r['path']:16} {r['batch_size']:>5} {r['samples']:>7} {r['per_s']:>8.2f} {same:>10} {r['setup_s']:>7.2f}")
     return 0
 
 

@@ -288,12 +288,13 @@ def time_split(bar_index: np.ndarray, fractions: Sequence[float] = (0.7, 0.15, 0
 
 
 def density_weights(targets: np.ndarray, *, bins: int = 50, smoothing: float = 2.0, cap: float = 10.0,
-                    clip: float = 4.0) -> np.ndarray:
+                    clip: float = 4.0, power: float = 1.0) -> np.ndarray:
     """Inverse label-density weights (label distribution smoothing, Yang et al. 2021).
 
     The targets (clipped to +-``clip``) are binned, the histogram is smoothed with a Gaussian kernel
-    of ``smoothing`` bins, each sample gets 1 / density of its bin; weights have mean 1 and none
-    exceeds ``cap`` (``cap`` must be > 1). Compute them on the TRAIN split only.
+    of ``smoothing`` bins, each sample gets 1 / density ** ``power`` of its bin (``power`` 0.5: the
+    softer 1 / sqrt(density)); weights have mean 1 and none exceeds ``cap`` (``cap`` must be > 1).
+    Compute them on the TRAIN split only.
     """
     if cap <= 1:
         raise DatasetError(f"the weight cap must be > 1 (weights have mean 1), got {cap}")
@@ -308,7 +309,7 @@ def density_weights(targets: np.ndarray, *, bins: int = 50, smoothing: float = 2
     else:
         density = counts.astype(np.float64)
     which = np.clip(np.searchsorted(edges, targets, side="right") - 1, 0, bins - 1)
-    weights = 1.0 / np.maximum(density[which], 1e-12)
+    weights = np.maximum(density[which], 1e-12) ** -power
     weights /= weights.mean()
     for _ in range(100):  # cap, rescale to mean 1, until the cap holds after rescaling
         if weights.max() <= cap * (1 + 1e-9):
@@ -316,3 +317,45 @@ def density_weights(targets: np.ndarray, *, bins: int = 50, smoothing: float = 2
         weights = np.minimum(weights, cap)
         weights /= weights.mean()
     return weights
+
+
+WEIGHTINGS = ("none", "sqrt_density", "density")
+
+
+def sample_weights(targets: np.ndarray, kind: str, *, cap: float = 3.0, bins: int = 50,
+                   smoothing: float = 2.0) -> np.ndarray:
+    """Training-sample weights of mean 1: ``"none"`` (all ones), ``"sqrt_density"`` (1 / sqrt of the
+    smoothed label density) or ``"density"`` (1 / density), capped at ``cap``. TRAIN targets only.
+    The density is that of the targets in units of their own std (binned over +-4 std), so the
+    weights mean the same for every horizon (a 6-bar target's std is ~2.5 times a 1-bar one's)."""
+    if kind not in WEIGHTINGS:
+        raise DatasetError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {kind!r}")
+    targets = np.asarray(targets, dtype=np.float64)
+    if kind == "none":
+        return np.ones(len(targets))
+    std = targets.std() if len(targets) > 1 else 0.0
+    standard = targets / std if std > 0 else targets
+    return density_weights(standard, bins=bins, smoothing=smoothing, cap=cap, power=0.5 if kind == "sqrt_density" else 1.0)
+
+
+def effective_sample_size(weights: np.ndarray) -> float:
+    """Kish's effective sample size as a share of the sample: (sum w)^2 / sum w^2 / n, in (0, 1];
+    1 for equal weights. NaN for an empty sample."""
+    w = np.asarray(weights, dtype=np.float64)
+    if len(w) == 0:
+        return float("nan")
+    if np.any(w < 0) or not np.all(np.isfinite(w)) or w.sum() <= 0:
+        raise DatasetError("weights must be finite, non-negative and not all zero")
+    return float(w.sum() ** 2 / np.sum(w ** 2) / len(w))
+
+
+def winsorise(targets: np.ndarray, clip: float) -> tuple[np.ndarray, float]:
+    """``targets`` clipped to +-``clip`` standard deviations (their own std) and the bound used;
+    ``clip`` 0 leaves them as they are (bound inf). Apply to the TRAIN targets only."""
+    targets = np.asarray(targets, dtype=np.float64)
+    if clip < 0:
+        raise DatasetError(f"target_clip must be >= 0 (0: no clipping), got {clip}")
+    if clip == 0 or len(targets) < 2:
+        return targets.copy(), math.inf
+    bound = float(clip * targets.std())
+    return np.clip(targets, -bound, bound), bound

@@ -11,6 +11,11 @@ Two forward paths give the same numbers (to float rounding; ``tests/test_predict
   training step, since the adapter changes), its key/value cache is expanded to the batch, and only
   the right-padded suffixes are run, with positions continuing after the prefix.
 
+A regressor can instead read numbers (``add_numeric_encoder``, ``models.encoder``): windows of scaled
+features become virtual-token embeddings that enter through ``inputs_embeds`` after a cached
+instruction prefix (``window_states``, ``predict_regression_windows``: fixed-shape batches, so a window
+predicted alone and inside a batch give the same numbers).
+
 Batched inference (``predict_regression`` / ``predict_sentiment``) runs under
 ``torch.inference_mode``, sorts samples by length to cut padding, uses the shared prefix, runs the
 backbone with the task's LoRA update merged into the weights (``W + scale * B A``, computed once per
@@ -35,6 +40,7 @@ import numpy as np
 import torch
 
 from models.backbone import Backbone, seeded
+from models.encoder import ENCODER_FILE, EncoderSettings, NumericEncoder, embedding_norm
 from models.heads import RegressionHead, SentimentHead, TaskState, last_token_state, make_head
 from models.prompts import REGRESSION_TEMPLATE, SENTIMENT_TEMPLATE, PromptEncoder, PromptTemplate
 
@@ -158,6 +164,8 @@ class Predictor:
             "sentiment": PromptEncoder(self.tokenizer, SENTIMENT_TEMPLATE),
         }
         self._prefix_kv: dict[tuple[str, bool], tuple[torch.Tensor, ...]] = {}
+        self.numeric: dict[str, NumericEncoder] = {}  # a task's numeric encoder (input = "encoder")
+        self._instruction_kv: dict[tuple[str, bool], tuple[torch.Tensor, ...]] = {}
         self._merged: dict[str, dict[str, torch.Tensor]] = {}
         self._fingerprints: dict[str, str] = {}
         self.device = next(backbone.model.parameters()).device
@@ -219,10 +227,33 @@ class Predictor:
     def changed(self, task: str) -> None:
         """Forget what depends on the task's weights (prefix caches, merged weights, fingerprint):
         call after every change of the adapter or head."""
-        self._prefix_kv.pop((task, False), None)
-        self._prefix_kv.pop((task, True), None)
+        for cache in (self._prefix_kv, self._instruction_kv):
+            cache.pop((task, False), None)
+            cache.pop((task, True), None)
         self._merged.pop(task, None)
         self._fingerprints.pop(task, None)
+
+    def add_numeric_encoder(self, task: str, settings: EncoderSettings, seed: int = 0) -> None:
+        """Give the task a fresh ``NumericEncoder``: its inputs become windows of scaled features
+        (``predict_regression_windows``) instead of prompt texts."""
+        self._require(task)
+        with seeded(seed):
+            encoder = NumericEncoder(settings, self.backbone.hidden_size, embedding_norm(self.backbone.model))
+        self.numeric[task] = encoder.to(self.device).eval()
+        self.changed(task)
+
+    def encoder_settings(self, task: str) -> EncoderSettings | None:
+        """The task's numeric-encoder settings, or None for a text-prompt task."""
+        return self.numeric[task].settings if task in self.numeric else None
+
+    def trainable_parameters(self, task: str) -> dict[str, list[torch.nn.Parameter]]:
+        """What training updates: ``lora`` (empty for the head_only and no_llm variants), ``head``
+        and ``encoder`` (empty for text prompts)."""
+        encoder = self.numeric.get(task)
+        trains_lora = encoder is None or encoder.settings.trains_lora
+        return {"lora": self.lora_parameters(task) if trains_lora else [],
+                "head": list(self.heads[task].parameters()),
+                "encoder": list(encoder.parameters()) if encoder is not None else []}
 
     def lora_parameters(self, task: str) -> list[torch.nn.Parameter]:
         self._require(task)
@@ -233,6 +264,8 @@ class Predictor:
         self.set_task(task)
         self.model.train(training)
         self.heads[task].train(training)
+        if task in self.numeric:
+            self.numeric[task].train(training)
 
     # -------------------------------------------------------------------------------- forward
 
@@ -413,6 +446,69 @@ class Predictor:
                                position_ids=positions_from_mask(batch.attention_mask, offset=length), use_cache=True)
             return TaskState(task, last_token_state(hidden.last_hidden_state, batch.attention_mask))
 
+    def instruction_ids(self, task: str) -> list[int]:
+        settings = self.encoder_settings(task)
+        if settings is None:
+            raise KeyError(f"the {task} task has no numeric encoder")
+        return list(self.tokenizer(settings.instruction, add_special_tokens=False)["input_ids"])
+
+    def _window_run(self, task: str, merged: bool, **inputs: Any) -> Any:
+        """The decoder for an encoder task: without any LoRA update for the head_only variant."""
+        if not self.numeric[task].settings.trains_lora:
+            with self.model.disable_adapter():
+                return self._decoder()(**inputs)
+        return self._run(task, merged, **inputs)
+
+    def instruction_cache(self, task: str, *, grad: bool = False, merged: bool = False) -> tuple[torch.Tensor, ...]:
+        """Per-layer (key, value) of the encoder task's instruction, batch 1: computed once per adapter
+        version at inference, at every call in training (``grad``: the adapter moves every step)."""
+        self.set_task(task)
+        key = (task, merged)
+        if not grad and key in self._instruction_kv:
+            return self._instruction_kv[key]
+        ids = torch.tensor([self.instruction_ids(task)], dtype=torch.long, device=self.device)
+        with torch.set_grad_enabled(grad):
+            out = self._window_run(task, merged, input_ids=ids, use_cache=True)
+        kv = tuple(t for layer in out.cache.layers for t in (layer.keys, layer.values))
+        if not grad:
+            self._instruction_kv[key] = kv
+        return kv
+
+    def window_states(self, task: str, windows: torch.Tensor, *, grad: bool = False,
+                      merged: bool = False) -> TaskState:
+        """Final hidden state of the last virtual token per window (batch, window, features): the
+        numeric encoder's embeddings through the backbone after the cached instruction. The no_llm
+        variant skips the backbone: the mean of the virtual tokens."""
+        self.set_task(task)
+        if task not in self.numeric:
+            raise KeyError(f"the {task} task has no numeric encoder (it reads prompt texts)")
+        if merged and grad:
+            raise ValueError("merged weights are for inference; training runs through the LoRA layers")
+        encoder = self.numeric[task]
+        with torch.set_grad_enabled(grad):
+            embeds = encoder(windows.to(self.device, torch.float32))
+            if not encoder.settings.uses_backbone:
+                return TaskState(task, embeds.mean(dim=1))
+            from transformers import DynamicCache
+
+            dtype = self._decoder().embed_tokens.weight.dtype
+            kv = self.instruction_cache(task, grad=grad, merged=merged)
+            size, length, k = embeds.shape[0], kv[0].shape[2], embeds.shape[1]
+            cache = DynamicCache(
+                ddp_cache_data=[(kv[i].expand(size, -1, -1, -1), kv[i + 1].expand(size, -1, -1, -1))
+                                for i in range(0, len(kv), 2)],
+                config=self.model.get_base_model().config)
+            mask = torch.ones((size, length + k), dtype=torch.long, device=self.device)
+            positions = torch.arange(length, length + k, device=self.device).expand(size, -1)
+            out = self._window_run(task, merged, inputs_embeds=embeds.to(dtype), attention_mask=mask, cache=cache,
+                                   position_ids=positions, use_cache=True)
+            return TaskState(task, out.last_hidden_state[:, -1].float())
+
+    def regress_windows(self, windows: torch.Tensor, **kw: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log-variance) per window, through the regressor's numeric encoder."""
+        self._require("regressor")
+        return self.heads["regressor"](self.window_states("regressor", windows, **kw))
+
     def regress(self, suffixes: Sequence[Sequence[int]], **kw: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, log-variance) of the normalised next-period return."""
         self._require("regressor")
@@ -428,7 +524,42 @@ class Predictor:
     def predict_regression(self, texts: Sequence[str], *, batch_size: int = 32, use_prefix_cache: bool = True,
                            cache: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) of the normalised next-period return per sample text (``prompts.regression_text``)."""
+        if "regressor" in self.numeric:
+            raise KeyError("this regressor reads windows of scaled features through its numeric encoder (input = "
+                           "'encoder'), not prompt texts: use predict_regression_windows (models.encoder.feature_windows)")
         out = self._predict("regressor", texts, batch_size, use_prefix_cache, cache)
+        return out[:, 0], np.exp(0.5 * out[:, 1])
+
+    def predict_regression_windows(self, windows: np.ndarray, *, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) of the normalised return per window (n, window, features) of scaled features
+        (``models.encoder.feature_windows``), for a regressor with a numeric encoder.
+
+        Runs in FIXED-SHAPE batches of ``batch_size`` rows: the last partial batch (and a single
+        online window) is filled up with copies of its first row, so every forward pass has the same
+        shape and a window's numbers do not depend on how many others came with it
+        (``tests/test_encoder.py`` pins a window alone against the same window inside a batch)."""
+        self._require("regressor")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        settings = self.encoder_settings("regressor")
+        if settings is None:
+            raise KeyError("the regressor reads prompt texts (input = 'text'): use predict_regression")
+        x = np.asarray(windows, dtype=np.float64)
+        if x.ndim != 3 or x.shape[1:] != (settings.window, settings.features):
+            raise ValueError(f"windows must be (n, {settings.window}, {settings.features}), got {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError("windows hold non-finite values")
+        out = np.empty((len(x), 2), dtype=np.float64)
+        self.train_mode("regressor", False)
+        with torch.inference_mode():
+            for first in range(0, len(x), batch_size):
+                chunk = x[first:first + batch_size]
+                real = len(chunk)
+                if real < batch_size:
+                    chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - real, axis=0)])
+                mean, logvar = self.regress_windows(torch.as_tensor(chunk, dtype=torch.float32),
+                                                    merged=self.merge_for_inference)
+                out[first:first + real] = torch.stack([mean, logvar], dim=1)[:real].double().cpu().numpy()
         return out[:, 0], np.exp(0.5 * out[:, 1])
 
     def predict_sentiment(self, texts: Sequence[str], *, batch_size: int = 32, use_prefix_cache: bool = True,
@@ -493,6 +624,9 @@ class Predictor:
             digest.update(json.dumps([encoder.prefix, encoder.closing, encoder.template.max_sample_tokens]).encode())
             tensors = {**{n: p for n, p in self.model.named_parameters() if f".{task}." in n and "lora_" in n},
                        **{f"head.{n}": t for n, t in self.heads[task].state_dict().items()}}
+            if task in self.numeric:
+                digest.update(json.dumps(self.numeric[task].settings.to_dict(), sort_keys=True).encode())
+                tensors.update({f"encoder.{n}": t for n, t in self.numeric[task].state_dict().items()})
             for name in sorted(tensors):
                 digest.update(name.encode())
                 digest.update(tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
@@ -515,9 +649,13 @@ class Predictor:
             nested.rmdir()
         head = self.heads[task]
         save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(folder / HEAD_FILE))
-        (folder / HEAD_CONFIG).write_text(json.dumps(
-            {"task": task, "head": head.describe(), "lora": asdict(self.lora[task]),
-             "template": asdict(self.encoders[task].template)}, indent=1))
+        meta = {"task": task, "head": head.describe(), "lora": asdict(self.lora[task]),
+                "template": asdict(self.encoders[task].template)}
+        if task in self.numeric:
+            encoder = self.numeric[task]
+            save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(folder / ENCODER_FILE))
+            meta["encoder"] = encoder.settings.to_dict()
+        (folder / HEAD_CONFIG).write_text(json.dumps(meta, indent=1))
         return folder
 
     def load_task(self, task: str, folder: str | Path) -> None:
@@ -540,6 +678,7 @@ class Predictor:
         if task in self.heads:
             self.model.delete_adapter(task)
             del self.heads[task]
+        self.numeric.pop(task, None)
         lora = LoraSettings.from_dict(meta["lora"])
         self._add_adapter(task, lora.to_peft(self.num_layers))
         weights = load_file(str(folder / "adapter_model.safetensors"))
@@ -553,6 +692,10 @@ class Predictor:
         head.load_state_dict(load_file(str(folder / HEAD_FILE)))
         self.heads[task] = head.to(self.device).eval()
         self.lora[task] = lora
+        if "encoder" in meta:  # a numeric-encoder regressor: its encoder, exactly as saved
+            encoder = NumericEncoder(EncoderSettings.from_dict(meta["encoder"]), self.backbone.hidden_size, 1.0)
+            encoder.load_state_dict(load_file(str(folder / ENCODER_FILE)))
+            self.numeric[task] = encoder.to(self.device).eval()
         self.changed(task)
 
 

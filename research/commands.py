@@ -72,6 +72,12 @@ def add_parsers(sub: Any) -> None:
             g.add_argument("--loss", choices=["gaussian", "beta_nll"])
             g.add_argument("--no-density-weights", action="store_true", help="do not reweight rare targets")
             g.add_argument("--max-val-samples", type=int, help="validate on the most recent this many (default 1024)")
+            g.add_argument("--input", choices=["text", "encoder"], help="the model's input: prompt texts, or windows "
+                           "of scaled features through the numeric encoder (default)")
+            g.add_argument("--window", type=int, help="encoder: bars per sample (default 16)")
+            g.add_argument("--virtual-tokens", type=int, help="encoder: embeddings handed to the backbone (default 4)")
+            g.add_argument("--weighting", choices=["none", "sqrt_density", "density"], help="train-sample weights")
+            g.add_argument("--target-clip", type=float, help="winsorise train targets at this many std (0: off)")
         _output_flags(p)
 
     evaluate = sub.add_parser(
@@ -236,7 +242,8 @@ def _train_regressor(args: argparse.Namespace) -> dict[str, Any]:
         changes["loss"] = args.loss
     if args.no_density_weights:
         changes["density_weighting"] = False
-    for name in ("max_train_samples", "max_val_samples"):
+    for name in ("max_train_samples", "max_val_samples", "input", "window", "virtual_tokens", "weighting",
+                 "target_clip"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     config = replace(base, **changes)

@@ -52,6 +52,20 @@ def test_train_and_evaluate_regressor_on_sample_bars(capsys, tmp_path):
     assert "hit_rate" in capsys.readouterr().out
 
 
+def test_train_regressor_flags_choose_the_input_weighting_and_clip(capsys, tmp_path):
+    out = tmp_path / "text"
+    trained = _run(capsys, "train", "regressor", *FAST, "--end", "2024-01-24", "--max-val-samples", "16",
+                   "--input", "text", "--out", str(out))
+    assert "input" not in trained  # the text path's metrics
+    out = tmp_path / "encoder"
+    trained = _run(capsys, "train", "regressor", *FAST, "--end", "2024-01-24", "--max-val-samples", "16",
+                   "--input", "encoder", "--window", "6", "--virtual-tokens", "2", "--weighting", "sqrt_density",
+                   "--target-clip", "4", "--out", str(out))
+    assert trained["input"] == "encoder" and trained["data"]["weighting"] == "sqrt_density"
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert (config["window"], config["virtual_tokens"], config["target_clip"]) == (6, 2, 4.0)
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["evaluate", "sentiment", "--checkpoint", "{tmp}/nothing"], "not a checkpoint folder"),
     (["train", "sentiment", "--backbone", "tiny", "--precision", "nf4", "--out", "{tmp}/x"], "CUDA GPU"),

@@ -122,11 +122,12 @@ def _bars(n: int = 420, seed: int = 0) -> BarArrays:
 
 
 def test_regression_data_is_split_in_time_with_a_purge_and_train_only_scaling():
-    config = RegressorTrainingConfig(backbone=TINY_BACKBONE)
+    config = RegressorTrainingConfig(backbone=TINY_BACKBONE, input="text")
     data = prepare_regression_data(_bars(900), config)
     bars_of = {k: data.samples.bar_index[v] for k, v in data.splits.items()}
-    assert bars_of["train"].max() + config.purge < bars_of["val"].min()
-    assert bars_of["val"].max() + config.purge < bars_of["test"].min()
+    assert config.purge_bars == 101  # the features' 100-bar look-back + the 1-bar horizon
+    assert bars_of["train"].max() + config.purge_bars < bars_of["val"].min()
+    assert bars_of["val"].max() + config.purge_bars < bars_of["test"].min()
     assert data.texts[0].startswith("Asset: TOY/USDT, 1h bars.\nFeatures: ")
     assert len(data.weights) == len(data.splits["train"]) and data.weights.mean() == pytest.approx(1.0)
     median = np.median(data.samples.features[data.splits["train"]], axis=0)

@@ -116,10 +116,11 @@ def fit(predictor: Predictor, task: str, n_train: int, batch_loss: Callable[[np.
     ``lengths`` (tokens per sample) turns on length-bucketed batches when ``settings.length_buckets``."""
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    lora, head = predictor.lora_parameters(task), list(predictor.heads[task].parameters())
-    optimiser = torch.optim.AdamW([
-        {"params": lora, "lr": settings.lr}, {"params": head, "lr": settings.head_lr},
-    ], weight_decay=settings.weight_decay)
+    trainable = predictor.trainable_parameters(task)  # a numeric encoder learns at the head's rate
+    lora, head = trainable["lora"], trainable["head"] + trainable["encoder"]
+    optimiser = torch.optim.AdamW([group for group in (
+        {"params": lora, "lr": settings.lr}, {"params": head, "lr": settings.head_lr}) if group["params"]],
+        weight_decay=settings.weight_decay)
     total = settings.total_steps(n_train)
     warmup = int(settings.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -188,18 +189,21 @@ def fit(predictor: Predictor, task: str, n_train: int, batch_loss: Callable[[np.
     return FitResult(step, best[1], float(best_score), stopped, time.perf_counter() - started, history)
 
 
-def _snapshot(predictor: Predictor, task: str) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in predictor.lora_parameters(task)] + [
-        t.detach().clone() for t in predictor.heads[task].state_dict().values()]
+def _modules(predictor: Predictor, task: str) -> list[torch.nn.Module]:
+    return [predictor.heads[task], *([predictor.numeric[task]] if task in predictor.numeric else [])]
 
 
-def _restore(predictor: Predictor, task: str, saved: list[torch.Tensor]) -> None:
-    lora = predictor.lora_parameters(task)
+def _snapshot(predictor: Predictor, task: str) -> list[Any]:
+    return [[p.detach().clone() for p in predictor.lora_parameters(task)]] + [
+        {k: t.detach().clone() for k, t in module.state_dict().items()} for module in _modules(predictor, task)]
+
+
+def _restore(predictor: Predictor, task: str, saved: list[Any]) -> None:
     with torch.no_grad():
-        for param, value in zip(lora, saved[:len(lora)]):
+        for param, value in zip(predictor.lora_parameters(task), saved[0]):
             param.copy_(value)
-        head = predictor.heads[task]
-        head.load_state_dict(dict(zip(head.state_dict().keys(), saved[len(lora):])))
+        for module, state in zip(_modules(predictor, task), saved[1:]):
+            module.load_state_dict(state)
     predictor.changed(task)
 
 

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from models.backbone import BackboneConfig
+from models.datasets import WEIGHTINGS
+from models.encoder import INSTRUCTION, VARIANTS, EncoderSettings
 from models.features import WARMUP_BARS
 from models.heads import RegressionHeadConfig
 from models.predictor import LoraSettings
@@ -14,6 +16,7 @@ from models.training.checkpoint import config_from_dict
 from models.training.loop import OptimSettings
 
 LOSSES = ("gaussian", "beta_nll")
+INPUTS = ("text", "encoder")
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,16 +24,26 @@ class RegressorTrainingConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     head: RegressionHeadConfig = field(default_factory=RegressionHeadConfig)
-    optim: OptimSettings = field(default_factory=lambda: OptimSettings(epochs=1.0, patience=3))
+    # several passes, validated once an epoch, stopping after 2 without improvement (best weights kept)
+    optim: OptimSettings = field(default_factory=lambda: OptimSettings(epochs=6.0, patience=2))
     template: PromptTemplate = field(default_factory=lambda: REGRESSION_TEMPLATE)  # the prompt's fixed part
     loss: str = "beta_nll"  # "gaussian": plain Gaussian NLL; "beta_nll": Seitzer et al. with ``beta``
     beta: float = 0.5
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, validation, test, in time order
-    purge: int = WARMUP_BARS + 1  # bars dropped before each split boundary: look-back + horizon
+    # bars dropped before each split boundary; 0: the look-back plus the horizon (``purge_bars``)
+    purge: int = 0
     vol_window: int = 20  # bars of realised volatility that normalise the target
-    horizon: int = 1
-    density_weighting: bool = True  # inverse label-density weights on the train split
-    weight_cap: float = 10.0
+    horizon: int = 1  # the target: log(close[t + horizon] / close[t]) / sigma_t
+    input: str = "encoder"  # "encoder": windows of scaled features -> virtual tokens; "text": prompt texts
+    window: int = 16  # encoder: bars per sample
+    virtual_tokens: int = 4  # encoder: embeddings handed to the backbone
+    encoder_width: int = 256  # encoder: hidden width of its MLP
+    variant: str = "llm"  # encoder: "llm", "no_llm", "random_backbone", "head_only" (models.encoder)
+    instruction: str = INSTRUCTION  # encoder: the fixed text before the virtual tokens
+    weighting: str = "none"  # train-sample weights: "none", "sqrt_density" (capped), "density" (capped)
+    weight_cap: float = 3.0
+    density_weighting: bool = True  # False forces weighting "none" (the older switch, kept for --no-density-weights)
+    target_clip: float = 5.0  # train targets winsorised at +- this many of their std (0: not clipped)
     weight_bins: int = 50
     weight_smoothing: float = 2.0  # Gaussian kernel width, in bins
     feature_digits: int = 2  # decimals of the scaled features in the prompt
@@ -40,10 +53,42 @@ class RegressorTrainingConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.horizon < 1 or self.vol_window < 2 or self.purge < self.horizon:
-            raise ValueError("horizon >= 1, vol_window >= 2 and purge >= horizon are required")
+        if self.horizon < 1 or self.vol_window < 2:
+            raise ValueError("horizon >= 1 and vol_window >= 2 are required")
+        if self.input not in INPUTS:
+            raise ValueError(f"input must be one of {', '.join(INPUTS)}, got {self.input!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.input == "text" and self.variant != "llm":
+            raise ValueError(f"variant {self.variant!r} needs input = 'encoder'")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        if self.weight_cap <= 1 or self.target_clip < 0:
+            raise ValueError(f"weight_cap must be > 1 and target_clip >= 0, got {self.weight_cap}, {self.target_clip}")
+        if self.purge and self.purge < self.min_purge:
+            raise ValueError(f"purge {self.purge} is shorter than the horizon plus the window ({self.min_purge} bars): "
+                             "a training target or window would reach into the next split")
+        self.encoder_settings()  # window, virtual_tokens, width are checked there
         if len(self.splits) != 3:
             raise ValueError("splits are three fractions: train, validation, test")
+
+    @property
+    def min_purge(self) -> int:
+        """The least purge that keeps every target and window of a split out of the next one."""
+        return self.horizon + (self.window - 1 if self.input == "encoder" else 0)
+
+    @property
+    def purge_bars(self) -> int:
+        """The purge in force: ``purge``, or (0) the features' look-back and window plus the horizon."""
+        return self.purge or WARMUP_BARS + self.min_purge
+
+    @property
+    def sample_weighting(self) -> str:
+        return self.weighting if self.density_weighting else "none"
+
+    def encoder_settings(self) -> EncoderSettings:
+        return EncoderSettings(window=self.window, virtual_tokens=self.virtual_tokens, width=self.encoder_width,
+                               variant=self.variant, instruction=self.instruction)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

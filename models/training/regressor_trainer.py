@@ -1,26 +1,40 @@
 """Fine-tune the ``regressor`` adapter and head on bars, and evaluate it against baselines.
 
 Data flow: bars -> ``compute_features`` (16 per bar, no lookahead) -> ``regression_samples``
-(target: next-period log return / realised volatility) -> ``time_split`` (train, validation, test
-in time order, purged) -> ``FeatureScaler`` fitted on train only -> prompts
-(``prompts.regression_text`` of the scaled values) -> Gaussian / beta-NLL training with
-inverse-density weights on the train split. ``evaluate_regressor`` rebuilds the same split from the same bars
-(checked by fingerprint) and reports the test metrics beside ridge and random-backbone baselines.
+(target: log return over ``horizon`` bars / realised volatility) -> ``time_split`` (train,
+validation, test in time order, purged by ``purge_bars``) -> ``FeatureScaler`` fitted on train only ->
+the model's inputs: windows of the last ``window`` bars of scaled features for the numeric encoder
+(``input = "encoder"``, ``models.encoder``) or prompts (``prompts.regression_text``, ``input = "text"``)
+-> Gaussian / beta-NLL training on winsorised train targets (``target_clip``) with the chosen sample
+weights (``weighting``), several epochs, early stopping on validation.
+
+``train_on_windows`` is the encoder path's core: it takes windows, targets and weights (the
+walk-forward harness calls it through ``models.forecasting.LlmForecaster``); ``RegressorTrainer``
+builds those from bars. ``evaluate_regressor`` rebuilds the same split from the same bars (checked by
+fingerprint) and reports the test metrics beside ridge and random-backbone baselines.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from models.backbone import Backbone, load_backbone
-from models.datasets import RegressionSamples, density_weights, regression_samples, time_split
+from models.backbone import Backbone, BackboneConfig, load_backbone
+from models.datasets import (
+    RegressionSamples,
+    effective_sample_size,
+    regression_samples,
+    sample_weights,
+    time_split,
+    winsorise,
+)
+from models.encoder import feature_windows, window_ready
 from models.features import FeatureScaler, compute_features
 from models.heads import gaussian_nll
 from models.predictor import Predictor
@@ -37,7 +51,7 @@ from models.training.checkpoint import (
 )
 from models.training.evaluation import random_backbone_outputs, regression_metrics, ridge_baseline
 from models.training.inputs import TaskInputs, inputs_record
-from models.training.loop import fit
+from models.training.loop import FitResult, fit
 from models.training.regressor_config import RegressorTrainingConfig
 
 log = logging.getLogger(__name__)
@@ -65,29 +79,44 @@ class RegressionData:
     samples: RegressionSamples
     splits: dict[str, np.ndarray]  # positions into samples
     scaler: FeatureScaler
-    texts: list[str]  # one prompt text per sample
+    texts: list[str]  # one prompt text per sample (input "text"; empty for the encoder)
     scaled: np.ndarray  # scaled features per sample (the ridge baseline's inputs)
-    weights: np.ndarray  # per TRAIN sample (ones without density weighting)
+    weights: np.ndarray  # per TRAIN sample (ones with weighting "none")
     fingerprint: dict[str, Any]
+    windows: np.ndarray | None = None  # (n, window, 16) per sample (input "encoder")
 
-    def part(self, name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def part(self, name: str) -> tuple[Any, np.ndarray, np.ndarray]:
+        """(model inputs: texts or windows, scaled features, targets) of a split."""
         index = self.splits[name]
-        return [self.texts[i] for i in index], self.scaled[index], self.samples.targets[index]
+        inputs = self.windows[index] if self.windows is not None else [self.texts[i] for i in index]
+        return inputs, self.scaled[index], self.samples.targets[index]
+
+
+def train_weights(targets: np.ndarray, config: RegressorTrainingConfig) -> np.ndarray:
+    """The sample weights of these TRAIN targets under ``config`` (mean 1)."""
+    return sample_weights(targets, config.sample_weighting, cap=config.weight_cap, bins=config.weight_bins,
+                          smoothing=config.weight_smoothing)
 
 
 def prepare_regression_data(bars: BarArrays, config: RegressorTrainingConfig) -> RegressionData:
     features = compute_features(bars.ts_open, bars.open, bars.high, bars.low, bars.close, bars.volume,
                                 bars.timeframe_ms)
     samples = regression_samples(features, bars.close, vol_window=config.vol_window, horizon=config.horizon)
-    train, val, test = time_split(samples.bar_index, config.splits, purge=config.purge)
+    encoder = config.input == "encoder"
+    if encoder:  # only bars with a full window of finite features
+        samples = samples.subset(np.flatnonzero(window_ready(features, config.window)[samples.bar_index]))
+    train, val, test = time_split(samples.bar_index, config.splits, purge=config.purge_bars)
     if config.max_train_samples and len(train) > config.max_train_samples:
         train = train[-config.max_train_samples:]  # the most recent, next to validation
     scaler = FeatureScaler.fit(samples.features[train])
     scaled = scaler.transform(samples.features)
-    texts = [regression_text(bars.asset, bars.timeframe, row, config.feature_digits) for row in scaled]
-    y_train = samples.targets[train]
-    weights = (density_weights(y_train, bins=config.weight_bins, smoothing=config.weight_smoothing,
-                               cap=config.weight_cap) if config.density_weighting else np.ones(len(train)))
+    windows = None
+    if encoder:
+        windows = feature_windows(scaler.transform(features), samples.bar_index, config.window)
+        texts: list[str] = []
+    else:
+        texts = [regression_text(bars.asset, bars.timeframe, row, config.feature_digits) for row in scaled]
+    weights = train_weights(samples.targets[train], config)
     splits = {"train": train, "val": val, "test": test}
     fingerprint = {
         "source": bars.source, "asset": bars.asset, "timeframe": bars.timeframe, "bars": int(len(bars.close)),
@@ -96,7 +125,67 @@ def prepare_regression_data(bars: BarArrays, config: RegressorTrainingConfig) ->
         **{f"{name}_hash": samples.subset(index).fingerprint() for name, index in splits.items()},
         **{f"{name}_first_bar_ms": int(bars.ts_open[samples.bar_index[index[0]]]) for name, index in splits.items()},
     }
-    return RegressionData(samples, splits, scaler, texts, scaled, weights, fingerprint)
+    return RegressionData(samples, splits, scaler, texts, scaled, weights, fingerprint, windows)
+
+
+def backbone_config(config: RegressorTrainingConfig) -> BackboneConfig:
+    """The backbone this config trains on: random weights for the random_backbone variant."""
+    if config.input == "encoder" and config.variant == "random_backbone":
+        return replace(config.backbone, random_init=True)
+    return config.backbone
+
+
+def encoder_predictor(config: RegressorTrainingConfig, backbone: Backbone | None = None) -> Predictor:
+    """A predictor with a fresh regressor adapter, head and numeric encoder as ``config`` says."""
+    if config.input != "encoder":
+        raise ValueError("encoder_predictor needs input = 'encoder'")
+    predictor = Predictor(backbone or load_backbone(backbone_config(config)))
+    predictor.add_task("regressor", config.lora, asdict(config.head), seed=config.optim.seed)
+    predictor.add_numeric_encoder("regressor", config.encoder_settings(), seed=config.optim.seed)
+    return predictor
+
+
+def train_on_windows(predictor: Predictor, config: RegressorTrainingConfig, x_train: np.ndarray,
+                     y_train: np.ndarray, weights: np.ndarray | None, x_val: np.ndarray, y_val: np.ndarray, *,
+                     progress: bool = False) -> tuple[FitResult, dict[str, Any]]:
+    """Train the predictor's regressor (adapter, head, numeric encoder) on windows (n, window, 16) and
+    their targets, the targets winsorised here (``target_clip``, train only); validation on the raw
+    ``y_val`` drives early stopping (MSE). ``weights`` None: ``train_weights`` of ``y_train``.
+    Returns the fit and a record of the data (weighting, effective sample size, clip bound)."""
+    x_train, x_val = np.asarray(x_train, dtype=np.float64), np.asarray(x_val, dtype=np.float64)
+    y_train, y_val = np.asarray(y_train, dtype=np.float64), np.asarray(y_val, dtype=np.float64)
+    if len(x_train) != len(y_train) or len(x_val) != len(y_val):
+        raise ValueError(f"{len(x_train)} train windows for {len(y_train)} targets, {len(x_val)} validation "
+                         f"windows for {len(y_val)}")
+    if not len(x_train) or not len(x_val):
+        raise ValueError("training needs train and validation samples")
+    weights = train_weights(y_train, config) if weights is None else np.asarray(weights, dtype=np.float64)
+    if len(weights) != len(y_train):
+        raise ValueError(f"{len(weights)} weights for {len(y_train)} train targets")
+    if config.max_val_samples and len(x_val) > config.max_val_samples:
+        x_val, y_val = x_val[-config.max_val_samples:], y_val[-config.max_val_samples:]
+    y_fit, bound = winsorise(y_train, config.target_clip)
+    head = predictor.heads["regressor"]
+    x = torch.as_tensor(x_train, dtype=torch.float32)
+    targets = torch.as_tensor(y_fit, dtype=torch.float32)
+    w = torch.as_tensor(weights, dtype=torch.float32)
+    beta = config.beta if config.loss == "beta_nll" else 0.0
+    size = config.optim.eval_batch_size
+
+    def batch_loss(index: np.ndarray) -> torch.Tensor:
+        mean, logvar = head(predictor.window_states("regressor", x[index], grad=True))
+        return gaussian_nll(mean, logvar, targets[index], w[index], beta)
+
+    def validate() -> dict[str, float]:
+        mean, std = predictor.predict_regression_windows(x_val, batch_size=min(size, len(x_val)))
+        return regression_metrics(mean, std, y_val)
+
+    result = fit(predictor, "regressor", len(x_train), batch_loss, validate, "mse", config.optim,
+                 higher_is_better=False, progress=progress)
+    record = {"weighting": config.sample_weighting, "effective_sample_size": effective_sample_size(weights),
+              "target_clip_bound": bound, "clipped_share": float(np.mean(np.abs(y_train) > bound)),
+              "train_samples": len(x_train), "val_samples": len(x_val)}
+    return result, record
 
 
 class RegressorTrainer:
@@ -115,7 +204,9 @@ class RegressorTrainer:
         config = self.config
         data = prepare_regression_data(bars, config)
         started = time.perf_counter()
-        backbone = self._backbone or load_backbone(config.backbone)
+        backbone = self._backbone or load_backbone(backbone_config(config))
+        if config.input == "encoder":
+            return self._train_encoder(bars, folder, describe, data, backbone, started)
         predictor = Predictor(backbone)
         predictor.add_task("regressor", config.lora, asdict(config.head), seed=config.optim.seed)
         predictor.set_template("regressor", config.template)
@@ -157,6 +248,29 @@ class RegressorTrainer:
                          data.fingerprint, metrics, data.scaler.to_dict())
         return metrics
 
+    def _train_encoder(self, bars: BarArrays, folder: str | Path, describe: dict[str, Any] | None,
+                       data: RegressionData, backbone: Backbone, started: float) -> dict[str, Any]:
+        config = self.config
+        predictor = encoder_predictor(config, backbone)
+        x_train, _, y_train = data.part("train")
+        x_val, _, y_val = data.part("val")
+        log.info("training the %s regressor (numeric encoder, %d bars a window) on %d samples (%s), validating "
+                 "on %d", config.variant, config.window, len(x_train), bars.source,
+                 min(len(x_val), config.max_val_samples or len(x_val)))
+        result, record = train_on_windows(predictor, config, x_train, y_train, data.weights, x_val, y_val,
+                                          progress=self.progress)
+        mean, std = predictor.predict_regression_windows(x_val, batch_size=config.optim.eval_batch_size)
+        seconds = time.perf_counter() - started
+        metrics = {
+            "task": "regressor", "input": "encoder", "variant": config.variant, "fit": result.as_dict(),
+            "validation": regression_metrics(mean, std, y_val), "train_samples": len(x_train), "seconds": seconds,
+            "train_samples_per_second": result.steps * config.optim.batch_size / max(result.seconds, 1e-9),
+            "backbone_load_seconds": backbone.load_seconds, "data": record,
+        }
+        write_checkpoint(folder, predictor, "regressor", {"config": config.to_dict(), "data": {**_describe(bars), **(describe or {})}},
+                         data.fingerprint, metrics, data.scaler.to_dict())
+        return metrics
+
 
 def _describe(bars: BarArrays) -> dict[str, Any]:
     return {"source": bars.source, "asset": bars.asset, "timeframe": bars.timeframe,
@@ -167,7 +281,7 @@ def load_regressor(folder: str | Path, backbone: Backbone | None = None) -> tupl
     """A predictor with the checkpoint's regressor adapter, and the checkpoint itself."""
     checkpoint = read_checkpoint(folder, "regressor")
     config = RegressorTrainingConfig.from_dict(checkpoint.config["config"])
-    predictor = Predictor(backbone or load_backbone(config.backbone))
+    predictor = Predictor(backbone or load_backbone(backbone_config(config)))
     load_into(predictor, checkpoint)
     return predictor, checkpoint
 
@@ -193,7 +307,10 @@ def evaluate_regressor(folder: str | Path, bars: BarArrays, *, split: str = "tes
     if max_samples and len(texts) > max_samples:
         texts, x, y = texts[-max_samples:], x[-max_samples:], y[-max_samples:]
     started = time.perf_counter()
-    mean, std = predictor.predict_regression(texts, batch_size=batch_size)
+    if config.input == "encoder":
+        mean, std = predictor.predict_regression_windows(texts, batch_size=batch_size)
+    else:
+        mean, std = predictor.predict_regression(texts, batch_size=batch_size)
     report: dict[str, Any] = {
         "task": "regressor", "split": split, "checkpoint": str(checkpoint.folder), "data": bars.source,
         "model": regression_metrics(mean, std, y), "predictions_per_second": len(texts) / (time.perf_counter() - started),
@@ -204,7 +321,10 @@ def evaluate_regressor(folder: str | Path, bars: BarArrays, *, split: str = "tes
     if "ridge" in baselines:
         report["baselines"]["ridge"] = ridge_baseline(x_train, y_train, x_val, y_val, x, y)
     report["baselines"]["zero"] = regression_metrics(np.zeros(len(y)), np.full(len(y), np.std(y_train)), y)
-    if "random" in baselines:
+    if "random" in baselines and config.input == "encoder":
+        report["baselines"]["random_backbone"] = _random_backbone_encoder(config, data, texts, y, batch_size,
+                                                                          baseline_train_samples)
+    elif "random" in baselines:
         report["baselines"]["random_backbone"] = _random_backbone_baseline(
             config, data, texts, y, batch_size, baseline_train_samples)
     write_json(Path(folder) / EVALUATION_FILE, report)
@@ -222,3 +342,19 @@ def _random_backbone_baseline(config: RegressorTrainingConfig, data: RegressionD
         seed=config.optim.seed, weights=weights, loss_beta=config.beta if config.loss == "beta_nll" else 0.0)
     out = regression_metrics(mean.double().numpy(), np.exp(0.5 * logvar.double().numpy()), y)
     return {"train_samples": len(train_texts), **out}
+
+
+def _random_backbone_encoder(config: RegressorTrainingConfig, data: RegressionData, windows: np.ndarray,
+                             y: np.ndarray, batch_size: int, limit: int) -> dict[str, Any]:
+    """The same encoder training on a random-weight backbone (the random_backbone variant), on the most
+    recent ``limit`` training samples."""
+    random_config = replace(config, variant="random_backbone")
+    x_train, _, y_train = data.part("train")
+    weights = data.weights
+    if limit and len(x_train) > limit:
+        x_train, y_train, weights = x_train[-limit:], y_train[-limit:], weights[-limit:]
+    x_val, _, y_val = data.part("val")
+    predictor = encoder_predictor(random_config)
+    train_on_windows(predictor, random_config, x_train, y_train, weights, x_val, y_val)
+    mean, std = predictor.predict_regression_windows(windows, batch_size=batch_size)
+    return {"train_samples": len(x_train), **regression_metrics(mean, std, y)}
