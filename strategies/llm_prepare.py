@@ -374,7 +374,8 @@ def calibrate(plan: BacktestPlan, split: MarketSplit, pre: Any, params: Any, str
 
 def _signal_model(llm: LlmSettings, backbone: Any, regressor: Any, sentiment: Any, trade: BarSeries,
                   holding_bars: int) -> Any:
-    """One predictor with both adapters, prompting as the regressor was trained."""
+    """One predictor with both adapters, fed as the regressor was trained (prompt texts, or the
+    encoder's windows of scaled features)."""
     from models.cache import PredictionCache
     from models.features import FeatureScaler
     from models.predictor import Predictor
@@ -399,7 +400,9 @@ def _signal_model(llm: LlmSettings, backbone: Any, regressor: Any, sentiment: An
     return SignalModel(predictor=predictor, scaler=FeatureScaler.from_dict(regressor.scaler),
                        aggregation=llm.aggregation, asset=trade.symbol, timeframe=trade.timeframe,
                        timeframe_ms=trade.timeframe_ms, feature_digits=int(trained["feature_digits"]),
-                       batch_size=llm.batch_size, cache=PredictionCache(Path(llm.cache_dir) / "predictions.sqlite"))
+                       batch_size=llm.batch_size, cache=PredictionCache(Path(llm.cache_dir) / "predictions.sqlite"),
+                       window=int(trained.get("window", 0)) if trained.get("input", "text") == "encoder" else 0,
+                       window_batch_size=llm.window_batch_size)
 
 
 def _strategy_factory(setup: LlmSetup, signal_source: str) -> tuple[Callable[[], Any], dict[str, Any]]:

@@ -81,6 +81,7 @@ class LlmSettings:
     model_cache_dir: str = ".cache/models"  # converted GGUF backbones
     signal_source: Literal["precomputed", "online", "oracle"] = "precomputed"  # "oracle" is refused: --oracle only
     batch_size: int = 1  # prompts per forward pass at inference; 1 = exactly what the online path computes
+    window_batch_size: int = 16  # encoder windows per forward pass, always this many (padded), online too
     regressor_checkpoint: str = ""  # "" = train or reuse automatically; a folder = use it (no training)
     sentiment_checkpoint: str = ""
     regressor: RegressorTrainingConfig = field(default_factory=_backtest_regressor)
@@ -96,8 +97,8 @@ class LlmSettings:
                              "`python -m engine backtest --strategy llm_signal` explicitly")
         if not 0 < self.train_fraction < 1:
             raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+        if self.batch_size < 1 or self.window_batch_size < 1:
+            raise ValueError("batch_size and window_batch_size must be >= 1")
         if not self.backbone:
             raise ValueError("backbone must not be empty (smollm2, tiny, a folder, a .gguf file or a hub id)")
         for task in ("regressor", "sentiment"):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import hashlib
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -105,11 +106,13 @@ class SignalSource(Protocol):
 class SignalModel:
     """The trained predictor and how to prompt it: everything both sources share.
 
-    ``predictor`` is a ``models.predictor.Predictor`` holding both adapters; ``scaler`` and
-    ``feature_digits`` are the regressor checkpoint's (prompts must be written as in training);
-    ``asset`` and ``timeframe`` name the traded series in the prompt. ``cache`` is an optional
-    ``models.cache.PredictionCache``; ``batch_size`` is the number of prompts per forward pass
-    (1: bit-identical to the online path, see the module docstring)."""
+    ``predictor`` is a ``models.predictor.Predictor`` holding both adapters; ``scaler``,
+    ``feature_digits`` and ``window`` are the regressor checkpoint's (its inputs must be built as in
+    training): ``window`` > 0 for a regressor with a numeric encoder (``models.encoder``), which reads
+    the scaled features of the last ``window`` bars; 0 for one that reads prompt texts, written with
+    ``feature_digits`` decimals and naming ``asset`` and ``timeframe``. ``cache`` is an optional
+    ``models.cache.PredictionCache``; ``batch_size`` is the number of inputs per forward pass (see the
+    module docstring for when the two sources agree bit for bit)."""
 
     predictor: Any
     scaler: FeatureScaler
@@ -121,10 +124,15 @@ class SignalModel:
     batch_size: int = 1
     cache: Any = None
     calibration: Calibration | None = None  # the fitted expected move (strategies.llm_prepare fits it)
+    window: int = 0  # > 0: the regressor's numeric-encoder window in bars; 0: it reads prompt texts
+    window_batch_size: int = 16  # windows per forward pass, always this many (padded): alone = in a batch
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.window < 0 or self.window_batch_size < 1:
+            raise ValueError(f"window must be >= 0 and window_batch_size >= 1, got {self.window}, "
+                             f"{self.window_batch_size}")
 
     @property
     def regressor_model(self) -> str:
@@ -135,16 +143,48 @@ class SignalModel:
         """"" when the predictor has no sentiment adapter (a run without headlines)."""
         return self.predictor.fingerprint("sentiment") if "sentiment" in self.predictor.heads else ""
 
-    def regression_texts(self, features: np.ndarray) -> list[str]:
-        """Prompt texts of raw feature rows (n, 16)."""
-        scaled = self.scaler.transform(np.atleast_2d(features))
-        return [regression_text(self.asset, self.timeframe, row, self.feature_digits) for row in scaled]
+    @property
+    def rows_needed(self) -> int:
+        """Feature rows (bars) one regression reads: the encoder's window, or the bar itself."""
+        return max(1, self.window)
 
-    def regress(self, texts: Sequence[str], cache: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, log-variance) per prompt text: the ONE place where the regressor is called (the
+    def regression_ready(self, features: np.ndarray) -> np.ndarray:
+        """Per row of raw ``features`` (bars, 16): whether a regression can be made at that bar."""
+        if self.window:
+            from models.encoder import window_ready  # torch, on use
+
+            return window_ready(features, self.window)
+        return np.isfinite(np.asarray(features, dtype=np.float64)).all(axis=1)
+
+    def regress(self, features: np.ndarray, index: Sequence[int], cache: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, log-variance) at the bars ``index`` of raw feature rows ``features`` (bars, 16),
+        each from rows up to its own bar only: the ONE place where the regressor is called (the
         precomputed and online sources and the calibration all go through it)."""
-        mean, std = self.predictor.predict_regression(list(texts), batch_size=self.batch_size, cache=cache)
-        return mean, 2.0 * np.log(std)
+        features = np.asarray(features, dtype=np.float64)
+        index = list(index)
+        if not self.window:
+            texts = [regression_text(self.asset, self.timeframe, row, self.feature_digits)
+                     for row in self.scaler.transform(features[index])] if index else []
+            mean, std = self.predictor.predict_regression(texts, batch_size=self.batch_size, cache=cache)
+            return mean, 2.0 * np.log(std)
+        from models.encoder import feature_windows  # torch, on use
+
+        windows = self.scaler.transform(feature_windows(features, index, self.window))  # elementwise: = scaling rows first
+        out = np.full((len(index), 2), np.nan)
+        keys = [f"window:{self.window_batch_size}:{hashlib.sha256(w.tobytes()).hexdigest()}" for w in windows]
+        todo = list(range(len(index)))
+        if cache is not None and keys:
+            found = cache.get_many(self.regressor_model, keys)
+            for i, value in enumerate(found):
+                if value is not None:
+                    out[i] = value
+            todo = [i for i, value in enumerate(found) if value is None]
+        if todo:
+            mean, std = self.predictor.predict_regression_windows(windows[todo], batch_size=self.window_batch_size)
+            out[todo, 0], out[todo, 1] = mean, 2.0 * np.log(std)
+            if cache is not None:
+                cache.put_many(self.regressor_model, [keys[i] for i in todo], out[todo])
+        return out[:, 0], out[:, 1]
 
     def classify(self, headlines: Sequence[str], cache: Any = None) -> np.ndarray:
         """Calibrated class probabilities (n, 3) per headline."""
@@ -237,17 +277,17 @@ class PrecomputedSignals(_Source):
                                     bars.timeframe_ms)
         first = int(np.searchsorted(bars.ts_open, start_ms, side="left"))
         closes = bars.ts_close.tolist()
-        ready = [i for i in range(first, len(bars)) if np.isfinite(features[i]).all()]
+        usable = model.regression_ready(features)
+        ready = [i for i in range(first, len(bars)) if usable[i]]
         rows: dict[int, tuple[float, float, float] | None] = dict.fromkeys(closes[first:])
-        texts = model.regression_texts(features[ready]) if ready else []
         cache = model.cache
         hits = cache.hits if cache is not None else 0
-        for a in range(0, len(texts), _CHUNK):
-            mean, log_variance = model.regress(texts[a:a + _CHUNK], cache)
+        for a in range(0, len(ready), _CHUNK):
+            mean, log_variance = model.regress(features, ready[a:a + _CHUNK], cache)
             for i, m, v in zip(ready[a:a + _CHUNK], mean.tolist(), log_variance.tolist()):
                 rows[closes[i]] = (m, v, _volatility(features[i]))
             if progress is not None:
-                progress("bars", min(a + _CHUNK, len(texts)), len(texts))
+                progress("bars", min(a + _CHUNK, len(ready)), len(ready))
         regression_hits = (cache.hits - hits) if cache is not None else 0
         ordered = sorted(news, key=lambda n: n.ts_event)
         unique = list(dict.fromkeys(n.headline for n in ordered))
@@ -260,7 +300,7 @@ class PrecomputedSignals(_Source):
             if progress is not None:
                 progress("headlines", min(a + _CHUNK, len(unique)), len(unique))
         headlines = [score_headline(n.ts_event, np.array(classes[n.headline])) for n in ordered]
-        stats = {"bars": len(texts), "headlines": len(ordered), "distinct_headlines": len(unique),
+        stats = {"bars": len(ready), "headlines": len(ordered), "distinct_headlines": len(unique),
                  "regression_cached": regression_hits,
                  "sentiment_cached": (cache.hits - hits) if cache is not None else 0}
         return cls(SourceIdentity.of(model, bars.symbol), rows, headlines, classes, stats)
@@ -320,15 +360,20 @@ class OnlineSignals(_Source):
         super().__init__(SourceIdentity.of(model, symbol))
         self._model = model
         self._features = IncrementalFeatures(model.timeframe_ms)
+        self._rows: deque[np.ndarray] = deque(maxlen=model.rows_needed)  # the latest feature rows
         self._headlines: deque[ScoredHeadline] = deque()  # in arrival order (time order), pruned past the look-back
 
     def warm_up(self, bars: BarSeries, news: Sequence[News] = ()) -> None:
         """Feed bars (features only, no predictions) and classify headlines that precede trading."""
         for bar in zip(bars.ts_open.tolist(), bars.open.tolist(), bars.high.tolist(), bars.low.tolist(),
                        bars.close.tolist(), bars.volume.tolist()):
-            self._features.update(*bar)
+            self._add(self._features.update(*bar))
         for item in sorted(news, key=lambda n: n.ts_event):
             self.on_news(item)
+
+    def _add(self, row: np.ndarray | None) -> None:
+        """Keep the bar's feature row (NaN during the warm-up) for the encoder's window."""
+        self._rows.append(np.full(len(FEATURE_NAMES), np.nan) if row is None else row)
 
     def on_news(self, news: News) -> ScoredHeadline:
         scored = score_headline(news.ts_event, self._model.classify([news.headline], self._model.cache)[0])
@@ -337,13 +382,17 @@ class OnlineSignals(_Source):
 
     def on_bar(self, bar: Bar) -> BarPrediction | None:
         row = self._features.update(bar.ts_open, bar.open, bar.high, bar.low, bar.close, bar.volume)
+        self._add(row)
         if row is None or not np.isfinite(row).all():
+            return None
+        recent = np.array(self._rows)
+        if not self._model.regression_ready(recent)[-1]:
             return None
         ts = bar.ts_event
         oldest = ts - self.aggregation.news_lookback_ms
         while self._headlines and self._headlines[0].publish_ms < oldest:
             self._headlines.popleft()
-        mean, log_variance = self._model.regress(self._model.regression_texts(row), self._model.cache)
+        mean, log_variance = self._model.regress(recent, [len(recent) - 1], self._model.cache)
         known = [h for h in self._headlines if h.publish_ms <= ts]
         return self._model.signal(ts, float(mean[0]), float(log_variance[0]), _volatility(row), known)
 

@@ -40,15 +40,24 @@ def market():
     }
 
 
-@pytest.fixture(scope="module")
-def model(market):
+@pytest.fixture(scope="module", params=["text", "encoder"])
+def model(market, request):
+    """The regressor reading prompt texts (one at a time: batch 1), or windows of scaled features
+    through a numeric encoder (in fixed-shape batches of 4, which the online path pads its one window to)."""
     bars = market["train"]
     features = compute_features(bars.ts_open, bars.open, bars.high, bars.low, bars.close, bars.volume,
                                 bars.timeframe_ms)
-    return SignalModel(predictor=tiny_predictor(seed=3), scaler=FeatureScaler.fit(features),
+    predictor = tiny_predictor(seed=3)
+    window = 0
+    if request.param == "encoder":
+        from models.encoder import EncoderSettings
+
+        window = 8
+        predictor.add_numeric_encoder("regressor", EncoderSettings(window=window, virtual_tokens=2, width=16), seed=3)
+    return SignalModel(predictor=predictor, scaler=FeatureScaler.fit(features),
                        aggregation=AggregationConfig(news_half_life_ms=2 * 3_600_000), asset=bars.symbol,
                        timeframe=bars.timeframe, timeframe_ms=bars.timeframe_ms, feature_digits=2,
-                       calibration=CALIBRATION)
+                       calibration=CALIBRATION, window=window, window_batch_size=4)
 
 
 def backtest(market, source):
