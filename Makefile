@@ -41,6 +41,7 @@ bench-sweep: setup-scale
 # The real-data evaluation (about an hour on 2 cores): writes EVALUATION.md and docs/evaluation/.
 evaluate: $(STAMP)
 	$(PY) -m research.evaluation $(ARGS)
+	$(PY) -m research.forecasts
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
