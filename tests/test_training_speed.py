@@ -74,6 +74,25 @@ def test_fit_with_lengths_draws_bucketed_epochs(tmp_path):
             higher_is_better=True, lengths=lengths[:3])
 
 
+def test_a_training_set_smaller_than_one_bucket_chunk_gets_random_batches():
+    """Sorting a set smaller than a chunk would give every batch one length (and, where length goes
+    with the label, one class): such a set is drawn in plain random batches instead."""
+    predictor = Predictor(load_backbone(FOUR_LAYERS))
+    predictor.add_task("sentiment", LoraSettings(dropout=0.0))
+    lengths = np.arange(40) // 4 + 3  # strongly ordered lengths
+    seen: list[np.ndarray] = []
+
+    def batch_loss(index):
+        seen.append(index)
+        return sum(p.sum() for p in predictor.lora_parameters("sentiment")) * 0.0 + torch.tensor(1.0, requires_grad=True)
+
+    settings = OptimSettings(epochs=1, batch_size=8, patience=0, bucket_chunk=10)  # a chunk: 80 samples > 40
+    fit(predictor, "sentiment", 40, batch_loss, lambda: {"accuracy": 0.5}, "accuracy", settings,
+        higher_is_better=True, lengths=lengths)
+    expected = np.random.default_rng(settings.seed).permutation(40)
+    np.testing.assert_array_equal(np.concatenate(seen), expected)
+
+
 def test_the_schedule_decays_to_its_floor_not_to_zero():
     assert schedule_factor(99, 100, 0, "cosine") == pytest.approx(0.0, abs=1e-3)
     assert schedule_factor(99, 100, 0, "cosine", floor=0.1) == pytest.approx(0.1, abs=1e-3)

@@ -40,6 +40,10 @@ class OptimSettings:
     eval_batch_size: int = 64
     # Batches of similar lengths: each epoch's shuffled samples are sorted by length within chunks of
     # ``bucket_chunk`` batches, cut into batches, and the batches shuffled (less padding, same samples).
+    # Only for a training set of at least one whole chunk: on fewer samples the sort spans the whole set,
+    # every batch holds one length, and where length goes with the label (the sample market's headline
+    # templates) every batch holds one class: 129 sample headlines, 27 steps reached 0.298 validation
+    # accuracy bucketed and 0.930 in random batches (SmolLM2, 2026-12-02).
     length_buckets: bool = True
     bucket_chunk: int = 50
     # With LoRA on the top layers only (``LoraSettings.top_layers``): run the frozen lower layers once
@@ -131,7 +135,8 @@ def fit(predictor: Predictor, task: str, n_train: int, batch_loss: Callable[[np.
     history: list[dict[str, Any]] = []
     bad_evals, stopped, started = 0, False, time.perf_counter()
     order = np.empty(0, dtype=np.int64)
-    bucketed = lengths is not None and settings.length_buckets
+    bucketed = (lengths is not None and settings.length_buckets
+                and n_train >= settings.bucket_chunk * settings.batch_size)
     if bucketed and lengths is not None and len(lengths) != n_train:
         raise ValueError(f"{len(lengths)} lengths for {n_train} training samples")
     queue: list[np.ndarray] = []
