@@ -49,9 +49,13 @@ def prepare_backtest(config: Config, *, progress: bool = False, say: Callable[[s
         costs=costs, make_strategy=strategy_factory(config), data_label=label, notes=notes,
         strategy_name=strategy_class(config).name,
     )
-    if oracle and plan.strategy_name != "llm_signal":
-        raise ConfigError(f"--oracle is the llm_signal strategy's upper bound on the sample market; run.strategy is "
-                          f"{plan.strategy_name!r} (add --strategy llm_signal)")
+    if oracle and not strategy_class(config).has_oracle:
+        from strategies import STRATEGIES
+
+        able = ", ".join(name for name, cls in STRATEGIES.items() if cls.has_oracle)
+        raise ConfigError(f"--oracle is an upper bound from the sample market's true headline tones, and "
+                          f"run.strategy {plan.strategy_name!r} has no oracle signal source (add --strategy with "
+                          f"one that has: {able})")
     if prepare:
         options = {"oracle": True} if oracle else {}
         plan = strategy_class(config).prepare(plan, progress=progress, say=say, online=online, **options)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 class Strategy:
     name: ClassVar[str] = "strategy"
     sections: ClassVar[tuple[str, ...]] = ()  # config sections of its own, beside [strategies.<name>]
+    has_oracle: ClassVar[bool] = False  # prepare(oracle=True) exists: `backtest --oracle`, an upper bound
 
     @dataclass(frozen=True)
     class Params:

@@ -114,6 +114,7 @@ class LlmSignal(Strategy):
         self.gate_passed = 0  # decisions whose expected move beat enter_threshold x the round-trip cost
 
     sections = ("llm",)  # strategies.llm_settings
+    has_oracle = True  # OracleSignals: the sample market's true tones (strategies.llm_signals)
 
     @classmethod
     def prepare(cls, plan: Any, *, progress: bool = False, say: Callable[[str], None] | None = None,

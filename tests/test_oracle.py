@@ -94,6 +94,6 @@ def test_the_oracle_is_refused_on_any_other_market(capsys, monkeypatch, tmp_path
     assert main(["backtest", "--strategy", "llm_signal", "--oracle", "--data", str(bars), *QUIET]) == 2
     assert "only the synthetic sample market has" in capsys.readouterr().err
     assert main(["backtest", "--oracle", *QUIET]) == 2  # not the LLM strategy
-    assert "--oracle is the llm_signal strategy's upper bound" in capsys.readouterr().err
+    assert "has no oracle signal source (add --strategy with one that has: llm_signal)" in capsys.readouterr().err
     assert main(["backtest", "--strategy", "llm_signal", "--oracle", "--walk-forward", *QUIET]) == 2
     assert "drop it or --walk-forward" in capsys.readouterr().err

@@ -84,10 +84,12 @@ def test_load_run_reads_the_signals_as_arrays(llm_run):
     assert expected["actions"] == summary["signal_actions"]
     assert table["news_share"] == pytest.approx(expected["news_share"])
     assert table["mean_confidence"] == pytest.approx(expected["mean_confidence"])
-    enter = stats.signal_enter_score(data)  # the band the chart draws: inside it, no decision opened
-    assert enter is not None and enter.shape == signals.score.shape
+    entry = stats.signal_entry_move(data)  # the band the chart draws: inside it, no decision opened
+    assert entry is not None and entry.shape == signals.score.shape and np.all(entry > 0)
+    assert data.info.summary["gate"]["enter_threshold"] == pytest.approx(entry[0] / signals.cost[0])
     opened = np.isin(signals.action, ["open", "resize", "flip"])  # the only actions that enter
-    assert np.all(signals.strength[opened] >= enter[opened] - 1e-12)
+    assert opened.any()
+    assert np.all(np.abs(signals.expected_move[opened]) >= entry[opened] - 1e-12)
 
 
 def test_report_of_an_llm_run_shows_its_signals(llm_run, tmp_path):

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the dashboard needs fastapi and uvicorn (make setup installs them)")
 webdriver = pytest.importorskip("selenium.webdriver", reason="the browser tests need selenium (the dev extra)")
 
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -55,8 +55,11 @@ def browser():
 
 
 def wait(driver, predicate, timeout: float = 30.0, what: str = ""):
+    """``predicate`` true within ``timeout``; an element replaced by the page's refresh between its
+    look-up and its read is looked up again on the next poll."""
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: predicate(d))
+        return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: predicate(d))
     except TimeoutException:
         raise AssertionError(f"timed out waiting for {what or predicate}") from None
 

@@ -310,10 +310,10 @@ def _yearly_chart(data: RunData) -> Figure:
 @_as_written
 def signal_chart(data: RunData) -> Figure:
     """The strategy's signal against the price, on one time axis: the aggregated score with the
-    regression and news components it averages (and the score a decision needed to enter), then
-    the confidence. One symbol: the first with signals (a chart per symbol would repeat the rest)."""
+    regression and news components it averages, the expected move that the cost gate compares with
+    enter_threshold x the round-trip cost, and the confidence. One symbol: the first with signals (a chart per symbol would repeat the rest)."""
     signals = data.signals
-    fig, (top, middle, bottom) = _figure(height=8.4, rows=3, ratios=[1.2, 1.3, 0.7])
+    fig, (top, middle, gate, bottom) = _figure(height=10.4, rows=4, ratios=[1.2, 1.2, 0.9, 0.6])
     if not len(signals):
         top.set_title(f"Signals\n{_subtitle(data)}", loc="left")
         _empty(top, "no signals recorded")
@@ -337,24 +337,34 @@ def signal_chart(data: RunData) -> Figure:
         _empty(top, f"no prices recorded for {symbol}")
     top.set_ylabel(f"{symbol} price")
 
-    enter = stats.signal_enter_score(data)
     lines = [(signals.score[mine], "aggregated score (signed strength)", COLORS["strategy"], 1.4, 3)]
     for values, label, color in ((signals.regression[mine], "regression component", COLORS["b"]),
                                  (signals.news[mine], "news component", COLORS["funding"])):
         if np.isfinite(values).any():
             lines.append((values, label, color, 0.9, 2))
-    band = enter[mine] if enter is not None and np.isfinite(enter[mine]).any() else None
-    thinned = _thin(ts, signals.confidence[mine], *(values for values, *_ in lines),
+    entry = stats.signal_entry_move(data)
+    band = entry[mine] if entry is not None and np.isfinite(entry[mine]).any() else None
+    moves = signals.expected_move[mine]
+    thinned = _thin(ts, signals.confidence[mine], moves, *(values for values, *_ in lines),
                     *((band,) if band is not None else ()))
-    x, confidence = stats.to_datetime(thinned[0]), thinned[1]
-    if band is not None:
-        middle.fill_between(x, -thinned[-1], thinned[-1], color=COLORS["hold"], alpha=0.18, lw=0,
-                            label="no entry inside (the move would not beat enter_threshold x costs)")
-    for values, (_, label, color, lw, z) in zip(thinned[2:2 + len(lines)], lines):
+    x, confidence, move = stats.to_datetime(thinned[0]), thinned[1], thinned[2]
+    for values, (_, label, color, lw, z) in zip(thinned[3:3 + len(lines)], lines):
         middle.plot(x, values, color=color, lw=lw, label=label, zorder=z)
     middle.axhline(0.0, color="black", lw=0.6)
     middle.set_ylabel("score (-1 bearish, +1 bullish)")
     middle.legend(loc="best", ncols=2)
+
+    if band is not None:
+        gate.fill_between(x, -thinned[-1], thinned[-1], color=COLORS["hold"], alpha=0.25, lw=0,
+                          label="no entry inside (enter_threshold x round-trip cost)")
+    if np.isfinite(move).any():
+        gate.plot(x, move, color=COLORS["strategy"], lw=1.0, label="expected move over the holding time", zorder=3)
+    else:
+        _empty(gate, "no expected moves recorded")
+    gate.axhline(0.0, color="black", lw=0.6)
+    gate.yaxis.set_major_formatter(ticker.PercentFormatter(xmax=1.0, decimals=1))
+    gate.set_ylabel("expected move")
+    gate.legend(loc="best", ncols=2)
 
     bottom.fill_between(x, confidence, 0.0, color=COLORS["strategy"], alpha=0.3, lw=0)
     known = signals.confidence[mine][np.isfinite(signals.confidence[mine])]

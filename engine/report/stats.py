@@ -123,25 +123,25 @@ def monthly_table(data: RunData) -> pd.DataFrame:
 SIGNAL_ACTIONS = ("open", "resize", "flip", "close", "hold", "flat", "halted")  # the decisions the LLM strategy records
 
 
-def signal_enter_score(data: RunData) -> np.ndarray | None:
-    """The |score| each recorded decision needed to open, grow or flip a position, or None when the
-    run's strategy has no ``enter_threshold``.
+def signal_entry_move(data: RunData) -> np.ndarray | None:
+    """The expected move each recorded decision needed to open, grow or flip a position: the enter
+    threshold the run used x the round-trip cost in the move's direction (a fraction of the
+    notional), or None when the run's strategy has no ``enter_threshold`` or recorded no costs.
 
-    The LLM strategy enters when |expected move| >= enter_threshold x round-trip cost, and its expected
-    move is proportional to atanh(score) (its module in strategies/), so on the score's own scale the
-    bound is tanh(atanh(|score|) x enter_threshold x cost / |move|): it moves with the costs and the
-    predicted volatility, which a fixed line would hide. (The cost is the one in the move's
-    direction; on a perpetual the funding part differs a little the other way.) NaN where the move
-    was 0."""
+    The threshold is the one in the run's summary (``gate``: the LLM strategy chooses it by
+    after-cost backtests before its cut), else the config's. A decision entered only where
+    |expected move| reached it; the strategy's score is sizing, not the gate, so the band belongs on
+    the move's scale. (On a perpetual the funding part of the cost to keep a position the other way
+    differs a little.)"""
     signals = data.signals
-    params = data.info.config.get("strategies", {}).get(data.info.strategy, {})
-    threshold = params.get("enter_threshold") if isinstance(params, dict) else None
+    gate = (data.info.summary or {}).get("gate")
+    threshold = gate.get("enter_threshold") if isinstance(gate, dict) else None
+    if threshold is None:
+        params = data.info.config.get("strategies", {}).get(data.info.strategy, {})
+        threshold = params.get("enter_threshold") if isinstance(params, dict) else None
     if threshold is None or not len(signals) or np.isnan(signals.cost).all():
         return None
-    strength = np.clip(signals.strength, 0.0, 1.0 - 1e-9)  # the strategy's clamp: atanh(1) is infinite
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = float(threshold) * signals.cost / np.abs(signals.expected_move)
-        return np.where(signals.expected_move != 0.0, np.tanh(np.arctanh(strength) * ratio), np.nan)
+    return float(threshold) * signals.cost
 
 
 def signal_table(data: RunData) -> dict[str, Any]:
