@@ -78,6 +78,8 @@ def add_parsers(sub: Any) -> None:
             g.add_argument("--virtual-tokens", type=int, help="encoder: embeddings handed to the backbone (default 4)")
             g.add_argument("--weighting", choices=["none", "sqrt_density", "density"], help="train-sample weights")
             g.add_argument("--target-clip", type=float, help="winsorise train targets at this many std (0: off)")
+            g.add_argument("--horizon", type=int, help="bars ahead of the target (default 1); strategies.llm_signal "
+                           "needs its holding_bars (6 in config.toml)")
         _output_flags(p)
 
     evaluate = sub.add_parser(
@@ -243,7 +245,7 @@ def _train_regressor(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_density_weights:
         changes["density_weighting"] = False
     for name in ("max_train_samples", "max_val_samples", "input", "window", "virtual_tokens", "weighting",
-                 "target_clip"):
+                 "target_clip", "horizon"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     config = replace(base, **changes)

@@ -18,8 +18,9 @@ labelled set of finance tweets, no overlap with any market below), made by the `
 command in ``SENTIMENT_TRAIN`` when its folder is missing. Regressor: BTC/USDT hourly trains its own
 on the hourly bars before its cut (``[llm.regressor]``); the daily equity markets (2022–2023
 tickers, StockNet 2014–2016) have too few daily bars before their cuts for the regressor's purged
-time split, so they share one regressor trained on NVDA daily bars 1999–2014 (``REGRESSOR_TRAIN``),
-all of which precede every traded window. StockNet tweets are capped at the first
+time split, so they share one regressor trained on NVDA daily bars 1999–2014 (``REGRESSOR``),
+all of which precede every traded window, each market's features scaled on its own bars before
+its cut (``llm.scaler = "market"``). StockNet tweets are capped at the first
 ``tweets_per_day`` distinct tweets of each UTC day (CPU time; the cap looks at nothing later).
 
 A walk-forward section retrains the BTC regressor on rolling windows (``research.walk_forward``)
@@ -72,13 +73,14 @@ class TrainSpec:
     label_map: str | None = None
     max_train_samples: int = 0
     optim: tuple[tuple[str, float], ...] = ()  # (OptimSettings field, value)
+    fields: tuple[tuple[str, Any], ...] = ()  # (training config field, value), each also a `train` flag
 
     def config(self) -> Any:
         from models.training.regressor_config import RegressorTrainingConfig
         from models.training.sentiment_config import SentimentTrainingConfig
 
         base = SentimentTrainingConfig() if self.task == "sentiment" else RegressorTrainingConfig()
-        return dataclasses.replace(base, max_train_samples=self.max_train_samples,
+        return dataclasses.replace(base, max_train_samples=self.max_train_samples, **dict(self.fields),
                                    optim=dataclasses.replace(base.optim, **dict(self.optim)))
 
     def description(self, data: Path) -> dict[str, Any]:
@@ -93,6 +95,7 @@ class TrainSpec:
         flags += [f"--label-map {self.label_map}"] if self.label_map else []
         flags += [f"--test ../shared/data/{self.test}"] if self.test else []
         flags += [f"--max-train-samples {self.max_train_samples}"] if self.max_train_samples else []
+        flags += [f"--{k.replace('_', '-')} {v}" for k, v in self.fields]
         flags += [f"--{k.replace('_', '-')} {v:g}" for k, v in self.optim]
         return f"python -m engine train {self.task} {' '.join(flags)} --out {self.folder.relative_to(ROOT)}"
 
@@ -101,9 +104,11 @@ SENTIMENT = TrainSpec("sentiment", ROOT / "checkpoints" / "sentiment_twitter",
                       "sentiment/twitter_financial_news/sent_train.csv",
                       test="sentiment/twitter_financial_news/sent_valid.csv", label_map="twitter",
                       max_train_samples=2400, optim=(("epochs", 1.0), ("lr", 6e-4), ("head_lr", 3e-3)))
-REGRESSOR = TrainSpec("regressor", CHECKPOINTS / "regressor_nvda_daily",
-                      "ohlcv/equities_daily/backtrader_nvda-1999-2014.txt", max_train_samples=320,
-                      optim=(("epochs", 1.0),))
+# Every sample of its training split, up to 3 epochs with early stopping on validation, the target over
+# strategies.llm_signal's holding_bars (6); the encoder input and the rest as `train regressor`'s defaults.
+REGRESSOR = TrainSpec("regressor", CHECKPOINTS / "regressor_nvda_daily_h6",
+                      "ohlcv/equities_daily/backtrader_nvda-1999-2014.txt",
+                      fields=(("horizon", 6), ("max_val_samples", 512)), optim=(("epochs", 3.0),))
 
 
 @dataclass(frozen=True)
@@ -230,9 +235,10 @@ def _config(market: Market, data: Path, store: str, sentiment: dict[str, Any], r
             "data.symbol": market.symbol, "run.start": market.start, "run.end": market.end,
             "llm.sentiment_checkpoint": str(ROOT / sentiment["folder"]), "llm.batch_size": 8,
             "store.url": f"sqlite:///{store}", "logging.file": ""}
-    if not market.own_regressor:
+    if not market.own_regressor:  # NVDA 1999-2014's regressor reads this market on its own scale
         assert regressor is not None
         sets["llm.regressor_checkpoint"] = str(ROOT / regressor["folder"])
+        sets["llm.scaler"] = "market"
     sets.update(more)
     return load_settings(ROOT / "config.toml", [f"{k}={json.dumps(v)}" for k, v in sets.items()])
 
@@ -277,7 +283,7 @@ def evaluate_market(market: Market, data: Path, store: str, sentiment: dict[str,
     split = setup.split
     symbol = split.trade.symbol
     ridge = ridge_signals(split.history, llm_settings(config).aggregation, train_end_ms=split.trade_start_ms,
-                          start_ms=split.trade_start_ms)
+                          start_ms=split.trade_start_ms, horizon=setup.params.holding_bars)
     sources = {"llm": source, "llm_no_news": source.without_news(), "ridge": ridge}
     rows: dict[str, dict[str, Any]] = {}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -395,9 +401,26 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]], walk: dict[s
     payload = {"generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(seconds, 1),
                "machine": f"{platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}",
                "partial": partial, "sentiment": sentiment, "regressor": regressor, "markets": results,
-               "walk_forward": walk}
+               "walk_forward": walk, "own_regressor": _own_regressor()}
     _atomic(args.charts / "results.json", json.dumps(payload, indent=1, allow_nan=False, default=str))
     _atomic(args.out, render(payload))
+
+
+def _own_regressor() -> dict[str, Any]:
+    """How a market with its own regressor trains it: config.toml's ``[llm.regressor]``."""
+    trained = llm_settings(load_settings(ROOT / "config.toml", [])).regressor
+    return {"input": trained.input, "max_train_samples": trained.max_train_samples, "epochs": trained.optim.epochs,
+            "horizon": trained.horizon, "weighting": trained.weighting, "target_clip": trained.target_clip}
+
+
+def _own_regressor_line(own: dict[str, Any] | None) -> str:
+    if not own:  # an older results.json
+        return "- regressor: BTC/USDT trains its own on the hourly bars before its cut (`[llm.regressor]`)."
+    samples = (f"the {own['max_train_samples']:,} most recent samples" if own["max_train_samples"]
+               else "every sample of its training split")
+    return (f"- regressor: BTC/USDT trains its own on the hourly bars before its cut (`[llm.regressor]`: "
+            f"{own['input']} input, {samples}, {own['epochs']:g} epoch(s), the target {own['horizon']} bars ahead "
+            f"winsorised at {own['target_clip']:g} std, weighting {own['weighting']}).")
 
 
 def _atomic(path: Path, text: str) -> None:
@@ -430,12 +453,12 @@ def render(payload: dict[str, Any]) -> str:
             f"- sentiment: `{payload['sentiment']['folder']}`, made by `{payload['sentiment']['command']}` "
             f"(validation accuracy {_f(payload['sentiment']['validation'].get('accuracy'), 3)}, macro-F1 "
             f"{_f(payload['sentiment']['validation'].get('macro_f1'), 3)} on 954 held-out training tweets).",
-            "- regressor: BTC/USDT trains its own on the hourly bars before its cut (`[llm.regressor]`: the 192 most "
-            "recent samples, one epoch)."]
+            _own_regressor_line(payload.get("own_regressor"))]
     if payload["regressor"]:
         out.append(f"- regressor for the daily equity markets: `{payload['regressor']['folder']}`, made by "
                    f"`{payload['regressor']['command']}` (NVDA daily 1999–2014, before every traded window; "
-                   "there are too few daily bars before these cuts for the regressor's purged time split).")
+                   "there are too few daily bars before these cuts for the regressor's purged time split), its "
+                   "features scaled on each market's own bars before its cut (`llm.scaler = \"market\"`).")
     out += ["", "Strategies: **LLM** = `llm_signal` (regression + headline sentiment); **LLM, no news** = the same "
             "regressions without headlines; **ridge** = the same strategy and sizing with ridge regression on the "
             "same 16 features (fitted before the cut) instead of the LLM; **SMA cross** 10/30; **buy & hold**.", ""]

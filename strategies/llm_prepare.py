@@ -260,7 +260,9 @@ def setup_llm(plan: BacktestPlan, *, progress: bool = False, say: Say | None = N
     sentiment = _sentiment_checkpoint(config, split, plan, backbone.fingerprint, progress, report, checkpoints)
     for task, info in checkpoints.items():
         seconds[f"train_{task}"] = info["seconds"]
-    model = _signal_model(llm, backbone, regressor, sentiment, split.trade, params.holding_bars)
+    model = _signal_model(llm, backbone, regressor, sentiment, split, params.holding_bars)
+    checkpoints["regressor"]["scaler"] = ("checkpoint" if llm.scaler == "checkpoint" else
+                                          f"market: refitted on the {len(split.train):,} bars before the cut")
     setup = LlmSetup(split, model, params, backbone, checkpoints, seconds, report, strategy)
     started = time.perf_counter()
     window_start, why = _calibration_window(split, llm.calibration.bars, _unseen_from(regressor))
@@ -290,11 +292,14 @@ def _calibration_window(split: MarketSplit, bars: int, unseen_ms: int | None) ->
     if unseen_ms is None:
         return start, (f"(the last {len(train) - first:,} before the cut; the regressor's split is not known, so "
                        "they may include bars it trained on)")
-    if not int(train.ts_open[0]) <= unseen_ms < split.trade_start_ms:
-        raise ConfigError(f"llm: the regressor's validation split starts at {iso(unseen_ms)}, outside this run's "
-                          f"training part {iso(int(train.ts_open[0]))} .. {iso(split.trade_start_ms)}: it was trained "
-                          "on other bars, so nothing before the cut is known to be unseen by it; train it on this run "
-                          "(llm.regressor_checkpoint = \"\")")
+    if unseen_ms >= split.trade_start_ms:
+        raise ConfigError(f"llm: the regressor's validation split starts at {iso(unseen_ms)}, after this run's cut "
+                          f"{iso(split.trade_start_ms)}: it may have trained on the bars this run trades (or on "
+                          "the same days of another market), so nothing before the cut is known to be unseen by it; "
+                          "train it on this run (llm.regressor_checkpoint = \"\") or on bars before the cut")
+    if unseen_ms <= int(train.ts_open[0]):  # a checkpoint trained on earlier bars (of this market or another)
+        return start, (f"(the last {len(train) - first:,} before the cut; the regressor trained only on bars before "
+                       f"{iso(unseen_ms)}, none of them)")
     if unseen_ms > start:
         return unseen_ms, f"(from {iso(unseen_ms)}, the regressor's validation tail: it trained on none of them)"
     return start, f"(the last {len(train) - first:,} before the cut, all after the regressor's training split)"
@@ -372,12 +377,13 @@ def calibrate(plan: BacktestPlan, split: MarketSplit, pre: Any, params: Any, str
     return calibration, dataclasses.replace(params, enter_threshold=chosen), record
 
 
-def _signal_model(llm: LlmSettings, backbone: Any, regressor: Any, sentiment: Any, trade: BarSeries,
+def _signal_model(llm: LlmSettings, backbone: Any, regressor: Any, sentiment: Any, split: MarketSplit,
                   holding_bars: int) -> Any:
     """One predictor with both adapters, fed as the regressor was trained (prompt texts, or the
-    encoder's windows of scaled features)."""
+    encoder's windows of scaled features; ``llm.scaler = "market"``: scaled as this market's bars
+    before the cut were)."""
     from models.cache import PredictionCache
-    from models.features import FeatureScaler
+    from models.features import FeatureScaler, compute_features
     from models.predictor import Predictor
     from models.training.checkpoint import load_into
     from strategies.llm_signals import RVOL_WINDOW, SignalModel
@@ -392,12 +398,21 @@ def _signal_model(llm: LlmSettings, backbone: Any, regressor: Any, sentiment: An
                           f"rvol20 feature, so it needs a regressor trained with vol_window = {RVOL_WINDOW} (this one: "
                           f"{trained.get('vol_window')})")
     if trained.get("horizon") != holding_bars:
+        how = (f"train it with `python -m engine train regressor --horizon {holding_bars}`" if llm.regressor_checkpoint
+               else "set llm.regressor.horizon = holding_bars")
         raise ConfigError(f"{regressor.folder}: the regressor forecasts {trained.get('horizon')} bars ahead "
-                          f"(llm.regressor.horizon) but strategies.llm_signal.holding_bars = {holding_bars}: the "
-                          "expected move is over the holding time, so set llm.regressor.horizon = holding_bars")
+                          f"but strategies.llm_signal.holding_bars = {holding_bars}: the expected move is over the "
+                          f"holding time, so {how}")
     if regressor.scaler is None:
         raise ConfigError(f"{regressor.folder}: the regressor checkpoint has no feature_scaler.json (incomplete)")
-    return SignalModel(predictor=predictor, scaler=FeatureScaler.from_dict(regressor.scaler),
+    scaler = FeatureScaler.from_dict(regressor.scaler)
+    if llm.scaler == "market":
+        train = split.train
+        features = compute_features(train.ts_open, train.open, train.high, train.low, train.close, train.volume,
+                                    train.timeframe_ms)
+        scaler = FeatureScaler.fit(features, names=scaler.names, clip=scaler.clip)
+    trade = split.trade
+    return SignalModel(predictor=predictor, scaler=scaler,
                        aggregation=llm.aggregation, asset=trade.symbol, timeframe=trade.timeframe,
                        timeframe_ms=trade.timeframe_ms, feature_digits=int(trained["feature_digits"]),
                        batch_size=llm.batch_size, cache=PredictionCache(Path(llm.cache_dir) / "predictions.sqlite"),

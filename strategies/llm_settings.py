@@ -86,6 +86,9 @@ class LlmSettings:
     window_batch_size: int = 16  # encoder windows per forward pass, always this many (padded), online too
     regressor_checkpoint: str = ""  # "" = train or reuse automatically; a folder = use it (no training)
     sentiment_checkpoint: str = ""
+    # the regressor's feature scaler: "checkpoint" = the one it was trained with; "market" = refitted on
+    # this run's bars before the cut (a checkpoint trained on another market reads this one on its own scale)
+    scaler: Literal["checkpoint", "market"] = "checkpoint"
     regressor: RegressorTrainingConfig = field(default_factory=_backtest_regressor)
     sentiment: SentimentTrainingConfig = field(default_factory=_backtest_sentiment)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)

@@ -401,13 +401,16 @@ RIDGE_PENALTIES = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 
 
 def ridge_signals(bars: BarSeries, aggregation: AggregationConfig, *, train_end_ms: int, start_ms: int,
-                  penalties: Sequence[float] = RIDGE_PENALTIES, validation_fraction: float = 0.2) -> PrecomputedSignals:
+                  penalties: Sequence[float] = RIDGE_PENALTIES, validation_fraction: float = 0.2,
+                  horizon: int = 1) -> PrecomputedSignals:
     """The same strategy's signals from ridge regression on the same sixteen features instead of
     the LLM, with no headlines: the baseline that shows whether the LLM adds anything.
 
-    Fitted on the samples of the bars that close before ``train_end_ms`` whose target (the next
-    close) is known before it too; the penalty is the one with the lowest MSE on the last
-    ``validation_fraction`` of them, then refitted on all. The predicted variance is the
+    Fitted on the samples of the bars that close before ``train_end_ms`` whose target (the log
+    return to the close ``horizon`` bars later over the realised volatility, as the LLM regressor's:
+    pass the strategy's ``holding_bars``) is known before it too; the penalty is the one with the
+    lowest MSE on the last ``validation_fraction`` of them (the ``horizon - 1`` samples before them,
+    whose targets overlap theirs, left out of that fit), then refitted on all. The predicted variance is the
     training residuals' (one value: ridge has no per-sample uncertainty). Predictions for the bars
     opening at or after ``start_ms``, as ``PrecomputedSignals.compute`` makes them."""
     from models.datasets import regression_samples
@@ -416,16 +419,18 @@ def ridge_signals(bars: BarSeries, aggregation: AggregationConfig, *, train_end_
     features = compute_features(bars.ts_open, bars.open, bars.high, bars.low, bars.close, bars.volume,
                                 bars.timeframe_ms)
     train_bars = int(np.searchsorted(bars.ts_close, train_end_ms, side="right"))  # bars closed by the cut
-    samples = regression_samples(features[:train_bars], bars.close[:train_bars], vol_window=RVOL_WINDOW)
+    samples = regression_samples(features[:train_bars], bars.close[:train_bars], vol_window=RVOL_WINDOW,
+                                 horizon=horizon)
     n = len(samples)
     n_val = max(1, round(validation_fraction * n))
-    if n - n_val < 2 * len(FEATURE_NAMES):
+    fit_end = n - n_val - (horizon - 1)  # purged: no fitted target overlaps a validation one
+    if fit_end < 2 * len(FEATURE_NAMES):
         raise ValueError(f"ridge baseline: {n} training samples before the cut; need at least "
-                         f"{2 * len(FEATURE_NAMES) + n_val} to fit 16 features")
-    scaler = FeatureScaler.fit(samples.features[:-n_val])
+                         f"{2 * len(FEATURE_NAMES) + n_val + horizon - 1} to fit 16 features")
+    scaler = FeatureScaler.fit(samples.features[:fit_end])
     x, y = scaler.transform(samples.features), samples.targets
-    scored = [(float(np.mean((predict_ridge(fit_ridge(x[:-n_val], y[:-n_val], p), x[-n_val:]) - y[-n_val:]) ** 2)), p)
-              for p in penalties]
+    scored = [(float(np.mean((predict_ridge(fit_ridge(x[:fit_end], y[:fit_end], p), x[-n_val:]) - y[-n_val:]) ** 2)),
+               p) for p in penalties]
     penalty = min(scored)[1]
     coef = fit_ridge(x, y, penalty)
     log_variance = float(np.log(max(np.var(y - predict_ridge(coef, x)), 1e-12)))
@@ -437,7 +442,8 @@ def ridge_signals(bars: BarSeries, aggregation: AggregationConfig, *, train_end_
         means = predict_ridge(coef, scaler.transform(features[ready]))
         for i, m in zip(ready, means.tolist()):
             rows[closes[i]] = (m, log_variance, _volatility(features[i]))
-    identity = SourceIdentity(bars.symbol, bars.timeframe_ms, aggregation, f"ridge(penalty={penalty:g}, n={n})", "")
+    identity = SourceIdentity(bars.symbol, bars.timeframe_ms, aggregation,
+                              f"ridge(penalty={penalty:g}, n={n}, horizon={horizon})", "")
     stats = {"bars": len(ready), "headlines": 0, "distinct_headlines": 0, "regression_cached": 0,
              "sentiment_cached": 0, "train_samples": n}
     return PrecomputedSignals(identity, rows, [], {}, stats)

@@ -105,3 +105,28 @@ def test_the_fit_uses_only_data_from_before_the_cut():
     assert second == first
     assert first["news"]["value"] != 0.0  # the true tones' effect is found
     assert first["window"]["end"] == iso(int(series.ts_open[cut]))  # the threshold search ends at the cut
+
+
+def test_the_calibration_window_holds_only_bars_the_regressor_did_not_train_on():
+    from types import SimpleNamespace
+
+    from engine.errors import ConfigError
+    from strategies.llm_prepare import _calibration_window
+
+    hour = 3_600_000
+    opens = np.arange(100, dtype=np.int64) * hour + 1_000 * hour  # the training part: 100 hourly bars
+    class Train(SimpleNamespace):
+        def __len__(self):
+            return len(self.ts_open)
+
+    split = SimpleNamespace(train=Train(ts_open=opens), trade_start_ms=int(opens[-1]) + hour)
+    start, why = _calibration_window(split, 40, int(opens[80]))  # validation from bar 80: only 20 unseen
+    assert start == opens[80] and "validation tail" in why
+    start, why = _calibration_window(split, 40, int(opens[30]))  # the last 40 are all unseen
+    assert start == opens[60] and "all after" in why
+    start, why = _calibration_window(split, 0, int(opens[0]) - 500 * hour)  # trained on earlier bars only
+    assert start == opens[0] and "none of them" in why
+    start, why = _calibration_window(split, 40, None)  # not known: said so
+    assert start == opens[60] and "may include bars it trained on" in why
+    with pytest.raises(ConfigError, match="after this run's cut"):  # it may have seen the traded bars
+        _calibration_window(split, 40, split.trade_start_ms + hour)

@@ -46,6 +46,21 @@ def test_ridge_source_is_fitted_before_the_cut_and_never_looks_ahead():
     assert prediction is not None and prediction.signal.direction in (-1, 0, 1)
 
 
+def test_ridge_forecasts_the_strategy_horizon_from_targets_known_before_the_cut():
+    bars = generate_sample_market(SampleMarketConfig(bars=900)).bars
+    cut = int(bars.ts_open[700])
+    one = ridge_signals(bars, AGG, train_end_ms=cut, start_ms=cut)
+    six = ridge_signals(bars, AGG, train_end_ms=cut, start_ms=cut, horizon=6)
+    assert "horizon=6" in six.regressor_model and "horizon=1" in one.regressor_model
+    # a target six bars ahead is known before the cut for five fewer of the bars that closed by it
+    assert six.stats["train_samples"] == one.stats["train_samples"] - 5
+    later = dataclasses.replace(bars, close=bars.close.copy())
+    later.close[701:] *= 1.2  # closes after the cut, inside the horizon of the last training bars
+    t = int(bars.ts_close[700])  # its features read no changed close: only a fit that looked ahead would move it
+    assert ridge_signals(later, AGG, train_end_ms=cut, start_ms=cut, horizon=6).regression_means()[t] == \
+        six.regression_means()[t]
+
+
 def test_ridge_source_refuses_too_few_training_bars():
     bars = generate_sample_market(SampleMarketConfig(bars=300)).bars
     with pytest.raises(ValueError, match="ridge baseline: .* training samples before the cut"):

@@ -147,3 +147,19 @@ def test_bad_llm_settings_stop_with_the_setting_named(tmp_path, capsys, monkeypa
     monkeypatch.chdir(tmp_path)
     assert main(pipeline_args(tmp_path / "llm", "--set", "sample.bars=1300", *more)) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two backtests on the tiny backbone, reusing the module's regressor
+def test_a_given_regressor_reads_this_market_on_its_own_scale_when_asked(tmp_path, capsys, monkeypatch,
+                                                                         isolated_store, cache):
+    monkeypatch.chdir(tmp_path)
+    first, _ = run_json(capsys, pipeline_args(cache))
+    folder = first["checkpoints"]["regressor"]["folder"]
+    given = ("--set", f'llm.regressor_checkpoint="{folder}"')
+    kept, _ = run_json(capsys, pipeline_args(cache, *given))
+    refit, _ = run_json(capsys, pipeline_args(cache, *given, "--set", 'llm.scaler="market"'))
+    assert kept["checkpoints"]["regressor"]["scaler"] == "checkpoint"
+    assert refit["checkpoints"]["regressor"]["scaler"] == \
+        f"market: refitted on the {first['train_period']['bars']:,} bars before the cut"
+    assert kept["fills"] == first["fills"]  # the checkpoint's own scaler: the run it was trained in, exactly
+    assert refit["predictions"]["regression_cached"] == 0  # other scaled inputs: nothing from the cache

@@ -60,10 +60,10 @@ def test_train_regressor_flags_choose_the_input_weighting_and_clip(capsys, tmp_p
     out = tmp_path / "encoder"
     trained = _run(capsys, "train", "regressor", *FAST, "--end", "2024-01-24", "--max-val-samples", "16",
                    "--input", "encoder", "--window", "6", "--virtual-tokens", "2", "--weighting", "sqrt_density",
-                   "--target-clip", "4", "--out", str(out))
+                   "--target-clip", "4", "--horizon", "6", "--out", str(out))
     assert trained["input"] == "encoder" and trained["data"]["weighting"] == "sqrt_density"
     config = json.loads((out / "config.json").read_text())["config"]
-    assert (config["window"], config["virtual_tokens"], config["target_clip"]) == (6, 2, 4.0)
+    assert (config["window"], config["virtual_tokens"], config["target_clip"], config["horizon"]) == (6, 2, 4.0, 6)
 
 
 @pytest.mark.parametrize(("args", "message"), [
