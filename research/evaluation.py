@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.render_only:
         payload = json.loads((args.charts / "results.json").read_text(encoding="utf-8"))
-        _atomic(args.out, render(payload))
+        _atomic(args.out, render(payload) + _kept_forecasts(args.out))
         return 0
     try:
         return _main(args)
@@ -404,6 +404,17 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]], walk: dict[s
                "walk_forward": walk, "own_regressor": _own_regressor()}
     _atomic(args.charts / "results.json", json.dumps(payload, indent=1, allow_nan=False, default=str))
     _atomic(args.out, render(payload))
+
+
+def _kept_forecasts(path: Path) -> str:
+    """The forecasts section (``research.forecasts``, between its markers) already in ``path``, kept
+    as it is: this command rewrites the rest, not what the other one measured."""
+    from research.forecasts import END, START
+
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if START not in text or END not in text.split(START, 1)[1]:
+        return ""
+    return "\n" + START + text.split(START, 1)[1].split(END, 1)[0] + END + "\n"
 
 
 def _own_regressor() -> dict[str, Any]:

@@ -124,3 +124,19 @@ def test_evaluation_markdown_states_the_table_and_where_the_llm_does_not_help():
     better = render(payload)
     assert "**Where the LLM does not help:**" not in better and "ridge-on-features in 2" in better
     assert all(LABELS[v] in text for v in VARIANTS)
+
+
+def test_the_strategy_evaluation_keeps_the_forecast_section_it_did_not_measure(tmp_path):
+    from research.evaluation import _kept_forecasts
+    from research.forecasts import END, START, write_section
+
+    path = tmp_path / "EVALUATION.md"
+    assert _kept_forecasts(path) == ""  # no file yet
+    path.write_text("# old strategy tables\n")
+    assert _kept_forecasts(path) == ""  # no section in it
+    write_section(path, f"{START}\n## Forecasts\n| ic |\n{END}\n")
+    kept = _kept_forecasts(path)
+    assert kept == f"\n{START}\n## Forecasts\n| ic |\n{END}\n"
+    path.write_text("# new strategy tables\n" + kept)  # what the evaluation writes: its render, then the section
+    write_section(path, f"{START}\n## Forecasts, again\n{END}\n")  # and research.forecasts still finds its markers
+    assert path.read_text() == f"# new strategy tables\n\n{START}\n## Forecasts, again\n{END}\n"
