@@ -403,7 +403,7 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]], walk: dict[s
                "partial": partial, "sentiment": sentiment, "regressor": regressor, "markets": results,
                "walk_forward": walk, "own_regressor": _own_regressor()}
     _atomic(args.charts / "results.json", json.dumps(payload, indent=1, allow_nan=False, default=str))
-    _atomic(args.out, render(payload))
+    _atomic(args.out, render(payload) + _kept_forecasts(args.out))
 
 
 def _kept_forecasts(path: Path) -> str:
