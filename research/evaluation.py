@@ -55,6 +55,7 @@ from engine.files import atomic_write_text
 from engine.plan import BacktestPlan
 from engine.session import load_settings, prepare_backtest, run_recorded, strategy_factory
 from engine.timeutil import iso, parse_instant
+from models.training.evaluation import spearman
 from research.executors import EXECUTORS, Executor, executor, torch_threads
 from strategies.llm_settings import llm_settings, with_llm
 
@@ -304,8 +305,8 @@ def evaluate_market(market: Market, data: Path, store: str, sentiment: dict[str,
         curves[variant] = (result.equity_ts, result.equity / result.starting_cash)
         _say(f"{market.name}: {LABELS[variant]}: {_pct(rows[variant]['total_return'])} "
              f"({rows[variant]['fills']} fills, run {summary['run_id']})")
-    forecasts = {name: _forecast_quality(src.regression_means(), split.trade) for name, src in
-                 (("llm", source), ("ridge", ridge))}
+    forecasts = {name: _forecast_quality(src.regression_means(), split.trade, setup.params.holding_bars)
+                 for name, src in (("llm", source), ("ridge", ridge))}
     chart = _plot_market(market, curves, charts / f"{_slug(market.name)}.png")
     return {"market": market.name, "symbol": symbol, "timeframe": split.trade.timeframe,
             "train": {"start": iso(int(split.history.ts_open[0])), "end": iso(split.trade_start_ms),
@@ -314,7 +315,7 @@ def evaluate_market(market: Market, data: Path, store: str, sentiment: dict[str,
                       "bars": len(split.trade), "headlines": len(split.trade_news)},
             "regressor": "own (trained on the bars before the cut)" if market.own_regressor else "shared NVDA daily",
             "checkpoints": setup.checkpoints, "seconds": setup.seconds, "strategies": rows,
-            "forecasts": forecasts, "chart": str(chart.relative_to(ROOT)) if chart.is_relative_to(ROOT) else str(chart)}
+            "calibration": _calibration_brief(setup.calibration), "forecasts": forecasts, "chart": str(chart.relative_to(ROOT)) if chart.is_relative_to(ROOT) else str(chart)}
 
 
 def _metrics(summary: dict[str, Any]) -> dict[str, Any]:
@@ -326,28 +327,49 @@ def _metrics(summary: dict[str, Any]) -> dict[str, Any]:
             "fills": summary["fills"], "costs": costs / summary["starting_cash"]}
 
 
-def _forecast_quality(means: dict[int, float], trade: Any) -> dict[str, Any]:
-    """Directional hit rate and rank IC of the predicted next-bar return on the traded bars."""
+def _calibration_brief(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the calibration before the cut kept: each coefficient's estimate, t and value (0 where
+    shrunk), and the enter threshold it chose."""
+    if not record:
+        return None
+    out: dict[str, Any] = {k: {f: record[k].get(f) for f in ("estimate", "t", "value", "rows")}
+                           for k in ("regression", "news") if isinstance(record.get(k), dict)}
+    out["enter_threshold"] = (record.get("enter_threshold") or {}).get("chosen")
+    return out
+
+
+def _calibration_line(c: dict[str, Any] | None) -> list[str]:
+    if not c:
+        return []
+    parts = [f"{k} {c[k]['estimate']:+.2f} (t {c[k]['t']:+.2f}, {'kept' if c[k]['value'] else 'shrunk to 0'})"
+             for k in ("regression", "news") if k in c and c[k].get("estimate") is not None]
+    return [f"Calibration before the cut: {', '.join(parts)}; enter threshold {_f(c.get('enter_threshold'))}.", ""]
+
+
+def _forecast_quality(means: dict[int, float], trade: Any, horizon: int = 1) -> dict[str, Any]:
+    """Directional hit rate and rank IC of the predicted return over ``horizon`` bars (the
+    regressions' own target: the strategy's holding time) on the traded bars, and the share of
+    positive predictions (near 0 or 1: a forecaster of one sign, whose hit rate is the share of up
+    moves)."""
     close = trade.close
     ts_close = trade.ts_close.tolist()
     pred, actual = [], []
-    for i, ts in enumerate(ts_close[:-1]):
+    for i, ts in enumerate(ts_close[:-horizon]):
         if ts in means:
             pred.append(means[ts])
-            actual.append(math.log(close[i + 1] / close[i]))
+            actual.append(math.log(close[i + horizon] / close[i]))
     p, a = np.array(pred), np.array(actual)
     if len(p) < 3:
-        return {"n": len(p), "hit_rate": None, "ic": None}
+        return {"n": len(p), "horizon": horizon, "hit_rate": None, "ic": None, "positive_share": None}
     nonzero = a != 0
     hit = float(np.mean(np.sign(p[nonzero]) == np.sign(a[nonzero]))) if nonzero.any() else None
-    return {"n": len(p), "hit_rate": hit, "ic": _finite(_spearman(p, a))}
+    return {"n": len(p), "horizon": horizon, "hit_rate": hit, "ic": _finite(spearman(p, a)),
+            "positive_share": float(np.mean(p > 0)), "up_share": float(np.mean(a > 0))}
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-    if np.std(rx) == 0 or np.std(ry) == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
+def _quality(f: dict[str, Any]) -> str:
+    """hit rate / IC / positive share (the last absent in an older results.json)."""
+    return f"{_f(f['hit_rate'], 3)} / {_f(f['ic'], 3)} / {_f(f.get('positive_share'), 2)}"
 
 
 def walk_forward_btc(data: Path, store: str, sentiment: dict[str, Any], charts: Path,
@@ -474,23 +496,25 @@ def render(payload: dict[str, Any]) -> str:
             "regressions without headlines; **ridge** = the same strategy and sizing with ridge regression on the "
             "same 16 features (fitted before the cut) instead of the LLM; **SMA cross** 10/30; **buy & hold**.", ""]
     out += ["## Summary", "", *_summary(results), ""]
-    out += ["| market | traded | bars | LLM | LLM, no news | ridge | SMA cross | buy & hold | LLM hit rate / IC | "
-            "ridge hit rate / IC |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out += ["| market | traded | bars | LLM | LLM, no news | ridge | SMA cross | buy & hold | LLM hit rate / IC / "
+            "positive | ridge hit rate / IC / positive |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         s = r["strategies"]
         f = r["forecasts"]
         out.append(f"| {r['market']} | {r['trade']['start'][:10]} .. {r['trade']['end'][:10]} | {r['trade']['bars']:,} | "
                    + " | ".join(_pct(s[v]["total_return"]) for v in VARIANTS)
-                   + f" | {_f(f['llm']['hit_rate'], 3)} / {_f(f['llm']['ic'], 3)} | "
-                     f"{_f(f['ridge']['hit_rate'], 3)} / {_f(f['ridge']['ic'], 3)} |")
+                   + f" | {_quality(f['llm'])} | {_quality(f['ridge'])} |")
     out += ["", "Returns are total returns over the traded window, net of every cost. Hit rate: share of traded bars "
-            "whose next-bar return has the predicted sign; IC: rank correlation of the predicted and the realised "
-            "next-bar return (with n ≈ 100–1,000 bars its standard error is about 1/√n, 0.03–0.1).", ""]
+            "whose return over the holding time (`holding_bars`, the regressions' target) has the predicted sign; IC: rank "
+            "correlation of the predicted and the realised return over it (with n ≈ 100–1,000 overlapping returns "
+            "its standard error is larger than 1/√n, 0.03–0.1); positive: the share of bars whose regression was "
+            "positive (near 0 or 1 the forecaster has one sign, and its hit rate is the share of up moves).", ""]
     for r in results:
         out += [f"## {r['market']}", "",
                 f"Trained on {r['train']['start'][:10]} .. {r['train']['end'][:10]} ({r['train']['headlines']:,} "
                 f"headlines before the cut); traded {r['trade']['start'][:16]} .. {r['trade']['end'][:16]} "
                 f"({r['trade']['bars']:,} bars, {r['trade']['headlines']:,} headlines). Regressor: {r['regressor']}.", "",
+                *_calibration_line(r.get("calibration")),
                 "| strategy | return | gross | Sharpe | max drawdown | exposure | round trips | fills | costs | run |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for v in VARIANTS:
@@ -541,8 +565,21 @@ def _summary(results: list[dict[str, Any]]) -> list[str]:
     if ics:
         lines.append(f"- The LLM regressor's mean out-of-sample IC is {np.mean(ics):+.3f} (ridge {np.mean(ridge_ics):+.3f})"
                      f"; positive in {sum(i > 0 for i in ics)} of {len(ics)} markets.")
+    shares = [r["forecasts"]["llm"].get("positive_share") for r in results]
+    one_sign = sum(s is not None and not 0.2 <= s <= 0.8 for s in shares)
+    if any(s is not None for s in shares):
+        lines.append(f"- The LLM regressor predicted one sign on more than 80% of the traded bars in {one_sign} of "
+                     f"{n} markets (its hit rate there is about the share of up moves, not skill).")
     idle = {v: sum(r["strategies"][v]["fills"] == 0 for r in results) for v in ("llm", "llm_no_news", "ridge")}
-    if idle["llm_no_news"]:
+    calibrated = [r["calibration"] for r in results if r.get("calibration")]
+    if calibrated:
+        none = sum(all(not c[k]["value"] for k in ("regression", "news") if k in c) for c in calibrated)
+        lines.append(f"- The calibration before each cut found neither the regression nor the news score significant "
+                     f"(|t| < 2, shrunk to 0) in {none} of {len(calibrated)} markets: there the expected move is 0 "
+                     f"and the LLM strategy does not trade, by design. The LLM with news made no trade in "
+                     f"{idle['llm']} of {n}, without news in {idle['llm_no_news']} of {n}; ridge (uncalibrated, its "
+                     f"own forecast of the same return) in {idle['ridge']} of {n}.")
+    elif idle["llm_no_news"]:
         lines.append(f"- Without headlines the LLM strategy made no trade in {idle['llm_no_news']} of {n} markets: the "
                      "regression alone seldom predicts a move worth `enter_threshold` x the round-trip cost, so where "
                      "the LLM strategy traded, the headlines' sentiment moved it. Ridge made no trade in "

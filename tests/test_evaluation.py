@@ -88,14 +88,25 @@ def test_tweet_cap_keeps_the_first_distinct_texts_of_each_day():
                                                                           (2 * day + 3, "d")]
 
 
-def test_forecast_quality_scores_the_next_bar_return():
+def test_forecast_quality_scores_the_return_over_the_horizon_and_the_sign_share():
     bars = generate_sample_market(SampleMarketConfig(bars=200)).bars
     nxt = np.log(bars.close[1:] / bars.close[:-1])
     perfect = dict(zip(bars.ts_close[:-1].tolist(), nxt.tolist()))
-    assert _forecast_quality(perfect, bars) == {"n": 199, "hit_rate": 1.0, "ic": pytest.approx(1.0)}
+    up = float(np.mean(nxt > 0))
+    assert _forecast_quality(perfect, bars) == {"n": 199, "horizon": 1, "hit_rate": 1.0, "ic": pytest.approx(1.0),
+                                                "positive_share": up, "up_share": up}
     flipped = {t: -m for t, m in perfect.items()}
     got = _forecast_quality(flipped, bars)
-    assert got["hit_rate"] == 0.0 and got["ic"] == pytest.approx(-1.0)
+    assert got["hit_rate"] == 0.0 and got["ic"] == pytest.approx(-1.0) and got["positive_share"] == 1.0 - up
+    six = np.log(bars.close[6:] / bars.close[:-6])  # the regressions' target: the holding time's return
+    ahead = dict(zip(bars.ts_close[:-6].tolist(), six.tolist()))
+    got = _forecast_quality(ahead, bars, 6)
+    assert (got["n"], got["hit_rate"], got["horizon"]) == (194, 1.0, 6) and got["ic"] == pytest.approx(1.0)
+    assert _forecast_quality(ahead, bars)["ic"] < 0.9  # scored against the next bar it is no longer perfect
+    constant = dict.fromkeys(bars.ts_close[:-6].tolist(), 0.3)  # one sign: hit rate = the up share, IC undefined
+    got = _forecast_quality(constant, bars, 6)
+    assert got["positive_share"] == 1.0 and got["hit_rate"] == pytest.approx(float(np.mean(six[six != 0] > 0)))
+    assert got["ic"] is None
 
 
 def test_evaluation_markdown_states_the_table_and_where_the_llm_does_not_help():
@@ -107,7 +118,10 @@ def test_evaluation_markdown_states_the_table_and_where_the_llm_does_not_help():
 
     market = {"trade": {"start": "2023-01-03T00:00:00Z", "end": "2023-12-30T00:00:00Z", "bars": 250, "headlines": 9},
               "train": {"start": "2022-01-03", "end": "2023-01-03", "headlines": 40}, "regressor": "shared NVDA daily",
-              "forecasts": {"llm": {"n": 249, "hit_rate": 0.5, "ic": 0.01}, "ridge": {"n": 249, "hit_rate": 0.52, "ic": 0.03}},
+              "forecasts": {"llm": {"n": 249, "hit_rate": 0.5, "ic": 0.01, "positive_share": 0.95},
+                            "ridge": {"n": 249, "hit_rate": 0.52, "ic": 0.03, "positive_share": 0.5}},
+              "calibration": {"regression": {"estimate": 1.8, "t": 1.2, "value": 0.0, "rows": 200},
+                              "news": {"estimate": 3.0, "t": 2.5, "value": 3.0, "rows": 200}, "enter_threshold": 1.5},
               "chart": "docs/evaluation/x.png"}
     payload = {"generated": "2026-12-01T00:00:00Z", "seconds": 600.0, "machine": "x86_64, 2 CPUs", "partial": False,
                "sentiment": {"folder": "checkpoints/s", "command": "python -m engine train sentiment ...",
@@ -116,7 +130,12 @@ def test_evaluation_markdown_states_the_table_and_where_the_llm_does_not_help():
                "markets": [{**market, "market": "AAA 1d", "strategies": strategies(-0.03)},
                            {**market, "market": "BBB 1d", "strategies": strategies(0.08)}]}
     text = render(payload)
-    assert "| AAA 1d | 2023-01-03 .. 2023-12-30 | 250 | -3.00% | +1.00% | +2.00% | -1.00% | +5.00% | 0.500 / 0.010 |" in text
+    assert ("| AAA 1d | 2023-01-03 .. 2023-12-30 | 250 | -3.00% | +1.00% | +2.00% | -1.00% | +5.00% | 0.500 / 0.010 / "
+            "0.95 | 0.520 / 0.030 / 0.50 |") in text
+    assert "predicted one sign on more than 80% of the traded bars in 2 of 2 markets" in text
+    assert "found neither the regression nor the news score significant (|t| < 2, shrunk to 0) in 0 of 2" in text
+    assert ("Calibration before the cut: regression +1.80 (t +1.20, shrunk to 0), news +3.00 (t +2.50, kept); "
+            "enter threshold 1.50.") in text
     assert "Over 2 markets the LLM strategy beat buy & hold in 1, the SMA cross in 1, ridge-on-features in 1" in text
     assert "Mean return per market: LLM (bars + news) +2.50%" in text
     assert "**Where the LLM does not help:**" in text  # mean 2.5% against buy & hold's 5%
