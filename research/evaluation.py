@@ -327,6 +327,12 @@ def _metrics(summary: dict[str, Any]) -> dict[str, Any]:
             "fills": summary["fills"], "costs": costs / summary["starting_cash"]}
 
 
+def _reuse_note(results: list[dict[str, Any]]) -> str:
+    """Said when no market trained an adapter: the run's minutes are then a rerun's, not a first run's."""
+    trained = [info.get("trained") for r in results for info in (r.get("checkpoints") or {}).values()]
+    return " (a rerun: every adapter came from an earlier run's checkpoints)" if trained and not any(trained) else ""
+
+
 def _calibration_brief(record: dict[str, Any] | None) -> dict[str, Any] | None:
     """What the calibration before the cut kept: each coefficient's estimate, t and value (0 where
     shrunk), and the enter threshold it chose."""
@@ -476,7 +482,8 @@ def render(payload: dict[str, Any]) -> str:
     if payload["partial"]:
         out += ["**Incomplete: the evaluation was still running (or stopped) when this was written.**", ""]
     out += [f"Generated {payload['generated']} by `python -m research.evaluation` (`make evaluate`) in "
-            f"{payload['seconds'] / 60:.0f} min on {payload['machine']}. Every figure below is printed by that "
+            f"{payload['seconds'] / 60:.0f} min on {payload['machine']}{_reuse_note(results)}. Every figure below "
+            "is printed by that "
             "command and stored in `docs/evaluation/results.json`; every backtest is a recorded run in "
             "`logs/evaluation.db`.", "",
             "Each market is cut at a date: the predictor learns only from what precedes the cut and the strategies "
