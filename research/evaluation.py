@@ -315,7 +315,8 @@ def evaluate_market(market: Market, data: Path, store: str, sentiment: dict[str,
                       "bars": len(split.trade), "headlines": len(split.trade_news)},
             "regressor": "own (trained on the bars before the cut)" if market.own_regressor else "shared NVDA daily",
             "checkpoints": setup.checkpoints, "seconds": setup.seconds, "strategies": rows,
-            "calibration": _calibration_brief(setup.calibration), "forecasts": forecasts, "chart": str(chart.relative_to(ROOT)) if chart.is_relative_to(ROOT) else str(chart)}
+            "calibration": _calibration_brief(setup.calibration), "forecasts": forecasts,
+            "chart": str(chart.relative_to(ROOT)) if chart.is_relative_to(ROOT) else str(chart)}
 
 
 def _metrics(summary: dict[str, Any]) -> dict[str, Any]:
@@ -437,12 +438,10 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]], walk: dict[s
 def _kept_forecasts(path: Path) -> str:
     """The forecasts section (``research.forecasts``, between its markers) already in ``path``, kept
     as it is: this command rewrites the rest, not what the other one measured."""
-    from research.forecasts import END, START
+    from research.forecasts import section_of
 
-    text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if START not in text or END not in text.split(START, 1)[1]:
-        return ""
-    return "\n" + START + text.split(START, 1)[1].split(END, 1)[0] + END + "\n"
+    section = section_of(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return f"\n{section}\n" if section else ""
 
 
 def _own_regressor() -> dict[str, Any]:
@@ -483,8 +482,7 @@ def render(payload: dict[str, Any]) -> str:
         out += ["**Incomplete: the evaluation was still running (or stopped) when this was written.**", ""]
     out += [f"Generated {payload['generated']} by `python -m research.evaluation` (`make evaluate`) in "
             f"{payload['seconds'] / 60:.0f} min on {payload['machine']}{_reuse_note(results)}. Every figure below "
-            "is printed by that "
-            "command and stored in `docs/evaluation/results.json`; every backtest is a recorded run in "
+            "is printed by that command and stored in `docs/evaluation/results.json`; every backtest is a recorded run in "
             "`logs/evaluation.db`.", "",
             "Each market is cut at a date: the predictor learns only from what precedes the cut and the strategies "
             "trade only what follows it. Costs are `config.toml`'s (taker fee by contract, 1 bp half-spread, 2 bp "

@@ -356,13 +356,19 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def section_of(text: str) -> str | None:
+    """The section in ``text``, its markers included, or None when it has none."""
+    if START not in text or END not in text.split(START, 1)[1]:
+        return None
+    return START + text.split(START, 1)[1].split(END, 1)[0] + END
+
+
 def write_section(path: Path, section: str) -> None:
     """Replace the text between the markers in ``path`` (or append it), leaving the rest untouched."""
     text = path.read_text() if path.is_file() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        text = head + section.rstrip("\n") + tail
+    old = section_of(text)
+    if old is not None:
+        text = text.replace(old, section.rstrip("\n"), 1)
     else:
         text = text + ("\n" if text and not text.endswith("\n") else "") + "\n" + section
     atomic_write_text(path, text)

@@ -311,7 +311,8 @@ def _yearly_chart(data: RunData) -> Figure:
 def signal_chart(data: RunData) -> Figure:
     """The strategy's signal against the price, on one time axis: the aggregated score with the
     regression and news components it averages, the expected move that the cost gate compares with
-    enter_threshold x the round-trip cost, and the confidence. One symbol: the first with signals (a chart per symbol would repeat the rest)."""
+    enter_threshold x the round-trip cost, and the confidence. One symbol: the first with signals
+    (a chart per symbol would repeat the rest)."""
     signals = data.signals
     fig, (top, middle, gate, bottom) = _figure(height=10.4, rows=4, ratios=[1.2, 1.2, 0.9, 0.6])
     if not len(signals):
