@@ -152,20 +152,39 @@ def load_backbone(config: BackboneConfig | None = None) -> Backbone:
     source = config.source
     if source == "tiny":
         model, tokenizer = _tiny_model(config), tiny_tokenizer()
-        fingerprint = _hash_json({"tiny": asdict(config.tiny), "seed": config.seed, "vocab": len(tokenizer)})
+        fingerprint = _fingerprint(config, _tiny_identity(config, tokenizer))
     else:
         with quiet_loading():
             folder, load_kwargs = _resolve(config)
             tokenizer = _load_tokenizer(folder, load_kwargs)
             model = _load_model(folder, load_kwargs, config)
-        fingerprint = _folder_fingerprint(folder, load_kwargs)
-    if config.random_init:
-        fingerprint = _hash_json({"random_init_of": fingerprint, "seed": config.seed})
-    fingerprint = _hash_json({"weights": fingerprint, "precision": config.precision})
+        fingerprint = _fingerprint(config, _folder_fingerprint(folder, load_kwargs))
     _prepare_tokenizer(tokenizer)
     model = _freeze(model, config)
     return Backbone(model=model, tokenizer=tokenizer, config=config, fingerprint=fingerprint,
                     load_seconds=time.perf_counter() - started)
+
+
+def backbone_fingerprint(config: BackboneConfig | None = None) -> str:
+    """``load_backbone(config).fingerprint`` without loading the weights (a GGUF file is converted
+    first if it never was): what names checkpoints trained on this backbone, known before any
+    backbone is held in memory."""
+    config = config or BackboneConfig()
+    if config.source == "tiny":
+        return _fingerprint(config, _tiny_identity(config, tiny_tokenizer()))
+    with quiet_loading():
+        folder, load_kwargs = _resolve(config)
+    return _fingerprint(config, _folder_fingerprint(folder, load_kwargs))
+
+
+def _tiny_identity(config: BackboneConfig, tokenizer: Any) -> str:
+    return _hash_json({"tiny": asdict(config.tiny), "seed": config.seed, "vocab": len(tokenizer)})
+
+
+def _fingerprint(config: BackboneConfig, weights: str) -> str:
+    if config.random_init:
+        weights = _hash_json({"random_init_of": weights, "seed": config.seed})
+    return _hash_json({"weights": weights, "precision": config.precision})
 
 
 def _resolve(config: BackboneConfig) -> tuple[Path | str, dict[str, Any]]:

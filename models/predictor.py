@@ -27,11 +27,12 @@ task in memory (~0.4 GB for SmolLM2-135M); ``Predictor(merge_for_inference=False
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,7 @@ class Predictor:
         self.numeric: dict[str, NumericEncoder] = {}  # a task's numeric encoder (input = "encoder")
         self._instruction_kv: dict[tuple[str, bool], tuple[torch.Tensor, ...]] = {}
         self._merged: dict[str, dict[str, torch.Tensor]] = {}
+        self._shared_prefix: dict[str, tuple[torch.Tensor, ...]] = {}  # inside shared_prefix(task)
         self._fingerprints: dict[str, str] = {}
         self.device = next(backbone.model.parameters()).device
 
@@ -408,6 +410,8 @@ class Predictor:
         key = (task, merged)
         if not grad and key in self._prefix_kv:
             return self._prefix_kv[key]
+        if grad and task in self._shared_prefix:
+            return self._shared_prefix[task]
         ids = torch.tensor([self.encoders[task].prefix_ids], dtype=torch.long, device=self.device)
         with torch.set_grad_enabled(grad):
             out = self._run(task, merged, input_ids=ids, use_cache=True)
@@ -415,6 +419,32 @@ class Predictor:
         if not grad:
             self._prefix_kv[key] = kv
         return kv
+
+    @contextlib.contextmanager
+    def shared_prefix(self, task: str) -> Iterator[None]:
+        """Inside: the training prefix (``prefix_cache(task, grad=True)``) is computed once and every
+        forward pass reads it, as leaves that collect the gradients of all the passes; on leaving,
+        those gradients go back through the prefix's own graph once. The adapter's gradients are then
+        those of one pass over all the samples, for one prefix computation instead of one per pass."""
+        if task in self._shared_prefix:
+            raise RuntimeError(f"shared_prefix({task!r}) is already active")
+        kv = self.prefix_cache(task, grad=True)
+        leaves = tuple(t.detach().requires_grad_(t.requires_grad) for t in kv)
+        self._shared_prefix[task] = leaves
+        try:
+            yield
+        finally:
+            del self._shared_prefix[task]
+        pairs = [(t, leaf.grad) for t, leaf in zip(kv, leaves) if t.requires_grad and leaf.grad is not None]
+        if pairs:
+            torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+
+    def release_inference_caches(self) -> None:
+        """Drop every task's merged weights and cached prompt prefixes (rebuilt on the next prediction):
+        a merged copy of SmolLM2's adapted layers is ~0.4 GB a task, not needed while another trains."""
+        self._merged.clear()
+        self._prefix_kv.clear()
+        self._instruction_kv.clear()
 
     def states(self, task: str, suffixes: Sequence[Sequence[int]], *, use_prefix_cache: bool = True,
                grad: bool = False, left_padding: bool = False, merged: bool = False) -> TaskState:

@@ -65,6 +65,9 @@ def add_parsers(sub: Any) -> None:
                        help="with --lora-top-layers: run the whole model every step instead (the reference path)")
         g.add_argument("--no-length-buckets", action="store_true", help="draw batches at random, not by length")
         g.add_argument("--min-lr-ratio", type=float, help="the schedule decays to this fraction of the peak, not zero")
+        g.add_argument("--max-batch-tokens", type=int,
+                       help="memory: a batch over this many padded tokens runs as several passes with the same "
+                            "gradients (e.g. 256 keeps a PhraseBank run near 2 GB; default 0: never split)")
         g.add_argument("--max-train-samples", type=int, help="train on at most this many samples")
         if task == "sentiment":
             g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
@@ -87,7 +90,7 @@ def add_parsers(sub: Any) -> None:
         description="Evaluate a checkpoint on its held-out split (rebuilt exactly as in training) and compare "
         "with baselines. Without --data, the data recorded in the checkpoint is used.")
     eval_tasks = evaluate.add_subparsers(dest="task", required=True, metavar="TASK")
-    for task, baselines in (("regressor", "ridge,random"), ("sentiment", "majority,random")):
+    for task, baselines in (("regressor", "ridge,random"), ("sentiment", "majority,tfidf,random")):
         p = eval_tasks.add_parser(task, help=f"evaluate a {task} checkpoint")
         p.add_argument("--checkpoint", default=None, help=f"checkpoint folder (default: {DEFAULT_OUT.format(task=task)})")
         _data_flags(p, task)
@@ -173,7 +176,7 @@ def _backbone_config(args: argparse.Namespace, base: Any) -> Any:
 
 def _optim(args: argparse.Namespace, base: Any) -> Any:
     names = ("epochs", "max_steps", "batch_size", "lr", "head_lr", "warmup_ratio", "schedule", "grad_clip",
-             "eval_every", "patience", "seed", "min_lr_ratio")
+             "eval_every", "patience", "seed", "min_lr_ratio", "max_batch_tokens")
     changes = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     if args.no_cache_lower_states:
         changes["cache_lower_states"] = False
@@ -377,6 +380,10 @@ def format_report(report: dict[str, Any]) -> str:
     for name, metrics in rows:
         cells = [metrics.get(k) for k in keys]
         lines.append(f"{name:<{width}}  " + "  ".join(f"{c:>11.4f}" if isinstance(c, float) else f"{'-':>11}" for c in cells))
+    for name, metrics in rows:
+        if "accuracy_ci95" in metrics:
+            (alo, ahi), (flo, fhi) = metrics["accuracy_ci95"], metrics["macro_f1_ci95"]
+            lines.append(f"{name:<{width}}  95% intervals: accuracy [{alo:.3f}, {ahi:.3f}], macro-F1 [{flo:.3f}, {fhi:.3f}]")
     model = report.get("model") or report.get("validation") or {}
     if "confusion_matrix" in model:
         lines.append("confusion (rows true, columns predicted; " + ", ".join(model["labels"]) + "): "

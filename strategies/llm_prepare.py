@@ -230,8 +230,13 @@ def translated_errors(config: Config) -> Iterator[None]:
 
 def setup_llm(plan: BacktestPlan, *, progress: bool = False, say: Say | None = None) -> LlmSetup:
     """Cut ``plan``'s series at ``llm.train_fraction``, then train (or reuse) both adapters on the
-    part before the cut, on a freshly loaded backbone."""
-    from models.backbone import load_backbone
+    part before the cut, on a freshly loaded backbone.
+
+    Each trainer loads the backbone it trains on and lets it go; the strategy's own is loaded only
+    after both (checkpoints are named by ``backbone_fingerprint``, read without the weights), so no
+    two copies of the weights are held at once."""
+    from models.backbone import backbone_fingerprint, load_backbone
+    from models.training.loop import return_freed_memory
 
     config = plan.config
     llm = llm_settings(config)
@@ -250,16 +255,21 @@ def setup_llm(plan: BacktestPlan, *, progress: bool = False, say: Say | None = N
                f"{iso(split.trade_start_ms)} and {len(split.train_news):,} headlines; traded part: {len(split.trade):,} "
                f"bars {iso(split.trade_start_ms)} .. {iso(int(split.trade.ts_close[-1]))} (out of sample)")
     seconds: dict[str, float] = {}
+    fingerprint = backbone_fingerprint(llm.backbone_config)
+    checkpoints: dict[str, dict[str, Any]] = {}
+    regressor = _regressor_checkpoint(config, split, fingerprint, progress, report, checkpoints)
+    return_freed_memory()  # the regressor trainer's backbone and activations
+    sentiment = _sentiment_checkpoint(config, split, plan, fingerprint, progress, report, checkpoints)
+    return_freed_memory()
+    for task, info in checkpoints.items():
+        seconds[f"train_{task}"] = info["seconds"]
     started = time.perf_counter()
     report.say(f"loading the backbone ({llm.backbone}, {llm.precision})")
     backbone = load_backbone(llm.backbone_config)
     seconds["backbone"] = round(time.perf_counter() - started, 2)
-
-    checkpoints: dict[str, dict[str, Any]] = {}
-    regressor = _regressor_checkpoint(config, split, backbone.fingerprint, progress, report, checkpoints)
-    sentiment = _sentiment_checkpoint(config, split, plan, backbone.fingerprint, progress, report, checkpoints)
-    for task, info in checkpoints.items():
-        seconds[f"train_{task}"] = info["seconds"]
+    if backbone.fingerprint != fingerprint:
+        raise ConfigError(f"llm.backbone {llm.backbone!r} changed while the adapters trained (fingerprint "
+                          f"{fingerprint[:12]} became {backbone.fingerprint[:12]}); run again")
     model = _signal_model(llm, backbone, regressor, sentiment, split, params.holding_bars)
     checkpoints["regressor"]["scaler"] = ("checkpoint" if llm.scaler == "checkpoint" else
                                           f"market: refitted on the {len(split.train):,} bars before the cut")

@@ -14,10 +14,13 @@ from models.training.checkpoint import CheckpointError, read_checkpoint
 from models.training.evaluation import (
     classification_metrics,
     fit_ridge,
+    macro_f1_interval,
     predict_ridge,
     regression_metrics,
     ridge_baseline,
     spearman,
+    tfidf_logistic_probabilities,
+    wilson_interval,
 )
 from models.training.loop import OptimSettings, schedule_factor
 from models.training.regressor_config import RegressorTrainingConfig
@@ -60,6 +63,39 @@ def test_classification_metrics_on_a_known_confusion():
     f1 = [2 / 3, 2 / 3, 2 / 3]  # bearish: p 1, r .5; neutral: p 2/3, r 2/3; bullish: p .5, r 1
     assert m["macro_f1"] == pytest.approx(np.mean(f1))
     assert m["weighted_f1"] == pytest.approx(np.dot(f1, [2, 3, 1]) / 6)
+    lo, hi = m["accuracy_ci95"]
+    assert 0 < lo < 4 / 6 < hi < 1 and m["macro_f1_ci95"][0] <= m["macro_f1"] <= m["macro_f1_ci95"][1]
+
+
+def test_intervals_match_the_textbook_and_narrow_with_more_texts():
+    # Wilson 95% for 85 of 100 (Agresti & Coull's formula): [0.7672, 0.9069]
+    assert wilson_interval(85, 100) == pytest.approx([0.7672, 0.9069], abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 2000)
+    predicted = np.where(rng.random(2000) < 0.8, labels, rng.integers(0, 3, 2000))
+    small, large = macro_f1_interval(labels[:200], predicted[:200], 3), macro_f1_interval(labels, predicted, 3)
+    assert large[1] - large[0] < (small[1] - small[0]) * 0.6  # ~ 1/sqrt(10) of the width, with bootstrap noise
+    point = classification_metrics(np.eye(3)[predicted], labels)["macro_f1"]
+    assert large[0] < point < large[1] and large[1] - large[0] < 0.06
+    assert macro_f1_interval(labels, predicted, 3) == large  # seeded
+    assert macro_f1_interval(labels, labels, 3) == [1.0, 1.0]
+
+
+def test_tfidf_baseline_learns_words_and_chooses_c_on_validation():
+    words = {0: ["loss", "falls", "cut"], 1: ["flat", "holds", "meeting"], 2: ["profit", "rises", "record"]}
+    rng = np.random.default_rng(1)
+
+    def texts(n):
+        labels = rng.integers(0, 3, n)
+        return [f"company {rng.choice(words[y])} {rng.choice(words[y])} today" for y in labels], labels
+
+    (train, y_train), (val, y_val), (test, y_test) = texts(120), texts(40), texts(60)
+    probs, c = tfidf_logistic_probabilities(train, y_train, val, y_val, test)
+    assert probs.shape == (60, 3) and np.allclose(probs.sum(axis=1), 1) and c > 0
+    assert np.mean(probs.argmax(axis=1) == y_test) == 1.0
+    shuffled, _ = tfidf_logistic_probabilities(train, rng.permutation(y_train), val, y_val, test)
+    assert np.mean(shuffled.argmax(axis=1) == y_test) < 0.6  # nothing to learn from shuffled labels
 
 
 def test_regression_metrics_and_ridge():
@@ -101,8 +137,10 @@ def test_sentiment_trainer_learns_a_separable_task_and_round_trips(tmp_path):
     assert checkpoint.config["data"] == {"path": "toy"}
     assert checkpoint.config["config"]["template"]["instruction"] == "Classify."
     assert (tmp_path / "ckpt" / "sentiment" / "adapter_model.safetensors").is_file()
-    report = evaluate_sentiment(tmp_path / "ckpt", _toy_headlines(), baselines=("majority",))
+    report = evaluate_sentiment(tmp_path / "ckpt", _toy_headlines(), baselines=("majority", "tfidf"))
     assert report["model"]["accuracy"] > 0.8 > report["baselines"]["majority"]["accuracy"]
+    tfidf = report["baselines"]["tfidf_logistic"]  # the toy's words give the class away
+    assert tfidf["accuracy"] > 0.9 and tfidf["train_samples"] == len(data.train) and tfidf["n"] == 75
     assert json.loads((tmp_path / "ckpt" / "evaluation.json").read_text())["model"]["accuracy"] == report["model"]["accuracy"]
     predictor, _ = load_sentiment(tmp_path / "ckpt")
     assert predictor.fingerprint("sentiment") == checkpoint.config["predictor_fingerprint"]

@@ -14,7 +14,7 @@ from models.predictor import LoraSettings, Predictor
 from models.prompts import PromptTemplate
 from models.training.checkpoint import read_checkpoint
 from models.training.inputs import TaskInputs
-from models.training.loop import OptimSettings, epoch_batches, fit, schedule_factor
+from models.training.loop import OptimSettings, epoch_batches, fit, micro_batches, schedule_factor
 from models.training.sentiment_config import SentimentTrainingConfig
 from models.training.sentiment_trainer import SentimentTrainer, load_sentiment, prepare_sentiment_data
 from tests.llm_helpers import TINY, randomise_adapters, torch
@@ -194,5 +194,77 @@ def test_cached_and_whole_model_training_take_the_same_steps(tmp_path):
     fast, slow = (runs[c]["fit"]["history"] for c in (True, False))
     assert runs[True]["inputs"]["path"] == "cached lower states" and runs[False]["inputs"]["path"] == "whole model"
     for a, b in zip(fast, slow, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["log_loss"] == pytest.approx(b["log_loss"], rel=1e-4)
+
+
+# -- micro-batches (memory) -----------------------------------------------------------------------------
+def test_micro_batches_hold_every_sample_once_within_the_token_budget():
+    lengths = np.array([3, 40, 7, 12, 90, 25, 5, 33])
+    index = np.array([6, 1, 4, 0, 3])
+    assert [p.tolist() for p in micro_batches(index, lengths, 0)] == [index.tolist()]  # 0: never split
+    assert [p.tolist() for p in micro_batches(index, lengths, 5 * 90)] == [index.tolist()]  # fits
+    parts = micro_batches(index, lengths, 100)
+    assert sorted(np.concatenate(parts).tolist()) == sorted(index.tolist())
+    assert all(len(p) * lengths[p].max() <= 100 or len(p) == 1 for p in parts)
+    assert [p.tolist() for p in parts] == [[4], [1], [3], [6], [0]]  # 90 alone, so 40 + 12 also (5 even parts)
+    assert [p.tolist() for p in micro_batches(index, lengths, 180)] == [[4, 1], [3, 6], [0]]  # even, longest first
+    assert micro_batches(index, None, 10)[0] is index  # no lengths (fixed-shape input): one pass
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_split_batch_gives_the_one_pass_loss_and_gradients(weighted):
+    """Micro-batches with the shared prefix: the same loss and LoRA/head gradients as one pass."""
+    from models.training.loop import _forward_backward
+
+    predictor = Predictor(load_backbone(FOUR_LAYERS))
+    predictor.add_task("sentiment", LoraSettings(dropout=0.0))
+    randomise_adapters(predictor)
+    suffixes = predictor.encoders["sentiment"].encode(TEXTS * 2)
+    lengths = np.array([len(s) for s in suffixes])
+    labels = torch.tensor([0, 1, 2, 1, 0] * 2)
+    weights = np.linspace(0.5, 2.0, len(suffixes)) if weighted else None
+    head = predictor.heads["sentiment"]
+
+    def batch_loss(index):
+        losses = torch.nn.functional.cross_entropy(head(predictor.states("sentiment", [suffixes[i] for i in index],
+                                                                         grad=True)), labels[index], reduction="none")
+        if weights is None:
+            return losses.mean()
+        w = torch.as_tensor(weights[index], dtype=losses.dtype)
+        return (losses * w).sum() / w.sum()
+
+    params = predictor.lora_parameters("sentiment") + list(head.parameters())
+
+    def run(parts):
+        for p in params:
+            p.grad = None
+        loss = _forward_backward(predictor, "sentiment", index, batch_loss, parts, weights)
+        return loss, [p.grad.clone() for p in params]
+
+    index = np.arange(len(suffixes))
+    parts = micro_batches(index, lengths, int(lengths.max()) * 3)
+    assert len(parts) >= 3
+    one_loss, one = run([index])
+    split_loss, split = run(parts)
+    assert split_loss == pytest.approx(one_loss, rel=1e-5)
+    assert all(g.abs().sum() > 0 for g in one)
+    for a, b in zip(split, one, strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    assert not predictor._shared_prefix  # left behind by nothing
+
+
+def test_training_with_a_small_token_budget_follows_the_unsplit_run(tmp_path):
+    from models.heads import SentimentHeadConfig
+
+    # head dropout off: with it, the parts draw other masks than the whole batch (the same distribution)
+    base = SentimentTrainingConfig(backbone=FOUR_LAYERS, lora=LoraSettings(dropout=0.0),
+                                   head=SentimentHeadConfig(dropout=0.0),
+                                   optim=OptimSettings(max_steps=4, epochs=1, batch_size=8, patience=0, eval_every=2,
+                                                       max_batch_tokens=0))
+    data = prepare_sentiment_data(_toy_headlines(120), base)
+    runs = [SentimentTrainer(dataclasses.replace(base, optim=dataclasses.replace(base.optim, max_batch_tokens=t)))
+            .train(data, tmp_path / f"run-{t}") for t in (0, 20)]
+    for a, b in zip(*(r["fit"]["history"] for r in runs), strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["log_loss"] == pytest.approx(b["log_loss"], rel=1e-4)

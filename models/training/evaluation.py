@@ -3,11 +3,14 @@
 Regression (on volatility-normalised next-period returns): MSE, MAE, directional hit rate, the
 information coefficient (Spearman rank correlation of prediction and outcome) and the coverage of
 the predicted 50% and 90% Gaussian intervals. Sentiment: accuracy, macro-F1, weighted F1, the
-confusion matrix (rows: true class, columns: predicted) and the expected calibration error.
+confusion matrix (rows: true class, columns: predicted) and the expected calibration error, with
+95% intervals for accuracy (Wilson) and macro-F1 (a seeded bootstrap over the evaluated texts).
 
 Baselines: ridge regression on the same sixteen scaled features (closed form, the penalty chosen on
 the validation split), and the same head trained on the final states of a randomly initialised
-backbone of the same architecture (no LoRA: what the head alone gets from random features).
+backbone of the same architecture (no LoRA: what the head alone gets from random features). For
+sentiment also TF-IDF word n-grams with logistic regression (scikit-learn), the small non-LLM model
+that shows what the LLM adds.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import numpy as np
 from models.datasets import SENTIMENT_LABELS
 
 Z50, Z90 = 0.6744897501960817, 1.6448536269514722  # two-sided normal quantiles
+Z95 = 1.959963984540054
+BOOTSTRAP_DRAWS = 1000
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -74,7 +79,9 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray,
     return {
         "n": float(len(labels)),
         "accuracy": float(np.mean(predicted == labels)),
+        "accuracy_ci95": wilson_interval(int(np.sum(predicted == labels)), len(labels)),
         "macro_f1": float(np.mean(np.array(f1s)[present])),
+        "macro_f1_ci95": macro_f1_interval(labels, predicted, k),
         "weighted_f1": float(np.sum(np.array(f1s) * support) / support.sum()),
         "ece": expected_calibration_error(probabilities, labels),
         "log_loss": float(-np.mean(np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1)))),
@@ -82,6 +89,40 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray,
         "labels": list(names),
         "per_class": per_class,
     }
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> list[float]:
+    """The Wilson score interval of a proportion (95% by default); [0, 1] when ``n`` is 0."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
+def macro_f1_of_confusions(confusions: np.ndarray) -> np.ndarray:
+    """Macro-F1 of each (..., k, k) confusion matrix, over the classes present in it."""
+    tp = np.diagonal(confusions, axis1=-2, axis2=-1).astype(np.float64)
+    support, predicted = confusions.sum(axis=-1), confusions.sum(axis=-2)
+    denominator = support + predicted  # 2tp / (2tp + fp + fn) = 2tp / (support + predicted)
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    present = support > 0
+    return (f1 * present).sum(axis=-1) / np.maximum(present.sum(axis=-1), 1)
+
+
+def macro_f1_interval(labels: np.ndarray, predicted: np.ndarray, k: int, *, draws: int = BOOTSTRAP_DRAWS,
+                      seed: int = 0) -> list[float]:
+    """The 2.5% and 97.5% quantiles of macro-F1 over ``draws`` seeded bootstrap resamples of the texts."""
+    n = len(labels)
+    if n == 0:
+        return [0.0, 1.0]
+    codes = np.asarray(labels, dtype=np.int64) * k + np.asarray(predicted, dtype=np.int64)
+    sample = np.random.default_rng(seed).integers(0, n, size=(draws, n))
+    offsets = (np.arange(draws) * k * k)[:, None]
+    confusions = np.bincount((codes[sample] + offsets).ravel(), minlength=draws * k * k).reshape(draws, k, k)
+    lo, hi = np.quantile(macro_f1_of_confusions(confusions), [0.025, 0.975])
+    return [float(lo), float(hi)]
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
@@ -198,3 +239,33 @@ def random_backbone_outputs(task: str, backbone_config: Any, head_settings: dict
     head = train_head_on_states(task, backbone.hidden_size, head_settings, states, train_targets, seed=seed, **train_kw)
     with torch.no_grad():
         return head(TaskState(task, bare_states(predictor, task, eval_texts, batch_size)))
+
+
+TFIDF_C = (0.3, 1.0, 3.0, 10.0, 30.0)
+
+
+def tfidf_logistic_probabilities(train_texts: Sequence[str], train_labels: np.ndarray, val_texts: Sequence[str],
+                                 val_labels: np.ndarray, eval_texts: Sequence[str],
+                                 c_values: Sequence[float] = TFIDF_C) -> tuple[np.ndarray, float]:
+    """Class probabilities on ``eval_texts`` of TF-IDF word 1-2 grams (sublinear tf) with multinomial
+    logistic regression, its inverse regularisation ``C`` chosen by validation accuracy; and that C."""
+    try:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+    except ImportError:
+        raise RuntimeError("the tfidf baseline needs scikit-learn: .venv/bin/pip install 'scikit-learn>=1.5' "
+                           "(make setup installs it with the dev extra), or leave tfidf out of --baselines") from None
+    vectoriser = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, lowercase=True)
+    x_train = vectoriser.fit_transform(list(train_texts))
+    x_val, x_eval = vectoriser.transform(list(val_texts)), vectoriser.transform(list(eval_texts))
+    best: tuple[float, float, Any] | None = None
+    for c in c_values:
+        model = LogisticRegression(C=c, max_iter=5000).fit(x_train, train_labels)
+        accuracy = float(np.mean(model.predict(x_val) == np.asarray(val_labels)))
+        if best is None or accuracy > best[0]:
+            best = (accuracy, c, model)
+    assert best is not None
+    _, c, model = best
+    probabilities = np.zeros((x_eval.shape[0], len(SENTIMENT_LABELS)))
+    probabilities[:, model.classes_] = model.predict_proba(x_eval)
+    return probabilities, float(c)

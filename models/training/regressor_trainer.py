@@ -238,7 +238,8 @@ class RegressorTrainer:
         log.info("training the regressor on %d samples (%s), validating on %d", len(train_texts), bars.source,
                  len(val_texts))
         result = fit(predictor, "regressor", len(train_texts), batch_loss, validate, "nll", config.optim,
-                     higher_is_better=False, progress=self.progress, lengths=train.lengths)
+                     higher_is_better=False, progress=self.progress, lengths=train.lengths,
+                     sample_weights=data.weights)
         metrics = {
             "task": "regressor", "fit": result.as_dict(), "validation": validate(full=True),
             "train_samples": len(train_texts), "seconds": time.perf_counter() - started,

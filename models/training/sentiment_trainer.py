@@ -32,7 +32,11 @@ from models.training.checkpoint import (
     write_checkpoint,
     write_json,
 )
-from models.training.evaluation import classification_metrics, random_backbone_outputs
+from models.training.evaluation import (
+    classification_metrics,
+    random_backbone_outputs,
+    tfidf_logistic_probabilities,
+)
 from models.training.inputs import TaskInputs, inputs_record
 from models.training.loop import fit
 from models.training.sentiment_config import SentimentTrainingConfig
@@ -153,11 +157,12 @@ def load_sentiment(folder: str | Path, backbone: Backbone | None = None) -> tupl
 
 
 def evaluate_sentiment(folder: str | Path, data: TextDataset, test: TextDataset | None = None, *,
-                       split: str = "test", baselines: tuple[str, ...] = ("majority", "random"),
+                       split: str = "test", baselines: tuple[str, ...] = ("majority", "tfidf", "random"),
                        batch_size: int = 32, baseline_train_samples: int = 2000) -> dict[str, Any]:
     """Metrics of the checkpoint on the held-out split (rebuilt exactly as in training, checked by
-    fingerprint), with a majority-class baseline and the head trained on a random backbone's states
-    (on a stratified subsample of ``baseline_train_samples`` training texts)."""
+    fingerprint), with a majority-class baseline, TF-IDF + logistic regression on the same training
+    split (C chosen on its validation split) and the head trained on a random backbone's states (on a
+    stratified subsample of ``baseline_train_samples`` training texts)."""
     predictor, checkpoint = load_sentiment(folder)
     config = SentimentTrainingConfig.from_dict(checkpoint.config["config"])
     prepared = prepare_sentiment_data(data, config, test)
@@ -181,6 +186,12 @@ def evaluate_sentiment(folder: str | Path, data: TextDataset, test: TextDataset 
         majority = np.zeros((len(part), 3))
         majority[:, np.bincount(train.labels, minlength=3).argmax()] = 1.0
         report["baselines"]["majority"] = classification_metrics(majority, part.labels)
+    if "tfidf" in baselines:
+        probabilities, c = tfidf_logistic_probabilities(
+            [headline_text(t) for t in train.texts], train.labels,
+            [headline_text(t) for t in prepared.val.texts], prepared.val.labels, texts)
+        report["baselines"]["tfidf_logistic"] = {"train_samples": len(train), "C": c,
+                                                 **classification_metrics(probabilities, part.labels)}
     if "random" in baselines:
         if baseline_train_samples and len(train) > baseline_train_samples:
             keep = baseline_train_samples / len(train)
