@@ -13,9 +13,12 @@ goes:
   ``--samples`` training samples (paid once per training run, not per step), and the samples/s of 3
   epochs over those samples with that cost included.
 
-Variants: *before* is today's default (LoRA on all 30 layers, dropout 0.05, batches drawn at random);
-then length-bucketed batches, dropout 0, LoRA on the top K layers with the lower layers' states
-cached, and bf16 autocast (this CPU reports AMX/AVX-512 bf16). Samples are PhraseBank sentences
+Variants: *before* is the default of 2026-12-01 (LoRA on all 30 layers, dropout 0.05, batches drawn at
+random); then length-bucketed batches, dropout 0 (today's default), recomputed activations
+(``optim.recompute``: memory for time), LoRA on the top K layers with the lower layers' states cached,
+and bf16 autocast (this CPU reports AMX/AVX-512 bf16). **kept MB** is what a step keeps for its
+backward pass (weights not counted): its activation memory; with recomputation, what autograd keeps
+outside the recomputed layers plus the layers' inputs that the checkpoints hold. Samples are PhraseBank sentences
 (sentiment) and regression prompts of the shared BTC/USDT 1h bars (regressor). Nothing else should run
 on the machine meanwhile: two torch jobs on 2 cores slow each other several times over.
 
@@ -47,6 +50,7 @@ class Variant:
     dropout: float = 0.05
     buckets: bool = False
     bf16: bool = False
+    recompute: bool = False
 
 
 class Timers:
@@ -96,6 +100,7 @@ def run_variant(backbone: Any, task: str, texts: list[str], targets: Any, varian
 
     predictor = Predictor(backbone)
     predictor.add_task(task, LoraSettings(dropout=variant.dropout, top_layers=variant.top_layers), seed=0)
+    predictor.recompute = variant.recompute
     encoder = predictor.encoders[task]
     timers = Timers()
     started = time.perf_counter()
@@ -121,6 +126,7 @@ def run_variant(backbone: Any, task: str, texts: list[str], targets: Any, varian
     batches = [b for _ in range(4) for b in epoch_batches(len(texts), args.batch, rng, lengths)]
     prefix_tokens = len(encoder.prefix_ids)
     tokens = 0
+    kept_mb = float("nan")
     predictor.train_mode(task, True)
     def autocast() -> Any:
         return torch.autocast("cpu", dtype=torch.bfloat16) if variant.bf16 else contextlib.nullcontext()
@@ -130,7 +136,8 @@ def run_variant(backbone: Any, task: str, texts: list[str], targets: Any, varian
             timers.seconds.clear()
             tokens = 0
         index = batches[step]
-        with timers.time("step"):
+        counting = kept_tensors(predictor) if step == 0 else contextlib.nullcontext(None)  # untimed step
+        with timers.time("step"), counting as kept:
             with timers.time("forward+prefix"), autocast():
                 state = inputs.states(index, grad=True)
                 if task == "sentiment":
@@ -145,6 +152,10 @@ def run_variant(backbone: Any, task: str, texts: list[str], targets: Any, varian
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimiser.step()
                 predictor.changed(task)
+        if kept is not None:  # a checkpointed layer holds its input (rows x width x hidden floats) instead
+            held = (predictor.num_layers * len(index) * int(inputs.lengths[index].max()) * backbone.hidden_size
+                    * 4 if variant.recompute else 0)
+            kept_mb = (kept["bytes"] + held) / 2**20
         tokens += int(inputs.lengths[index].sum()) + prefix_tokens * len(index)
     s = timers.seconds
     step_s = s["step"] / args.steps
@@ -160,7 +171,28 @@ def run_variant(backbone: Any, task: str, texts: list[str], targets: Any, varian
             "backward_s": s["backward"] / args.steps, "optimiser_s": s["optimiser"] / args.steps,
             "padding": 1 - sum(real) / sum(widths), "cache_s": cache_s,
             "sps_3_epochs": epochs3 / (epochs3 / sps + cache_per_sample * args.samples_for_epochs),
-            "prefix_tokens": prefix_tokens}
+            "prefix_tokens": prefix_tokens, "kept_mb": kept_mb}
+
+
+@contextlib.contextmanager
+def kept_tensors(predictor: Any) -> Iterator[dict[str, int]]:
+    """What autograd keeps for the backward pass inside the block, in bytes, the model's weights (kept by
+    reference) not counted: the activation memory of a step (its first, untimed one: the hooks cost)."""
+    import torch
+
+    weights = {t.untyped_storage().data_ptr() for t in predictor.model.parameters()}
+    seen: set[int] = set()
+    out = {"bytes": 0}
+
+    def pack(t: Any) -> Any:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights and ptr not in seen:
+            seen.add(ptr)
+            out["bytes"] += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield out
 
 
 def main() -> int:
@@ -174,6 +206,8 @@ def main() -> int:
                         help="training-set size for the 3-epoch figure (default: PhraseBank 50-agree's training split)")
     parser.add_argument("--top", default="4,8", help="top-K layer counts to try (default: %(default)s)")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast variant")
+    parser.add_argument("--only", help="run 'before' and the variants whose names contain one of these "
+                        "comma-separated words (e.g. 'dropout,recomputed'); default: all")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     for path in (PHRASEBANK, BTC):
@@ -193,9 +227,13 @@ def main() -> int:
     variants = [Variant("before: all layers, dropout 0.05, random batches"),
                 Variant("+ length buckets", buckets=True),
                 Variant("+ dropout 0", buckets=True, dropout=0.0),
+                Variant("+ recomputed activations (all layers)", buckets=True, dropout=0.0, recompute=True),
                 *[Variant(f"+ top {k} layers, lower states cached", top_layers=k, buckets=True, dropout=0.0)
                   for k in tops]]
-    if not args.no_bf16:
+    if args.only:
+        keys = [k.strip() for k in args.only.split(",") if k.strip()]
+        variants = [v for v in variants if v.name.startswith("before") or any(k in v.name for k in keys)]
+    if not args.no_bf16 and not args.only:
         variants.append(Variant(f"+ bf16 autocast (top {tops[0]})", top_layers=tops[0], buckets=True, dropout=0.0,
                                 bf16=True))
     tasks = ["sentiment", "regressor"] if args.task == "both" else [args.task]
@@ -203,7 +241,7 @@ def main() -> int:
         texts, targets = texts_for(task, args.samples)
         print(f"\n{task}: {len(texts)} samples")
         head = (f"{'variant':<44}{'samples/s':>10}{'tokens/s':>10}{'step s':>8}{'prefix':>8}{'fwd':>7}"
-                f"{'bwd':>7}{'optim':>7}{'pad':>6}{'cache s':>9}{'3 ep s/s':>9}")
+                f"{'bwd':>7}{'optim':>7}{'pad':>6}{'cache s':>9}{'3 ep s/s':>9}{'kept MB':>9}")
         print(head)
         rows = []
         for variant in variants:
@@ -211,7 +249,8 @@ def main() -> int:
             rows.append(row)
             print(f"{row['variant']:<44}{row['samples_per_s']:10.2f}{row['tokens_per_s']:10.0f}{row['step_s']:8.2f}"
                   f"{row['prefix_s']:8.2f}{row['forward_s']:7.2f}{row['backward_s']:7.2f}{row['optimiser_s']:7.2f}"
-                  f"{100 * row['padding']:5.0f}%{row['cache_s']:9.1f}{row['sps_3_epochs']:9.2f}", flush=True)
+                  f"{100 * row['padding']:5.0f}%{row['cache_s']:9.1f}{row['sps_3_epochs']:9.2f}{row['kept_mb']:9.0f}",
+                  flush=True)
         print(f"(prompt prefix {rows[0]['prefix_tokens']} tokens, run by every step through the adapted layers)")
         base = rows[0]["samples_per_s"]
         best = max(rows, key=lambda r: r["sps_3_epochs"])

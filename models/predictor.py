@@ -23,6 +23,11 @@ adapter version and passed through ``torch.func.functional_call``: the model its
 modified, so switching adapters stays exact), and can read and fill a ``PredictionCache`` keyed by
 the task's fingerprint and the input text. Merging costs one extra copy of the adapted weights per
 task in memory (~0.4 GB for SmolLM2-135M); ``Predictor(merge_for_inference=False)`` turns it off.
+
+Training passes on text prompts can recompute activations in the backward pass instead of keeping
+them (``Predictor.recompute``, set by the training loop from ``OptimSettings.recompute``): each decoder
+layer runs under ``torch.utils.checkpoint``, reading the shared prefix through a key/value view that
+stores nothing (``_PrefixKV``), so the same loss and gradients come out for less memory.
 """
 
 from __future__ import annotations
@@ -170,6 +175,9 @@ class Predictor:
         self._merged: dict[str, dict[str, torch.Tensor]] = {}
         self._shared_prefix: dict[str, tuple[torch.Tensor, ...]] = {}  # inside shared_prefix(task)
         self._fingerprints: dict[str, str] = {}
+        # training passes on text prompts keep only each layer's input and recompute the rest in the
+        # backward pass (set by the training loop from OptimSettings.recompute)
+        self.recompute = False
         self.device = next(backbone.model.parameters()).device
 
     # ------------------------------------------------------------------------------- adapters
@@ -294,6 +302,32 @@ class Predictor:
             hidden = layer(hidden, attention_mask=causal, position_embeddings=rotary, position_ids=position_ids,
                            cache=cache, use_cache=cache is not None)
         return decoder.norm(hidden) if stop == self.num_layers else hidden
+
+    def _recomputed_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                           kv: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Every decoder layer and the final norm on ``hidden`` after the prefix whose per-layer (key,
+        value) are ``kv`` (batch 1), each layer under ``torch.utils.checkpoint``: only its input is kept,
+        and its activations are computed again in the backward pass. The same numbers and gradients as
+        the plain forward. Each layer reads the prefix through a ``_PrefixKV``, which stores nothing, so
+        a layer run again sees what it saw the first time."""
+        from torch.utils.checkpoint import checkpoint
+        from transformers import DynamicCache
+        from transformers.masking_utils import create_causal_mask
+
+        decoder = self._decoder()
+        size = hidden.shape[0]
+        mask_cache = DynamicCache(ddp_cache_data=[(kv[i].expand(size, -1, -1, -1), kv[i + 1].expand(size, -1, -1, -1))
+                                                  for i in range(0, len(kv), 2)], config=decoder.config)
+        causal = create_causal_mask(config=decoder.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                                    cache=mask_cache, position_ids=position_ids)
+        rotary = decoder.rotary_emb(hidden, position_ids=position_ids)
+        prefix = _PrefixKV(kv, size)
+        for layer in decoder.layers:
+            def run(h: torch.Tensor, layer: Any = layer) -> torch.Tensor:
+                return layer(h, attention_mask=causal, position_embeddings=rotary, position_ids=position_ids,
+                             cache=prefix, use_cache=True)
+            hidden = checkpoint(run, hidden, use_reentrant=False)
+        return decoder.norm(hidden)
 
     def lower_states(self, task: str, suffixes: Sequence[Sequence[int]], *, batch_size: int = 64,
                      dtype: torch.dtype = torch.float32, progress: Any = None) -> LowerStates:
@@ -472,8 +506,12 @@ class Predictor:
                 config=self.model.get_base_model().config,
             )
             mask = torch.cat([batch.attention_mask.new_ones(size, length), batch.attention_mask], dim=1)
+            positions = positions_from_mask(batch.attention_mask, offset=length)
+            if grad and self.recompute:
+                out = self._recomputed_layers(self._decoder().embed_tokens(batch.input_ids), mask, positions, kv)
+                return TaskState(task, last_token_state(out, batch.attention_mask))
             hidden = self._run(task, merged, input_ids=batch.input_ids, attention_mask=mask, cache=cache,
-                               position_ids=positions_from_mask(batch.attention_mask, offset=length), use_cache=True)
+                               position_ids=positions, use_cache=True)
             return TaskState(task, last_token_state(hidden.last_hidden_state, batch.attention_mask))
 
     def instruction_ids(self, task: str) -> list[int]:
@@ -727,6 +765,21 @@ class Predictor:
             encoder.load_state_dict(load_file(str(folder / ENCODER_FILE)))
             self.numeric[task] = encoder.to(self.device).eval()
         self.changed(task)
+
+
+class _PrefixKV:
+    """The key/value cache a layer sees in a recomputed training pass: ``update`` returns the prompt
+    prefix's keys and values (batch 1, expanded to the batch) followed by the new ones, as
+    ``DynamicCache`` does, but keeps nothing, so calling a layer twice gives the same result."""
+
+    def __init__(self, kv: Sequence[torch.Tensor], size: int) -> None:
+        self.kv, self.size = kv, size
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.kv[2 * layer_idx], self.kv[2 * layer_idx + 1]
+        return (torch.cat([k.expand(self.size, -1, -1, -1), keys], dim=-2),
+                torch.cat([v.expand(self.size, -1, -1, -1), values], dim=-2))
 
 
 def _check_task(task: str) -> None:

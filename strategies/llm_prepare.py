@@ -454,6 +454,14 @@ def _strategy_factory(setup: LlmSetup, signal_source: str) -> tuple[Callable[[],
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
+def _result_settings(training: Any) -> dict[str, Any]:
+    """The training settings that decide what a checkpoint holds: all but ``optim.recompute``, which
+    changes memory and time, never the weights (so turning it on or off reuses the checkpoint)."""
+    settings = training.to_dict()
+    settings["optim"] = {k: v for k, v in settings["optim"].items() if k != "recompute"}
+    return settings
+
+
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -478,7 +486,7 @@ def _regressor_checkpoint(config: Config, split: MarketSplit, backbone_fingerpri
     train = split.train
     samples = training.max_train_samples or len(train)
     folder = Path(llm.cache_dir) / "checkpoints" / (
-        "regressor-" + _key("regressor", _bars_fingerprint(train), training.to_dict(), backbone_fingerprint))
+        "regressor-" + _key("regressor", _bars_fingerprint(train), _result_settings(training), backbone_fingerprint))
     if (folder / "config.json").is_file():
         report.say(f"reusing the regressor trained earlier on these bars with these settings ({folder})")
         out["regressor"] = {"folder": str(folder), "trained": False, "seconds": 0.0}
@@ -516,7 +524,7 @@ def _sentiment_checkpoint(config: Config, split: MarketSplit, plan: BacktestPlan
     data = _labelled_headlines(plan, split.train_news)
     training = llm.training("sentiment")
     folder = Path(llm.cache_dir) / "checkpoints" / (
-        "sentiment-" + _key("sentiment", data.fingerprint(), training.to_dict(), backbone_fingerprint))
+        "sentiment-" + _key("sentiment", data.fingerprint(), _result_settings(training), backbone_fingerprint))
     if (folder / "config.json").is_file():
         report.say(f"reusing the sentiment adapter trained earlier on these headlines with these settings ({folder})")
         out["sentiment"] = {"folder": str(folder), "trained": False, "seconds": 0.0}

@@ -268,3 +268,72 @@ def test_training_with_a_small_token_budget_follows_the_unsplit_run(tmp_path):
     for a, b in zip(*(r["fit"]["history"] for r in runs), strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["log_loss"] == pytest.approx(b["log_loss"], rel=1e-4)
+
+
+# -- recomputed activations (memory) --------------------------------------------------------------------
+def _saved_bytes(predictor, run) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass while ``run`` executes, not counting
+    the model's own weights (which are kept by reference)."""
+    weights = {t.untyped_storage().data_ptr() for t in predictor.model.parameters()}
+    seen: set[int] = set()
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights and ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return total
+
+
+def test_recomputed_activations_give_the_same_loss_and_gradients_for_less_memory():
+    predictor = Predictor(load_backbone(FOUR_LAYERS))
+    predictor.add_task("sentiment", LoraSettings(dropout=0.0))
+    randomise_adapters(predictor)
+    suffixes = predictor.encoders["sentiment"].encode(TEXTS * 2)
+    labels = torch.tensor([0, 1, 2, 1, 0] * 2)
+    head = predictor.heads["sentiment"]
+    head.eval()  # no head dropout: the same masks are not the point here
+    params = predictor.lora_parameters("sentiment") + list(head.parameters())
+    results, holder = {}, {}
+
+    def forward():
+        holder["loss"] = torch.nn.functional.cross_entropy(
+            head(predictor.states("sentiment", suffixes, grad=True)), labels)
+
+    for setting in (False, True):
+        predictor.recompute = setting
+        for p in params:
+            p.grad = None
+        saved = _saved_bytes(predictor, forward)
+        holder["loss"].backward()
+        results[setting] = (holder["loss"].item(), [p.grad.clone() for p in params], saved)
+    off, on = results[False], results[True]
+    assert on[0] == off[0]
+    assert all(g.abs().sum() > 0 for g in off[1])
+    assert all(torch.equal(a, b) for a, b in zip(on[1], off[1], strict=True))  # bit for bit
+    assert on[2] < 0.35 * off[2], (on[2], off[2])
+    with torch.no_grad():  # inference does not read the setting
+        recomputing = predictor.states("sentiment", suffixes).values
+        predictor.recompute = False
+        assert torch.equal(recomputing, predictor.states("sentiment", suffixes).values)
+
+
+def test_training_with_recomputation_takes_the_same_steps(tmp_path):
+    from models.heads import SentimentHeadConfig
+
+    base = SentimentTrainingConfig(backbone=FOUR_LAYERS, lora=LoraSettings(dropout=0.0),
+                                   head=SentimentHeadConfig(dropout=0.1),
+                                   optim=OptimSettings(max_steps=4, epochs=1, batch_size=8, patience=0, eval_every=2,
+                                                       max_batch_tokens=20))
+    data = prepare_sentiment_data(_toy_headlines(120), base)
+    runs = [SentimentTrainer(dataclasses.replace(base, optim=dataclasses.replace(base.optim, recompute=mode)))
+            .train(data, tmp_path / f"run-{mode}") for mode in (False, True)]
+    assert runs[0]["fit"]["history"] == runs[1]["fit"]["history"]  # head dropout, split batches and all
+    with pytest.raises(ValueError, match="recompute must be true or false"):
+        OptimSettings(recompute="full")

@@ -59,6 +59,13 @@ class OptimSettings:
     # step differs from an unsplit one by them: the default run's 27 sentiment steps split at 256 tokens
     # reached 0.842 validation accuracy instead of 0.930 (57 headlines; SmolLM2, 2026-12-03).
     max_batch_tokens: int = 0
+    # Memory: keep only each decoder layer's input from the forward pass and recompute its activations in
+    # the backward pass (``Predictor.recompute``; text prompts after the shared prefix). The same loss and
+    # gradients, bit for bit (tests/test_training_speed.py), for one more forward pass a step: on SmolLM2
+    # 16 PhraseBank sentences a step kept 231 MB instead of 1,892 MB, at 2.85 instead of 3.56 samples/s
+    # (benchmarks/bench_training.py, 2026-12-03). Off by default for `train`; the backtest turns it on
+    # for its sentiment adapter (config.toml), which keeps the default run under 3 GB.
+    recompute: bool = False
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -73,6 +80,8 @@ class OptimSettings:
             raise ValueError("bucket_chunk must be >= 1 and min_lr_ratio in [0, 1]")
         if self.max_batch_tokens < 0:
             raise ValueError("max_batch_tokens must be >= 0 (0: never split a batch)")
+        if not isinstance(self.recompute, bool):
+            raise ValueError(f"recompute must be true or false, got {self.recompute!r}")
 
     def total_steps(self, n_train: int) -> int:
         per_epoch = math.ceil(n_train / self.batch_size)
@@ -169,6 +178,8 @@ def fit(predictor: Predictor, task: str, n_train: int, batch_loss: Callable[[np.
     if bucketed and lengths is not None and len(lengths) != n_train:
         raise ValueError(f"{len(lengths)} lengths for {n_train} training samples")
     queue: list[np.ndarray] = []
+    # only training passes read it, and they give the same gradients either way: nothing to undo on an error
+    predictor.recompute = settings.recompute
     bar = _progress(total, task, progress)
     running = 0.0
     step = 0
@@ -219,6 +230,7 @@ def fit(predictor: Predictor, task: str, n_train: int, batch_loss: Callable[[np.
     bar.close()
     _restore(predictor, task, best[2])
     predictor.train_mode(task, False)
+    predictor.recompute = False
     return_freed_memory()
     best_score = best[0] if higher_is_better else -best[0]
     return FitResult(step, best[1], float(best_score), stopped, time.perf_counter() - started, history)
