@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,9 @@ def test_train_and_the_backtest_share_the_trainers_defaults():
     shipped = llm_settings(load_settings(ROOT / "config.toml")).training("sentiment")
     trainer = SentimentTrainingConfig()  # what `python -m engine train sentiment` starts from
     assert (shipped.optim.lr, shipped.optim.head_lr) == (trainer.optim.lr, trainer.optim.head_lr) == (1e-3, 5e-3)
-    assert shipped.optim == trainer.optim and shipped.lora == trainer.lora
+    # the same learning settings; only the memory switch differs: recomputed activations, the same weights
+    assert shipped.optim.recompute and not trainer.optim.recompute
+    assert dataclasses.replace(shipped.optim, recompute=False) == trainer.optim and shipped.lora == trainer.lora
 
 
 def test_overrides_are_typed_and_win_over_the_file():
