@@ -96,7 +96,9 @@ class SentimentTrainer:
         config = self.config
         started = time.perf_counter()
         backbone = self._backbone or load_backbone(config.backbone)
-        predictor = Predictor(backbone)
+        # validation runs through the LoRA layers: a merged copy of the adapted weights (~0.4 GB) would
+        # be rebuilt at every validation, since the adapter moves between them
+        predictor = Predictor(backbone, merge_for_inference=False)
         predictor.add_task("sentiment", config.lora, asdict(config.head), seed=config.optim.seed)
         predictor.set_template("sentiment", config.template)
         encoder = predictor.encoders["sentiment"]
