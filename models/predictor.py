@@ -14,7 +14,7 @@ Two forward paths give the same numbers (to float rounding; ``tests/test_predict
 A regressor can instead read numbers (``add_numeric_encoder``, ``models.encoder``): windows of scaled
 features become virtual-token embeddings that enter through ``inputs_embeds`` after a cached
 instruction prefix (``window_states``, ``predict_regression_windows``: fixed-shape batches, so a window
-predicted alone and inside a batch give the same numbers).
+predicted alone and inside a batch give the same numbers to float32 rounding).
 
 Batched inference (``predict_regression`` / ``predict_sentiment``) runs under
 ``torch.inference_mode``, sorts samples by length to cut padding, uses the shared prefix, runs the
@@ -604,8 +604,11 @@ class Predictor:
 
         Runs in FIXED-SHAPE batches of ``batch_size`` rows: the last partial batch (and a single
         online window) is filled up with copies of its first row, so every forward pass has the same
-        shape and a window's numbers do not depend on how many others came with it
-        (``tests/test_encoder.py`` pins a window alone against the same window inside a batch)."""
+        shape and a window's numbers do not depend on how many others came with it, up to float32
+        rounding: with several threads the BLAS library may split a batch's rows between them, and a
+        row's last bits can then depend on its place in the batch (up to 7e-7 seen on an AVX2 CPU; bit
+        for bit on one thread). ``tests/test_encoder.py`` pins a window alone against the same window
+        inside a batch."""
         self._require("regressor")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -125,7 +125,7 @@ class SignalModel:
     cache: Any = None
     calibration: Calibration | None = None  # the fitted expected move (strategies.llm_prepare fits it)
     window: int = 0  # > 0: the regressor's numeric-encoder window in bars; 0: it reads prompt texts
-    window_batch_size: int = 16  # windows per forward pass, always this many (padded): alone = in a batch
+    window_batch_size: int = 16  # windows per forward pass, always this many (padded): alone = in a batch, to rounding
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -92,19 +92,21 @@ def test_changing_bars_after_t_changes_no_window_nor_prediction_at_t():
     assert not np.array_equal(data.windows[~before][:5], moved.windows[~after][:5])  # the change is real
 
 
-@pytest.mark.parametrize("batch_size", [1, 16, 32])
-def test_a_window_alone_predicts_bit_identically_to_the_same_window_in_a_batch(batch_size):
-    # fixed-shape batches (the last one filled with copies) make each row's arithmetic independent of
-    # the others on this CPU for these sizes; batch_size 8 was seen to differ by 2.4e-7 (the head's
-    # first Linear at 8 rows), so the strategy must use one batch size for both paths
+@pytest.mark.parametrize("batch_size", [1, 8, 16, 32])
+def test_a_window_alone_predicts_what_the_same_window_predicts_in_a_batch(batch_size):
+    # fixed-shape batches (the last one filled with copies) make a row's result independent of the other
+    # rows up to float32 rounding, not bit for bit: with two threads the BLAS library splits a batch's rows
+    # between them, and on an AVX2 CPU rows 8-15 of a 16-row batch came out up to 7e-7 away from the same
+    # window in row 0 (bit-identical on one thread). A padding or masking mistake would move them by far more.
     predictor = _predictor()
     windows = np.random.default_rng(1).normal(size=(45, CONFIG.window, 16))
     mean, std = predictor.predict_regression_windows(windows, batch_size=batch_size)
     assert mean.shape == std.shape == (45,) and np.unique(mean).size == 45
-    for i in (0, 7, 31, 44):
-        alone_mean, alone_std = predictor.predict_regression_windows(windows[i:i + 1], batch_size=batch_size)
-        assert torch.equal(torch.as_tensor(alone_mean[0]), torch.as_tensor(mean[i]))
-        assert torch.equal(torch.as_tensor(alone_std[0]), torch.as_tensor(std[i]))
+    assert mean.std() > 0.05  # the windows' predictions differ by far more than the tolerance below
+    alone = np.array([predictor.predict_regression_windows(windows[i:i + 1], batch_size=batch_size)
+                      for i in range(45)])[:, :, 0]
+    np.testing.assert_allclose(alone[:, 0], mean, rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(alone[:, 1], std, rtol=2e-6, atol=2e-6)
 
 
 def test_encoder_checkpoint_with_a_six_bar_horizon_reloads_to_identical_predictions(tmp_path):

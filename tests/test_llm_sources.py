@@ -43,7 +43,10 @@ def market():
 @pytest.fixture(scope="module", params=["text", "encoder"])
 def model(market, request):
     """The regressor reading prompt texts (one at a time: batch 1), or windows of scaled features
-    through a numeric encoder (in fixed-shape batches of 4, which the online path pads its one window to)."""
+    through a numeric encoder (in fixed-shape batches of 4, which the online path pads its one window to).
+    At 4 rows a window's numbers have been bit-identical wherever it sits in the batch on both CPUs this
+    suite ran on (AVX-512, AVX2), so the decisions are compared exactly; at 16 rows on two threads they can
+    differ at float32 rounding (``tests/test_encoder.py``)."""
     bars = market["train"]
     features = compute_features(bars.ts_open, bars.open, bars.high, bars.low, bars.close, bars.volume,
                                 bars.timeframe_ms)
