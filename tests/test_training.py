@@ -9,6 +9,7 @@ import pytest
 
 from models.backbone import BackboneConfig
 from models.datasets import sample_headlines
+from models.predictor import Predictor
 from models.prompts import PromptTemplate
 from models.training.checkpoint import CheckpointError, read_checkpoint
 from models.training.evaluation import (
@@ -123,13 +124,18 @@ def _toy_headlines(n: int = 300, seed: int = 0):
     return sample_headlines([(f"{rng.choice(words[t])} {rng.choice(words[t])}", int(t)) for t in tones], source="toy")
 
 
-def test_sentiment_trainer_learns_a_separable_task_and_round_trips(tmp_path):
+def test_sentiment_trainer_learns_a_separable_task_and_round_trips(tmp_path, monkeypatch):
+    def no_merge(self, task):  # validation runs through the LoRA layers: a merged copy per validation
+        pytest.fail("the trainer merged the adapter into a copy of the weights (~0.4 GB for SmolLM2)")
+
+    monkeypatch.setattr(Predictor, "merged_weights", no_merge)
     config = SentimentTrainingConfig(
         backbone=TINY_BACKBONE, template=PromptTemplate("Be brief.", "Classify."), optim=OptimSettings(epochs=10, max_steps=60, batch_size=16, lr=5e-3, head_lr=1e-2,
                                                     eval_every=30, warmup_ratio=0.1, patience=0))
     data = prepare_sentiment_data(_toy_headlines(), config)
     assert len(data.test) == 75 and set(data.test.texts) - set(data.train.texts)  # held out
     metrics = SentimentTrainer(config).train(data, tmp_path / "ckpt", describe={"path": "toy"})
+    monkeypatch.undo()  # the evaluation and the reloaded predictor below merge, as inference should
     assert metrics["validation"]["accuracy"] > 0.8
     assert metrics["temperature"] > 0 and len(metrics["fit"]["history"]) == 2
     checkpoint = read_checkpoint(tmp_path / "ckpt", "sentiment")
