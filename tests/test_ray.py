@@ -124,7 +124,8 @@ def test_walk_forward_folds_on_ray_equal_the_serial_folds(tmp_path, capsys, monk
             # expected move shrunk to 0: the tiny model's forecasts are small and of one sign, its fits are
             # rarely significant (a fold with min_t = 2 was seen to make no trade on an AVX2 CPU), and the
             # folds must trade for their equality to mean something
-            "llm.calibration.min_t": "0.0", "instrument.contract": '"linear_perp"', "costs.funding_rate": "0.0", "costs.taker_fee": "0.0",
+            "llm.calibration.min_t": "0.0", "instrument.contract": '"linear_perp"', "costs.funding_rate": "0.0",
+            "costs.taker_fee": "0.0",
             "costs.maker_fee": "0.0", "costs.slippage_bps": "0.0", "costs.half_spread_bps": "0.0",
             "strategies.llm_signal.min_change": "0.0", "strategies.llm_signal.full_size_at": "0.01"}
     extra = [f for key, value in sets.items() for f in ("--set", f"{key}={value}")]
