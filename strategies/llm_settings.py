@@ -17,6 +17,7 @@ from typing import Literal
 from engine.config import Config
 from models.aggregation import AggregationConfig
 from models.backbone import BackboneConfig
+from models.predictor import LoraSettings
 from models.training.loop import OptimSettings
 from models.training.regressor_config import RegressorTrainingConfig
 from models.training.sentiment_config import SentimentTrainingConfig
@@ -71,10 +72,13 @@ def _backtest_regressor() -> RegressorTrainingConfig:
 
 
 def _backtest_sentiment() -> SentimentTrainingConfig:
-    # Activations recomputed in the backward pass: the same adapter, and the default run peaks at 2.7 GB
-    # instead of 3.6 GB (its sentiment training was the peak; SmolLM2, 2026-12-03).
-    base = SentimentTrainingConfig(max_train_samples=128)
-    return dataclasses.replace(base, optim=dataclasses.replace(base.optim, recompute=True))
+    # LoRA on the top 4 layers over lower states cached once per headline, 6 epochs at lr 3e-3 / head 1e-2:
+    # on the sample market's headlines 0.965 validation accuracy in 56 s, against 0.930 in 198 s with every
+    # layer (SmolLM2, 2-core AVX2 CPU, 2026-12-06; config.toml lists the settings tried). Recomputed
+    # activations apply only if top_layers is set back to 0 (the whole-model path).
+    base = SentimentTrainingConfig(max_train_samples=128, lora=LoraSettings(top_layers=4))
+    return dataclasses.replace(base, optim=dataclasses.replace(base.optim, recompute=True, epochs=6.0, lr=3e-3,
+                                                                 head_lr=1e-2))
 
 
 @dataclass(frozen=True)

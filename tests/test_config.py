@@ -75,10 +75,15 @@ def test_train_and_the_backtest_share_the_trainers_defaults():
 
     shipped = llm_settings(load_settings(ROOT / "config.toml")).training("sentiment")
     trainer = SentimentTrainingConfig()  # what `python -m engine train sentiment` starts from
-    assert (shipped.optim.lr, shipped.optim.head_lr) == (trainer.optim.lr, trainer.optim.head_lr) == (1e-3, 5e-3)
-    # the same learning settings; only the memory switch differs: recomputed activations, the same weights
+    assert (trainer.optim.lr, trainer.optim.head_lr, trainer.lora.top_layers) == (1e-3, 5e-3, 0)
+    # the backtest's adapter, sized for a first run of minutes, differs only where config.toml says why:
+    # the top 4 layers on cached lower states, 6 epochs at higher rates, and the memory switch
+    assert shipped.lora.top_layers == 4 and shipped.optim.cache_lower_states
+    assert (shipped.optim.epochs, shipped.optim.lr, shipped.optim.head_lr) == (6.0, 3e-3, 1e-2)
     assert shipped.optim.recompute and not trainer.optim.recompute
-    assert dataclasses.replace(shipped.optim, recompute=False) == trainer.optim and shipped.lora == trainer.lora
+    assert dataclasses.replace(shipped.optim, recompute=False, epochs=trainer.optim.epochs, lr=trainer.optim.lr,
+                               head_lr=trainer.optim.head_lr) == trainer.optim
+    assert dataclasses.replace(shipped.lora, top_layers=0) == trainer.lora
 
 
 def test_overrides_are_typed_and_win_over_the_file():

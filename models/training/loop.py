@@ -63,8 +63,9 @@ class OptimSettings:
     # the backward pass (``Predictor.recompute``; text prompts after the shared prefix). The same loss and
     # gradients, bit for bit (tests/test_training_speed.py), for one more forward pass a step: on SmolLM2
     # 16 PhraseBank sentences a step kept 231 MB instead of 1,892 MB, at 2.85 instead of 3.56 samples/s
-    # (benchmarks/bench_training.py, 2026-12-03). Off by default for `train`; the backtest turns it on
-    # for its sentiment adapter (config.toml), which keeps the default run under 3 GB.
+    # (benchmarks/bench_training.py, 2026-12-03). Off by default for `train`; the backtest's config turns
+    # it on for its sentiment adapter, where it applies only if that adapter covers every layer (the
+    # cached lower-states path keeps the adapted layers' activations alone).
     recompute: bool = False
 
     def __post_init__(self) -> None:
