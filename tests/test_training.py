@@ -178,12 +178,20 @@ def test_regression_data_is_split_in_time_with_a_purge_and_train_only_scaling():
     np.testing.assert_allclose(data.scaler.center, median)
 
 
-def test_regressor_trainer_writes_a_checkpoint_and_evaluates_against_baselines(tmp_path):
-    config = RegressorTrainingConfig(backbone=TINY_BACKBONE, splits=(0.5, 0.25, 0.25), purge=21,
-                                     max_val_samples=32, optim=OptimSettings(max_steps=3, epochs=1, batch_size=8))
+@pytest.mark.parametrize("input_", ["encoder", "text"])
+def test_regressor_trainer_writes_a_checkpoint_and_evaluates_against_baselines(tmp_path, monkeypatch, input_):
+    def no_merge(self, task):  # validation runs through the LoRA layers: a merged copy per validation
+        pytest.fail("the trainer merged the adapter into a copy of the weights (~0.4 GB for SmolLM2)")
+
+    config = RegressorTrainingConfig(backbone=TINY_BACKBONE, splits=(0.5, 0.25, 0.25), purge=21, input=input_,
+                                     max_val_samples=32, optim=OptimSettings(max_steps=3, epochs=1, batch_size=8,
+                                                                             eval_every=1, patience=0))
     bars = _bars(460)
+    monkeypatch.setattr(Predictor, "merged_weights", no_merge)
     metrics = RegressorTrainer(config).train(bars, tmp_path / "reg", describe={"path": "toy.csv"})
-    assert metrics["fit"]["steps"] == 3 and np.isfinite(metrics["validation"]["nll"])
+    monkeypatch.undo()  # the evaluation below merges, as inference should
+    assert metrics["fit"]["steps"] == 3 and len(metrics["fit"]["history"]) == 3
+    assert np.isfinite(metrics["validation"]["nll"])
     names = {p.name for p in (tmp_path / "reg").iterdir()}
     assert {"config.json", "data_fingerprint.json", "feature_scaler.json", "metrics.json", "regressor"} <= names
     report = evaluate_regressor(tmp_path / "reg", bars, max_samples=24, baseline_train_samples=24)

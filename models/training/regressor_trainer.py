@@ -135,11 +135,13 @@ def backbone_config(config: RegressorTrainingConfig) -> BackboneConfig:
     return config.backbone
 
 
-def encoder_predictor(config: RegressorTrainingConfig, backbone: Backbone | None = None) -> Predictor:
-    """A predictor with a fresh regressor adapter, head and numeric encoder as ``config`` says."""
+def encoder_predictor(config: RegressorTrainingConfig, backbone: Backbone | None = None, *,
+                      merge_for_inference: bool = True) -> Predictor:
+    """A predictor with a fresh regressor adapter, head and numeric encoder as ``config`` says
+    (``merge_for_inference``: as ``Predictor``'s; a trainer passes False, see ``RegressorTrainer``)."""
     if config.input != "encoder":
         raise ValueError("encoder_predictor needs input = 'encoder'")
-    predictor = Predictor(backbone or load_backbone(backbone_config(config)))
+    predictor = Predictor(backbone or load_backbone(backbone_config(config)), merge_for_inference=merge_for_inference)
     predictor.add_task("regressor", config.lora, asdict(config.head), seed=config.optim.seed)
     predictor.add_numeric_encoder("regressor", config.encoder_settings(), seed=config.optim.seed)
     return predictor
@@ -207,7 +209,9 @@ class RegressorTrainer:
         backbone = self._backbone or load_backbone(backbone_config(config))
         if config.input == "encoder":
             return self._train_encoder(bars, folder, describe, data, backbone, started)
-        predictor = Predictor(backbone)
+        # validation runs through the LoRA layers, as in the sentiment trainer: a merged copy of the adapted
+        # weights (~0.4 GB for SmolLM2) would be rebuilt at every validation, since the adapter moves between them
+        predictor = Predictor(backbone, merge_for_inference=False)
         predictor.add_task("regressor", config.lora, asdict(config.head), seed=config.optim.seed)
         predictor.set_template("regressor", config.template)
         train_texts, _, y_train = data.part("train")
@@ -252,7 +256,7 @@ class RegressorTrainer:
     def _train_encoder(self, bars: BarArrays, folder: str | Path, describe: dict[str, Any] | None,
                        data: RegressionData, backbone: Backbone, started: float) -> dict[str, Any]:
         config = self.config
-        predictor = encoder_predictor(config, backbone)
+        predictor = encoder_predictor(config, backbone, merge_for_inference=False)  # validation unmerged (above)
         x_train, _, y_train = data.part("train")
         x_val, _, y_val = data.part("val")
         log.info("training the %s regressor (numeric encoder, %d bars a window) on %d samples (%s), validating "
