@@ -124,11 +124,17 @@ def _toy_headlines(n: int = 300, seed: int = 0):
     return sample_headlines([(f"{rng.choice(words[t])} {rng.choice(words[t])}", int(t)) for t in tones], source="toy")
 
 
-def test_sentiment_trainer_learns_a_separable_task_and_round_trips(tmp_path, monkeypatch):
-    def no_merge(self, task):  # validation runs through the LoRA layers: a merged copy per validation
+def forbid_merging(monkeypatch) -> None:
+    """Fail the test if anything builds merged weights: a trainer validates through the LoRA layers,
+    since a merged copy (~0.4 GB for SmolLM2) would be rebuilt at every validation."""
+    def no_merge(self, task):
         pytest.fail("the trainer merged the adapter into a copy of the weights (~0.4 GB for SmolLM2)")
 
     monkeypatch.setattr(Predictor, "merged_weights", no_merge)
+
+
+def test_sentiment_trainer_learns_a_separable_task_and_round_trips(tmp_path, monkeypatch):
+    forbid_merging(monkeypatch)
     config = SentimentTrainingConfig(
         backbone=TINY_BACKBONE, template=PromptTemplate("Be brief.", "Classify."), optim=OptimSettings(epochs=10, max_steps=60, batch_size=16, lr=5e-3, head_lr=1e-2,
                                                     eval_every=30, warmup_ratio=0.1, patience=0))
@@ -180,14 +186,11 @@ def test_regression_data_is_split_in_time_with_a_purge_and_train_only_scaling():
 
 @pytest.mark.parametrize("input_", ["encoder", "text"])
 def test_regressor_trainer_writes_a_checkpoint_and_evaluates_against_baselines(tmp_path, monkeypatch, input_):
-    def no_merge(self, task):  # validation runs through the LoRA layers: a merged copy per validation
-        pytest.fail("the trainer merged the adapter into a copy of the weights (~0.4 GB for SmolLM2)")
-
     config = RegressorTrainingConfig(backbone=TINY_BACKBONE, splits=(0.5, 0.25, 0.25), purge=21, input=input_,
                                      max_val_samples=32, optim=OptimSettings(max_steps=3, epochs=1, batch_size=8,
                                                                              eval_every=1, patience=0))
     bars = _bars(460)
-    monkeypatch.setattr(Predictor, "merged_weights", no_merge)
+    forbid_merging(monkeypatch)
     metrics = RegressorTrainer(config).train(bars, tmp_path / "reg", describe={"path": "toy.csv"})
     monkeypatch.undo()  # the evaluation below merges, as inference should
     assert metrics["fit"]["steps"] == 3 and len(metrics["fit"]["history"]) == 3
