@@ -11,9 +11,10 @@ volatility ``sigma`` (the last 20 log returns). The source calibrates it with th
 
     expected_move = expected_z x sigma          # the expected log return over the holding time
 
-A source without a calibration gives ``expected_z = m`` (the forecast as it is). The aggregated
-``Signal`` (score, confidence) is still recorded and sizes the position; only the gate uses the
-calibrated move.
+A source without a calibration gives ``expected_z = m`` (the forecast as it is). The gate uses the
+calibrated move; the aggregated ``Signal`` (score, confidence) sizes the position and is recorded. It
+holds only the components the calibration kept (``strategies.llm_signals.bar_prediction``), so a
+regression found not significant before the cut does not shrink what the news opens.
 
 **Round-trip cost** of a position in direction ``d`` (+1 long, -1 short), as fractions of notional:
 ``2 x (taker fee + half-spread + slippage)`` from the instrument and the run's cost models
@@ -178,7 +179,7 @@ class LlmSignal(Strategy):
         if prediction is None:
             return
         symbol = bar.symbol
-        regression = prediction.signal.components.get("regression")
+        regression = (prediction.inputs or prediction.signal.components).get("regression")
         if regression is not None:  # the oracle has none
             ctx.record_prediction(symbol, "regression", value=prediction.mean, uncertainty=prediction.std,
                                   confidence=regression.confidence, model=source.regressor_model,
@@ -265,8 +266,10 @@ class LlmSignal(Strategy):
 
     def _record(self, ctx, symbol: str, prediction: BarPrediction, decision: Decision, source: SignalSource) -> None:
         signal = prediction.signal
+        inputs = prediction.inputs or signal.components
         components = {
             "signal": signal.to_dict(),
+            "inputs": {name: c.to_dict() for name, c in inputs.items()},  # the calibration may leave some out of signal
             "regression": {"mean": prediction.mean, "std": prediction.std, "volatility": prediction.volatility},
             "calibrated": {"news_score": prediction.news_score, "expected_z": decision.expected_z,
                            "calibrated": prediction.expected_z is not None},

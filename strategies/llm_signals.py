@@ -35,7 +35,7 @@ import dataclasses
 import hashlib
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -43,7 +43,16 @@ import numpy as np
 
 from engine.domain import Bar, News
 from engine.series import BarSeries
-from models.aggregation import AggregationConfig, ScoredHeadline, Signal, news_score, signal_from
+from models.aggregation import (
+    AggregationConfig,
+    Component,
+    ScoredHeadline,
+    Signal,
+    aggregate,
+    news_component,
+    news_score,
+    regression_component,
+)
 from models.calibration import Calibration
 from models.features import FEATURE_NAMES, FeatureScaler, IncrementalFeatures, compute_features
 from models.prompts import headline_text, regression_text
@@ -63,11 +72,13 @@ class BarPrediction:
     """The predictor's view at one bar close ``ts``: ``mean`` and ``log_variance`` of the
     regressor's target (the log return over its horizon, the strategy's ``holding_bars``, divided by
     ``volatility``, the realised volatility of the last 20 log returns, as the regressor's target was
-    normalised), the aggregated ``signal`` (kept for records and sizing), ``news_score``
+    normalised), the aggregated ``signal`` (it sizes the position and is recorded), ``news_score``
     (``models.aggregation.news_score`` of the headlines known at the close) and ``expected_z``: the
     CALIBRATED forecast of that vol-normalised return (``models.calibration.Calibration.z``), which
     the cost gate uses (expected move = expected_z x volatility). ``expected_z`` None: no
-    calibration was given, and the regression mean stands for it as it is."""
+    calibration was given, and the regression mean stands for it as it is. ``inputs``: every
+    component computed at the close, by name, including those the calibration left out of
+    ``signal`` (for records and reports)."""
 
     ts: int
     mean: float
@@ -76,6 +87,7 @@ class BarPrediction:
     signal: Signal
     news_score: float = 0.0
     expected_z: float | None = None
+    inputs: Mapping[str, Component] | None = None  # None: those of ``signal``
 
     @property
     def std(self) -> float:
@@ -201,11 +213,24 @@ def bar_prediction(aggregation: AggregationConfig, ts: int, mean: float, log_var
                    regression: bool = True) -> BarPrediction:
     """The prediction at the bar close ``ts`` with its signal aggregated from the regression and
     ``headlines``, its news score and, given a ``calibration``, the calibrated forecast.
-    ``regression=False`` leaves the regression out of the signal (the oracle has none)."""
-    signal = signal_from(aggregation, ts, (mean, log_variance) if regression else None, list(headlines))
-    news = news_score(signal.components.get("news"))
-    z = None if calibration is None else calibration.z(mean if regression else 0.0, news)
-    return BarPrediction(ts, mean, log_variance, volatility, signal, news, z)
+    ``regression=False`` leaves the regression out of the signal (the oracle has none).
+
+    With a calibration, the signal (which sizes the position) holds only the components whose
+    coefficient it kept: a regression found not significant before the cut moves neither the
+    expected move nor the size. Otherwise its confidence would still enter the signal's mean
+    confidence and shrink every position the news opens (by about 40% on the sample market, where
+    the regression's confidence is ~0.1 and the news' ~0.5)."""
+    a = aggregation
+    news = news_component(headlines, ts, a.news_half_life_ms, a.news_lookback_ms, a.news_weight_half)
+    score = news_score(news)
+    z = None if calibration is None else calibration.z(mean if regression else 0.0, score)
+    inputs = {"news": news}
+    if regression:
+        inputs = {"regression": regression_component(mean, log_variance, a.regression_scale, a.variance_ref), **inputs}
+    kept = inputs if calibration is None else {
+        name: c for name, c in inputs.items() if getattr(calibration, name).kept}
+    signal = aggregate(kept.get("regression"), kept.get("news"), a.weights(), a.threshold)
+    return BarPrediction(ts, mean, log_variance, volatility, signal, score, z, inputs)
 
 
 def score_headline(publish_ms: int, probabilities: np.ndarray) -> ScoredHeadline:

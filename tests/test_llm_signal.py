@@ -13,9 +13,10 @@ from engine.domain import ContractType, Side
 from engine.errors import ConfigError
 from engine.timeutil import MS_PER_HOUR
 from models.aggregation import AggregationConfig, ScoredHeadline, signal_from
+from models.calibration import Calibration, Coefficient
 from strategies import get_strategy
 from strategies.llm_signal import LlmSignal
-from strategies.llm_signals import BarPrediction
+from strategies.llm_signals import BarPrediction, bar_prediction
 from tests.helpers import candles, instrument
 
 VOL = 0.01  # realised volatility the scripted source reports
@@ -194,7 +195,8 @@ def test_every_decision_records_its_signal_and_the_predictions_behind_it():
                                   "gate": {"bars": 2, "passed": 1, "share": 0.5, "enter_threshold": 1.5}}
     first = journal.signals[0]
     assert first["model"] == "scripted-regressor+scripted-sentiment"
-    assert set(first["components"]) == {"signal", "regression", "calibrated", "decision"}
+    assert set(first["components"]) == {"signal", "inputs", "regression", "calibrated", "decision"}
+    assert first["components"]["inputs"]["regression"] == first["components"]["signal"]["components"]["regression"]
     assert first["components"]["calibrated"] == {"news_score": pytest.approx(0.0), "expected_z": 0.1,
                                                  "calibrated": False}  # no calibration: the mean as it is
     assert first["components"]["signal"]["components"]["regression"]["score"] == pytest.approx(math.tanh(0.2))
@@ -243,3 +245,71 @@ def test_the_cost_gate_uses_the_calibrated_forecast_not_the_raw_mean_and_counts_
     assert decisions[0]["expected_move"] == pytest.approx(1.03 * SPOT_COST)
     assert [d["passes_gate"] for d in decisions] == [True, False]
     assert strategy.summary()["gate"] == {"bars": 2, "passed": 1, "share": 0.5, "enter_threshold": 1.0}
+
+
+def coefficient(value: float) -> Coefficient:
+    return Coefficient(value, value or 0.5, 1.0, value or 0.5, 100, "kept" if value else "shrunk to 0")
+
+
+def test_a_component_the_calibration_shrank_to_zero_neither_moves_nor_sizes_the_position():
+    """The position is sized by the signal of the components the calibration kept: a regression
+    shrunk to 0 (its confidence ~0.1 beside the news' ~0.5) no longer halves the news' position."""
+    config = AggregationConfig()
+    now = 10 * MS_PER_HOUR
+    headlines = [ScoredHeadline(now - MS_PER_HOUR, (0.02, 0.03, 0.95), 0.95)]
+    mean, log_variance = -0.3, 2.2  # an uncertain regression that disagrees with the news
+    news_only = signal_from(config, now, None, headlines)
+    both = signal_from(config, now, (mean, log_variance), headlines)
+    shrunk = Calibration(coefficient(0.0), coefficient(3.0), horizon=6, min_t=2.0)
+
+    prediction = bar_prediction(config, now, mean, log_variance, VOL, headlines, shrunk)
+    assert prediction.signal == news_only and "regression" not in prediction.signal.components
+    assert set(prediction.inputs) == {"regression", "news"}  # still computed and recorded
+    assert prediction.inputs["regression"] == both.components["regression"]
+    assert prediction.z == pytest.approx(3.0 * prediction.news_score) and prediction.news_score > 0.4
+    sizing = prediction.signal.strength * prediction.signal.confidence
+    assert sizing > 1.5 * both.strength * both.confidence  # what the regression's low confidence used to cost
+
+    kept = bar_prediction(config, now, mean, log_variance, VOL, headlines,
+                          Calibration(coefficient(0.5), coefficient(3.0), horizon=6, min_t=2.0))
+    assert kept.signal == both and kept.z == pytest.approx(0.5 * mean + 3.0 * kept.news_score)
+    no_news = bar_prediction(config, now, mean, log_variance, VOL, headlines,
+                             Calibration(coefficient(0.5), coefficient(0.0), horizon=6, min_t=2.0))
+    assert no_news.signal == signal_from(config, now, (mean, log_variance), None)
+    assert no_news.z == pytest.approx(0.5 * mean)
+    uncalibrated = bar_prediction(config, now, mean, log_variance, VOL, headlines)
+    assert uncalibrated.signal == both and uncalibrated.expected_z is None
+
+
+def test_the_strategy_sizes_by_the_kept_components():
+    """End to end through the strategy: the same news and regression open a position ~2x larger once
+    the calibration has shrunk the regression to 0."""
+    config = AggregationConfig()
+
+    class NewsSource(ScriptedSource):
+        def __init__(self, calibration, symbol="TEST"):
+            super().__init__([None, -0.3, -0.3], symbol)
+            self.calibration = calibration
+
+        def on_bar(self, bar):
+            mean = self.means[self.bars]
+            self.bars += 1
+            headlines = [ScoredHeadline(bar.ts_event - MS_PER_HOUR, (0.02, 0.03, 0.95), 0.95)]
+            return None if mean is None else bar_prediction(config, bar.ts_event, mean, 2.2, VOL, headlines,
+                                                            self.calibration)
+
+    targets = {}
+    for name, b_regression in (("shrunk", 0.0), ("kept", 1e-9)):
+        inst = instrument(taker=0.001, maker=0.001)
+        calibration = Calibration(coefficient(b_regression), coefficient(3.0), horizon=1, min_t=2.0)
+        strategy = LlmSignal(LlmSignal.Params(holding_bars=1, enter_threshold=1.0),
+                             {inst.symbol: NewsSource(calibration, inst.symbol)})
+        journal = RecordingJournal()
+        run_backtest(strategy, [candles([(100.0,) * 4] * 3, symbol=inst.symbol)], {inst.symbol: inst},
+                     costs=CostModels(spread=FixedBps(1.0), slippage=FixedBps(2.0)), journal=journal)
+        decision = journal.signals[0]["components"]["decision"]
+        assert decision["action"] == "open" and decision["passes_gate"]
+        targets[name] = decision["target"]
+        regression = [p for p in journal.predictions if p["kind"] == "regression"]
+        assert len(regression) == 2 and regression[0]["value"] == -0.3  # recorded either way
+    assert 0 < 1.5 * targets["kept"] < targets["shrunk"] <= 0.95

@@ -54,7 +54,8 @@ def stored(db: Path, run_id: str) -> dict:
         (pk,) = conn.execute("SELECT pk FROM runs WHERE run_id = ?", [run_id]).fetchone()
         n, confidence, news = conn.execute(
             "SELECT COUNT(*), AVG(confidence), "
-            "AVG(COALESCE(json_extract(components, '$.signal.components.news.count'), 0) > 0) "
+            "AVG(COALESCE(json_extract(components, '$.inputs.news.count'), "
+            "json_extract(components, '$.signal.components.news.count'), 0) > 0) "
             "FROM signals WHERE run_pk = ?", [pk]).fetchone()
         actions = dict(conn.execute("SELECT json_extract(components, '$.decision.action'), COUNT(*) FROM signals "
                                     "WHERE run_pk = ? GROUP BY 1", [pk]).fetchall())

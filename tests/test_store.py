@@ -186,6 +186,27 @@ def result_positions(result, series) -> dict:
     return {s.symbol: portfolio.position(s.symbol) for s in series}
 
 
+def test_the_signal_components_are_read_from_inputs_and_from_older_records(store_target):
+    """``llm_signal`` records every component under "inputs", also one the calibration left out of
+    the signal; runs recorded before that hold them only in the signal. ``load_run`` reads both."""
+    bars = candles([(100, 101, 99, 100)] * 3)
+    store = open_store(store_target.url)
+    journal = start_run(store, run_id="inputs", mode="backtest", strategy="llm_signal", symbols=["TEST"],
+                        timeframe_ms=bars.timeframe_ms, starting_cash=10_000.0, config={},
+                        timeframes={"TEST": bars.timeframe_ms})
+    news = {"score": 0.8, "confidence": 0.5, "weight": 1.0, "count": 2}
+    new = {"signal": {"direction": 1, "components": {"news": news}},
+           "inputs": {"regression": {"score": -0.25, "confidence": 0.1, "weight": 1.0, "count": 1}, "news": news}}
+    old = {"signal": {"direction": 1, "components": {"regression": {"score": 0.125}, "news": {**news, "count": 0}}}}
+    for ts, components in zip(bars.ts_close[:2].tolist(), (new, old)):
+        journal.signal(int(ts), "TEST", 0.4, confidence=0.5, components=components, model="m")
+    journal.finish(run_backtest(SmaCross(), [bars], {"TEST": instrument()}, journal=journal, run_id="inputs").summary())
+    signals = load_run(store, find_run(store, "inputs")).signals
+    store.close()
+    assert signals.regression.tolist() == [-0.25, 0.125]
+    assert signals.news[0] == 0.8 and np.isnan(signals.news[1])  # no headline counted in the older one
+
+
 def test_order_life_cycle_cancel_fill_and_records_for_the_llm_strategy(store_target):
     bars = candles([(100, 101, 99, 100)] * 6 + [(100, 100, 80, 85)] * 4)
     strategy = Scripted({

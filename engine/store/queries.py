@@ -82,7 +82,7 @@ class Signals:
     score: np.ndarray = field(default_factory=_empty)  # signed strength, in [-1, 1]
     direction: np.ndarray = field(default_factory=_empty)  # -1, 0 (below the threshold), 1
     confidence: np.ndarray = field(default_factory=_empty)
-    regression: np.ndarray = field(default_factory=_empty)  # the regression component's score
+    regression: np.ndarray = field(default_factory=_empty)  # the regression component's score (kept or not)
     news: np.ndarray = field(default_factory=_empty)  # the news component's score; NaN where no headline counted
     action: np.ndarray = field(default_factory=lambda: _empty(object))  # the decision: open, resize, flip, ...
     expected_move: np.ndarray = field(default_factory=_empty)  # the decision's signed expected log return
@@ -226,11 +226,14 @@ def _signals(conn: Connection, pk: int) -> Signals:
     """One query: the database extracts the few JSON fields a report shows (``SignalRow.components``
     is the strategy's whole record: parsing every row's JSON here would cost more than the query)."""
     c = SignalRow.components
+
+    def component(name: str, key: str) -> Any:  # "inputs" holds every component, also those the signal left out
+        return func.coalesce(c[("inputs", name, key)].as_float(), c[("signal", "components", name, key)].as_float())
+
     rows = conn.execute(
         select(SignalRow.ts_event, SignalRow.symbol, SignalRow.value, SignalRow.confidence,
-               c[("signal", "direction")].as_float(), c[("signal", "components", "regression", "score")].as_float(),
-               c[("signal", "components", "news", "score")].as_float(),
-               c[("signal", "components", "news", "count")].as_float(), c[("decision", "action")].as_string(),
+               c[("signal", "direction")].as_float(), component("regression", "score"),
+               component("news", "score"), component("news", "count"), c[("decision", "action")].as_string(),
                c[("decision", "expected_move")].as_float(), c[("decision", "round_trip_cost")].as_float())
         .where(SignalRow.run_pk == pk).order_by(SignalRow.ts_event, SignalRow.id)).all()
     if not rows:
