@@ -339,10 +339,13 @@ def signal_chart(data: RunData) -> Figure:
     top.set_ylabel(f"{symbol} price")
 
     lines = [(signals.score[mine], "aggregated score (signed strength)", COLORS["strategy"], 1.4, 3)]
-    for values, label, color in ((signals.regression[mine], "regression component", COLORS["b"]),
-                                 (signals.news[mine], "news component", COLORS["funding"])):
+    calibration = (data.info.summary or {}).get("calibration") or {}
+    for name, values, color in (("regression", signals.regression[mine], COLORS["b"]),
+                                ("news", signals.news[mine], COLORS["funding"])):
         if np.isfinite(values).any():
-            lines.append((values, label, color, 0.9, 2))
+            shrunk = (calibration.get(name) or {}).get("value") == 0  # the signal left it out
+            lines.append((values, f"{name} component" + (" (shrunk to 0: not in the score)" if shrunk else ""),
+                          color, 0.9, 2))
     entry = stats.signal_entry_move(data)
     band = entry[mine] if entry is not None and np.isfinite(entry[mine]).any() else None
     moves = signals.expected_move[mine]
