@@ -85,8 +85,9 @@ def headline_texts(n: int) -> list[str]:
 def build_predictor(args: argparse.Namespace):
     import torch
 
-    from models.backbone import BackboneConfig, load_backbone
+    from models.backbone import load_backbone
     from models.predictor import Predictor
+    from models.settings import BackboneConfig
 
     backbone = load_backbone(BackboneConfig(source=args.backbone))
     predictor = Predictor(backbone)
@@ -110,9 +111,9 @@ def build_predictor(args: argparse.Namespace):
 def encoder_predictor(args: argparse.Namespace):
     import torch
 
-    from models.backbone import BackboneConfig, load_backbone
-    from models.encoder import EncoderSettings
+    from models.backbone import load_backbone
     from models.predictor import Predictor
+    from models.settings import BackboneConfig, EncoderSettings
 
     backbone = load_backbone(BackboneConfig(source=args.backbone))
     predictor = Predictor(backbone)

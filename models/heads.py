@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from models.datasets import SENTIMENT_LABELS  # class index order, everywhere
+from models.settings import RegressionHeadConfig, SentimentHeadConfig
 
 
 class AdapterMismatch(RuntimeError):
@@ -40,21 +40,6 @@ def last_token_state(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torc
     """``hidden[b, last non-padding position of b]`` for each row b, as float32."""
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     return hidden[rows, last_token_index(attention_mask)].float()
-
-
-@dataclass(frozen=True, slots=True)
-class RegressionHeadConfig:
-    width: int = 128
-    dropout: float = 0.1
-    logvar_min: float = -7.0  # clamp of the predicted log-variance (in normalised-return units)
-    logvar_max: float = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class SentimentHeadConfig:
-    width: int = 0  # 0: a linear classifier; > 0: one hidden layer of this width
-    dropout: float = 0.1
-    classes: int = len(SENTIMENT_LABELS)
 
 
 class _TaskHead(nn.Module):

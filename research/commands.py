@@ -144,12 +144,12 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if not args.json else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        from models.backbone import BackboneError
-        from models.datasets import DatasetError
-        from models.training.checkpoint import CheckpointError
-    except ImportError as exc:  # the llm extra is missing
-        raise ConfigError(f"the predictor needs the llm extra ({exc.name} is missing): pip install -e '.[llm]'") from exc
+    from models.datasets import DatasetError
+    from models.settings import BackboneError, missing_llm_module
+    from models.training.checkpoint import CheckpointError
+
+    if (missing := missing_llm_module()) is not None:
+        raise ConfigError(f"the predictor needs the llm extra ({missing} is missing): pip install -e '.[llm]'")
     try:
         if args.command == "train":
             report = _train_regressor(args) if args.task == "regressor" else _train_sentiment(args)

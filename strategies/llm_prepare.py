@@ -211,13 +211,12 @@ def llm_plan(plan: BacktestPlan, setup: LlmSetup, make_strategy: Callable[[], An
 @contextmanager
 def translated_errors(config: Config) -> Iterator[None]:
     """The predictor's errors as the engine's: a ConfigError or DataError that names the setting."""
-    try:
-        from models.backbone import BackboneError
-        from models.datasets import DatasetError
-        from models.training.checkpoint import CheckpointError
-    except ImportError as exc:  # the llm extra is missing
-        raise ConfigError(f"strategies.llm_signal needs the llm extra ({exc.name} is missing): "
-                          "pip install -e '.[llm]'") from exc
+    from models.datasets import DatasetError
+    from models.settings import BackboneError, missing_llm_module
+    from models.training.checkpoint import CheckpointError
+
+    if (missing := missing_llm_module()) is not None:
+        raise ConfigError(f"strategies.llm_signal needs the llm extra ({missing} is missing): pip install -e '.[llm]'")
     try:
         yield
     except BackboneError as exc:

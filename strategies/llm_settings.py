@@ -5,7 +5,8 @@ trade split, fine-tuning, inference, aggregation and the walk-forward).
 (``models.training``), so ``python -m engine train`` and a backtest share one set of defaults: the
 trainers'. What differs in a backtest is only how much it trains on (``max_train_samples`` and the
 like, sized for a first run of minutes on a 2-core CPU). The backbone is ``llm.backbone`` for both
-adapters. Imported on use: it brings torch with it (``Config.section`` decodes it).
+adapters. Imported on use (``Config.section`` decodes it); it loads no torch, since every setting it
+decodes into lives in ``models.settings``, so ``backtest --oracle`` and a config check run without it.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ from typing import Literal
 
 from engine.config import Config
 from models.aggregation import AggregationConfig
-from models.backbone import BackboneConfig
-from models.predictor import LoraSettings
-from models.training.loop import OptimSettings
+from models.settings import BackboneConfig, LoraSettings, OptimSettings
 from models.training.regressor_config import RegressorTrainingConfig
 from models.training.sentiment_config import SentimentTrainingConfig
 

@@ -127,11 +127,9 @@ class LlmSignal(Strategy):
         if oracle and online:
             raise ConfigError("the oracle signal source knows the sample market's true tones: it is an upper bound "
                               "for backtests (`backtest --oracle`), never for paper or live trading")
-        try:
-            from strategies.llm_prepare import prepare_llm_backtest, prepare_oracle_backtest
-        except ImportError as exc:  # the llm extra is missing
-            raise ConfigError(f"strategies.llm_signal needs the llm extra ({exc.name} is missing): "
-                              "pip install -e '.[llm]'") from exc
+        # the oracle needs no model; the llm extra is checked where the predictor is set up (translated_errors)
+        from strategies.llm_prepare import prepare_llm_backtest, prepare_oracle_backtest
+
         if oracle:
             return prepare_oracle_backtest(plan, say=say)
         return prepare_llm_backtest(plan, progress=progress, say=say, online=online)

@@ -6,8 +6,9 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the predictor tests need the llm extra: pip install -e '.[llm]'")
 
-from models.backbone import BackboneConfig, TinyLlamaConfig, load_backbone  # noqa: E402
+from models.backbone import load_backbone  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
+from models.settings import BackboneConfig, TinyLlamaConfig  # noqa: E402
 
 TINY = TinyLlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2)

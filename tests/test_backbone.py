@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from models.backbone import (
-    BackboneConfig,
-    BackboneError,
-    bf16_fidelity,
-    check_precision,
-    cpu_has_native_bf16,
-    load_backbone,
-)
+from models.backbone import bf16_fidelity, check_precision, cpu_has_native_bf16, load_backbone
+from models.settings import BackboneConfig, BackboneError
 from tests.llm_helpers import TINY, tiny_backbone, torch
 
 

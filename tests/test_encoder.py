@@ -9,11 +9,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from models.backbone import BackboneConfig
 from models.datasets import DatasetError, effective_sample_size, sample_weights, winsorise
-from models.encoder import EncoderSettings, NumericEncoder, embedding_norm, feature_windows, window_ready
+from models.encoder import NumericEncoder, embedding_norm, feature_windows, window_ready
 from models.forecasting import ForecastData, LlmForecaster, forecast_data
-from models.training.loop import OptimSettings
+from models.settings import BackboneConfig, EncoderSettings, OptimSettings
 from models.training.regressor_config import RegressorTrainingConfig
 from models.training.regressor_trainer import (
     BarArrays,

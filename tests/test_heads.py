@@ -9,7 +9,6 @@ import pytest
 from models.heads import (
     AdapterMismatch,
     RegressionHead,
-    RegressionHeadConfig,
     SentimentHead,
     TaskState,
     fit_temperature,
@@ -17,6 +16,7 @@ from models.heads import (
     last_token_index,
     last_token_state,
 )
+from models.settings import RegressionHeadConfig
 from tests.llm_helpers import torch
 
 

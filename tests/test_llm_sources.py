@@ -53,7 +53,7 @@ def model(market, request):
     predictor = tiny_predictor(seed=3)
     window = 0
     if request.param == "encoder":
-        from models.encoder import EncoderSettings
+        from models.settings import EncoderSettings
 
         window = 8
         predictor.add_numeric_encoder("regressor", EncoderSettings(window=window, virtual_tokens=2, width=16), seed=3)

@@ -6,6 +6,8 @@ strategy (a config file, paper and live, any other market)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,25 @@ def test_the_oracle_is_refused_on_any_other_market(capsys, monkeypatch, tmp_path
     assert "has no oracle signal source (add --strategy with one that has: llm_signal)" in capsys.readouterr().err
     assert main(["backtest", "--strategy", "llm_signal", "--oracle", "--walk-forward", *QUIET]) == 2
     assert "drop it or --walk-forward" in capsys.readouterr().err
+
+
+def test_the_oracle_runs_without_loading_torch(tmp_path):
+    """The oracle needs no model: the backtest, and the [llm] settings it decodes (models.settings), import
+    no torch. Run in a fresh interpreter, since this test session may have loaded torch already."""
+    args = ["backtest", "--strategy", "llm_signal", "--oracle", "--json", "--no-progress", "--config",
+            str(ROOT / "config.toml"), *QUIET]
+    code = f"import sys; from engine.cli import main; rc = main({args!r}); print(rc, 'torch' in sys.modules, file=sys.stderr)"
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1] == "0 False"
+    assert json.loads(run.stdout)["signal_source"] == "oracle"
+
+
+def test_the_llm_strategy_without_its_extra_names_what_to_install(capsys, monkeypatch, tmp_path):
+    import models.settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(models.settings, "LLM_MODULES", ("torch", "no_such_module_for_this_test"))
+    assert main(["backtest", "--strategy", "llm_signal", "--no-progress", *QUIET]) == 2
+    err = capsys.readouterr().err
+    assert "needs the llm extra (no_such_module_for_this_test is missing): pip install -e '.[llm]'" in err

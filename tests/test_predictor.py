@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from models.heads import AdapterMismatch
-from models.predictor import LoraSettings, Predictor, collate
+from models.predictor import Predictor, collate
 from models.prompts import headline_text, regression_text
+from models.settings import LoraSettings
 from tests.llm_helpers import randomise_adapters, tiny_backbone, tiny_predictor, torch
 
 FEATURES = np.random.default_rng(0).normal(0, 1.5, size=(3, 16)) * np.array([[1.0], [10.0], [0.1]])
@@ -101,7 +102,8 @@ def test_save_and_load_reproduce_outputs_exactly(tmp_path, predictor):
 
 def test_loading_into_another_backbone_size_fails_clearly(tmp_path, predictor):
     predictor.save_task("sentiment", tmp_path)
-    from models.backbone import BackboneConfig, TinyLlamaConfig, load_backbone
+    from models.backbone import load_backbone
+    from models.settings import BackboneConfig, TinyLlamaConfig
 
     other = Predictor(load_backbone(BackboneConfig(source="tiny", tiny=TinyLlamaConfig(hidden_size=48, num_attention_heads=4))))
     with pytest.raises(ValueError, match="hidden size 32"):

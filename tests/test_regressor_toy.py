@@ -10,10 +10,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from models.backbone import BackboneConfig
 from models.forecasting import ForecastData, LlmForecaster
+from models.settings import BackboneConfig, OptimSettings
 from models.training.evaluation import spearman
-from models.training.loop import OptimSettings
 from models.training.regressor_config import RegressorTrainingConfig
 from tests.llm_helpers import TINY
 

@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from models.backbone import SMOLLM2_PACKAGE, BackboneConfig, load_backbone
+from models.backbone import SMOLLM2_PACKAGE, load_backbone
 from models.predictor import Predictor
 from models.prompts import headline_text
+from models.settings import BackboneConfig
 from tests.llm_helpers import randomise_adapters, torch
 
 pytestmark = [

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from models.backbone import BackboneConfig
 from models.datasets import sample_headlines
 from models.predictor import Predictor
 from models.prompts import PromptTemplate
+from models.settings import BackboneConfig, OptimSettings
 from models.training.checkpoint import CheckpointError, read_checkpoint
 from models.training.evaluation import (
     classification_metrics,
@@ -23,7 +23,7 @@ from models.training.evaluation import (
     tfidf_logistic_probabilities,
     wilson_interval,
 )
-from models.training.loop import OptimSettings, schedule_factor
+from models.training.loop import schedule_factor
 from models.training.regressor_config import RegressorTrainingConfig
 from models.training.regressor_trainer import (
     BarArrays,

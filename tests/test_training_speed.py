@@ -9,12 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from models.backbone import BackboneConfig, load_backbone
-from models.predictor import LoraSettings, Predictor
+from models.backbone import load_backbone
+from models.predictor import Predictor
 from models.prompts import PromptTemplate
+from models.settings import BackboneConfig, LoraSettings, OptimSettings
 from models.training.checkpoint import read_checkpoint
 from models.training.inputs import TaskInputs
-from models.training.loop import OptimSettings, epoch_batches, fit, micro_batches, schedule_factor
+from models.training.loop import epoch_batches, fit, micro_batches, schedule_factor
 from models.training.sentiment_config import SentimentTrainingConfig
 from models.training.sentiment_trainer import SentimentTrainer, load_sentiment, prepare_sentiment_data
 from tests.llm_helpers import TINY, randomise_adapters, torch
@@ -255,7 +256,7 @@ def test_a_split_batch_gives_the_one_pass_loss_and_gradients(weighted):
 
 
 def test_training_with_a_small_token_budget_follows_the_unsplit_run(tmp_path):
-    from models.heads import SentimentHeadConfig
+    from models.settings import SentimentHeadConfig
 
     # head dropout off: with it, the parts draw other masks than the whole batch (the same distribution)
     base = SentimentTrainingConfig(backbone=FOUR_LAYERS, lora=LoraSettings(dropout=0.0),
@@ -325,7 +326,7 @@ def test_recomputed_activations_give_the_same_loss_and_gradients_for_less_memory
 
 
 def test_training_with_recomputation_takes_the_same_steps(tmp_path):
-    from models.heads import SentimentHeadConfig
+    from models.settings import SentimentHeadConfig
 
     base = SentimentTrainingConfig(backbone=FOUR_LAYERS, lora=LoraSettings(dropout=0.0),
                                    head=SentimentHeadConfig(dropout=0.1),

@@ -15,79 +15,10 @@ import numpy as np
 import torch
 
 from models.predictor import Predictor
+from models.settings import OptimSettings
 
 log = logging.getLogger(__name__)
-SCHEDULES = ("cosine", "linear", "constant")
 NOTE_EVERY_S = 60.0  # without a progress bar, a log line this often
-
-
-@dataclass(frozen=True, slots=True)
-class OptimSettings:
-    """How long and how fast to train one adapter."""
-
-    epochs: float = 3.0
-    max_steps: int = 0  # > 0: stop after this many steps whatever ``epochs`` says
-    batch_size: int = 16
-    lr: float = 3e-4  # LoRA weights
-    head_lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    schedule: str = "cosine"
-    grad_clip: float = 1.0
-    eval_every: int = 0  # steps between validations; 0: once per epoch
-    patience: int = 3  # validations without improvement before stopping early; 0: never stop early
-    seed: int = 0
-    eval_batch_size: int = 64
-    # Batches of similar lengths: each epoch's shuffled samples are sorted by length within chunks of
-    # ``bucket_chunk`` batches, cut into batches, and the batches shuffled (less padding, same samples).
-    # Only for a training set of at least one whole chunk: on fewer samples the sort spans the whole set,
-    # every batch holds one length, and where length goes with the label (the sample market's headline
-    # templates) every batch holds one class: 129 sample headlines, 27 steps reached 0.298 validation
-    # accuracy bucketed and 0.930 in random batches (SmolLM2, 2026-12-02).
-    length_buckets: bool = True
-    bucket_chunk: int = 50
-    # With LoRA on the top layers only (``LoraSettings.top_layers``): run the frozen lower layers once
-    # per sample (``Predictor.lower_states``) and train only the adapted layers on their output.
-    cache_lower_states: bool = True
-    min_lr_ratio: float = 0.0  # the schedule decays to this fraction of the learning rate, not below
-    # Memory: a batch whose padded suffix tokens (rows x longest) exceed this runs as several forward and
-    # backward passes whose gradients add up to the whole batch's (the same step; the shared prompt prefix
-    # is computed once per step). Activations scale with tokens: one pass of 16 x 26 tokens through
-    # SmolLM2-135M holds ~2 GB, so 16 long PhraseBank sentences (16 x 80) took a training run to 6 GB.
-    # 0 = never split (the default, so runs keep their pinned results). Only where the trainer passes token
-    # lengths (not the fixed-shape encoder input). Dropout (the head's) draws its masks per pass, so a split
-    # step differs from an unsplit one by them: the default run's 27 sentiment steps split at 256 tokens
-    # reached 0.842 validation accuracy instead of 0.930 (57 headlines; SmolLM2, 2026-12-03).
-    max_batch_tokens: int = 0
-    # Memory: keep only each decoder layer's input from the forward pass and recompute its activations in
-    # the backward pass (``Predictor.recompute``; text prompts after the shared prefix). The same loss and
-    # gradients, bit for bit (tests/test_training_speed.py), for one more forward pass a step: on SmolLM2
-    # 16 PhraseBank sentences a step kept 231 MB instead of 1,892 MB, at 2.85 instead of 3.56 samples/s
-    # (benchmarks/bench_training.py, 2026-12-03). Off by default for `train`; the backtest's config turns
-    # it on for its sentiment adapter, where it applies only if that adapter covers every layer (the
-    # cached lower-states path keeps the adapted layers' activations alone).
-    recompute: bool = False
-
-    def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.batch_size <= 0 or self.eval_batch_size <= 0:
-            raise ValueError("batch sizes must be positive")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise ValueError("set epochs > 0 or max_steps > 0")
-        if self.lr <= 0 or self.head_lr <= 0 or not 0 <= self.warmup_ratio < 1 or self.grad_clip < 0:
-            raise ValueError("learning rates must be positive, warmup_ratio in [0, 1), grad_clip >= 0")
-        if self.bucket_chunk < 1 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("bucket_chunk must be >= 1 and min_lr_ratio in [0, 1]")
-        if self.max_batch_tokens < 0:
-            raise ValueError("max_batch_tokens must be >= 0 (0: never split a batch)")
-        if not isinstance(self.recompute, bool):
-            raise ValueError(f"recompute must be true or false, got {self.recompute!r}")
-
-    def total_steps(self, n_train: int) -> int:
-        per_epoch = math.ceil(n_train / self.batch_size)
-        steps = math.ceil(self.epochs * per_epoch) if self.epochs > 0 else self.max_steps
-        return max(1, min(steps, self.max_steps) if self.max_steps > 0 else steps)
 
 
 @dataclass(slots=True)

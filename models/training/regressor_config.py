@@ -5,15 +5,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from models.backbone import BackboneConfig
 from models.datasets import WEIGHTINGS
-from models.encoder import INSTRUCTION, VARIANTS, EncoderSettings
 from models.features import WARMUP_BARS
-from models.heads import RegressionHeadConfig
-from models.predictor import LoraSettings
 from models.prompts import REGRESSION_TEMPLATE, PromptTemplate
+from models.settings import (
+    INSTRUCTION,
+    VARIANTS,
+    BackboneConfig,
+    EncoderSettings,
+    LoraSettings,
+    OptimSettings,
+    RegressionHeadConfig,
+)
 from models.training.checkpoint import config_from_dict
-from models.training.loop import OptimSettings
 
 LOSSES = ("gaussian", "beta_nll")
 INPUTS = ("text", "encoder")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.backbone import Backbone, BackboneConfig, load_backbone
+from models.backbone import Backbone, load_backbone
 from models.datasets import (
     RegressionSamples,
     effective_sample_size,
@@ -39,6 +39,7 @@ from models.features import FeatureScaler, compute_features
 from models.heads import gaussian_nll
 from models.predictor import Predictor
 from models.prompts import regression_text
+from models.settings import BackboneConfig
 from models.training.checkpoint import (
     EVALUATION_FILE,
     Checkpoint,

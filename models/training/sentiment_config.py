@@ -5,12 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from models.backbone import BackboneConfig
-from models.heads import SentimentHeadConfig
-from models.predictor import LoraSettings
 from models.prompts import SENTIMENT_TEMPLATE, PromptTemplate
+from models.settings import BackboneConfig, LoraSettings, OptimSettings, SentimentHeadConfig
 from models.training.checkpoint import config_from_dict
-from models.training.loop import OptimSettings
 
 
 @dataclass(frozen=True, slots=True)
