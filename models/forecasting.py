@@ -89,7 +89,7 @@ def forecast_data(ts_close: np.ndarray, open: np.ndarray, high: np.ndarray, low:
 
 
 class LlmForecaster:
-    """The numeric-encoder regressor as a ``Forecaster``: ``variant`` is one of ``models.encoder.VARIANTS``
+    """The numeric-encoder regressor as a ``Forecaster``: ``variant`` is one of ``models.settings.VARIANTS``
     (llm, no_llm, random_backbone, head_only); ``backbone`` the backbone source ("smollm2", "tiny", a
     folder). ``config`` sets everything else (its input, variant and backbone source are overridden).
     Each ``fit`` starts from a fresh adapter, head and encoder."""

@@ -41,13 +41,14 @@ import numpy as np
 from engine.errors import ConfigError, DataError
 from engine.files import atomic_write_text
 from engine.timeutil import MS_PER_YEAR, iso
+from models.settings import VARIANTS
 from research.forecast_metrics import diebold_mariano, forecast_metrics, ic_difference, trading
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 START, END = "<!-- forecasts:start -->", "<!-- forecasts:end -->"
 BASELINE_NAMES = ("zero", "mean", "ridge", "lightgbm")
-LLM_VARIANTS = ("llm", "no_llm", "random_backbone", "head_only")
+LLM_VARIANTS = VARIANTS  # the encoder's, from models.settings (no torch)
 DEFAULT_MODELS = (*BASELINE_NAMES, *(f"llm_{v}" for v in LLM_VARIANTS))
 
 
