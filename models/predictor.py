@@ -25,9 +25,10 @@ the task's fingerprint and the input text. Merging costs one extra copy of the a
 task in memory (~0.4 GB for SmolLM2-135M); ``Predictor(merge_for_inference=False)`` turns it off.
 
 Training passes on text prompts can recompute activations in the backward pass instead of keeping
-them (``Predictor.recompute``, set by the training loop from ``OptimSettings.recompute``): each decoder
-layer runs under ``torch.utils.checkpoint``, reading the shared prefix through a key/value view that
-stores nothing (``_PrefixKV``), so the same loss and gradients come out for less memory.
+them (``Predictor.recompute``: every layer; ``Predictor.activation_budget``: only the layers that do not
+fit in a budget of bytes; both set by the training loop from ``OptimSettings``; ``models.activations``):
+such a layer runs under ``torch.utils.checkpoint``, reading the shared prefix through a key/value view
+that stores nothing (``_PrefixKV``), so the same loss and gradients come out for less memory.
 """
 
 from __future__ import annotations
@@ -128,9 +129,13 @@ class Predictor:
         self._merged: dict[str, dict[str, torch.Tensor]] = {}
         self._shared_prefix: dict[str, tuple[torch.Tensor, ...]] = {}  # inside shared_prefix(task)
         self._fingerprints: dict[str, str] = {}
-        # training passes on text prompts keep only each layer's input and recompute the rest in the
-        # backward pass (set by the training loop from OptimSettings.recompute)
+        # training passes on text prompts: recompute every layer's activations in the backward pass
+        # (``recompute``) or keep layers while what they keep fits in ``activation_budget`` bytes and
+        # recompute the rest (None: keep every layer); set by the training loop from OptimSettings
         self.recompute = False
+        self.activation_budget: int | None = None
+        self._layer_bytes_per_token: float | None = None  # measured by the last budgeted pass
+        self.last_pass: dict[str, int] = {}  # what the last such pass kept and recomputed
         self.device = next(backbone.model.parameters()).device
 
     # ------------------------------------------------------------------------------- adapters
@@ -256,16 +261,19 @@ class Predictor:
                            cache=cache, use_cache=cache is not None)
         return decoder.norm(hidden) if stop == self.num_layers else hidden
 
-    def _recomputed_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                           kv: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Every decoder layer and the final norm on ``hidden`` after the prefix whose per-layer (key,
-        value) are ``kv`` (batch 1), each layer under ``torch.utils.checkpoint``: only its input is kept,
-        and its activations are computed again in the backward pass. The same numbers and gradients as
-        the plain forward. Each layer reads the prefix through a ``_PrefixKV``, which stores nothing, so
-        a layer run again sees what it saw the first time."""
-        from torch.utils.checkpoint import checkpoint
+    def _training_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                         kv: Sequence[torch.Tensor], start: int = 0) -> torch.Tensor:
+        """Decoder layers ``start ..`` and the final norm on ``hidden`` (what enters layer ``start``) after
+        the prefix whose per-layer (key, value) are ``kv`` (batch 1, every layer), for a training pass
+        under the memory policy (``recompute``, ``activation_budget``): each layer either keeps its
+        activations or runs under ``torch.utils.checkpoint`` (``models.activations.LayerRunner``). The
+        same numbers and gradients as the plain forward, bit for bit. Each layer reads the prefix
+        through a ``_PrefixKV``, which stores nothing, so a layer run again sees what it saw the first
+        time."""
         from transformers import DynamicCache
         from transformers.masking_utils import create_causal_mask
+
+        from models.activations import LayerRunner
 
         decoder = self._decoder()
         size = hidden.shape[0]
@@ -275,12 +283,23 @@ class Predictor:
                                     cache=mask_cache, position_ids=position_ids)
         rotary = decoder.rotary_emb(hidden, position_ids=position_ids)
         prefix = _PrefixKV(kv, size)
-        for layer in decoder.layers:
+        runner = LayerRunner(0 if self.recompute else self.activation_budget, self.model.parameters(),
+                             tokens=size * hidden.shape[1], bytes_per_token_layer=self._layer_bytes_per_token)
+        for layer in decoder.layers[start:]:
             def run(h: torch.Tensor, layer: Any = layer) -> torch.Tensor:
                 return layer(h, attention_mask=causal, position_embeddings=rotary, position_ids=position_ids,
                              cache=prefix, use_cache=True)
-            hidden = checkpoint(run, hidden, use_reentrant=False)
+            hidden = runner(run, hidden)
+        if runner.bytes_per_token_layer is not None:
+            self._layer_bytes_per_token = runner.bytes_per_token_layer
+        self.last_pass = {"kept_layers": runner.kept_layers, "recomputed_layers": runner.recomputed,
+                          "kept_bytes": runner.kept_bytes, "input_bytes": runner.input_bytes}
         return decoder.norm(hidden)
+
+    @property
+    def _memory_policy(self) -> bool:
+        """Whether training passes run layer by layer under ``recompute`` / ``activation_budget``."""
+        return self.recompute or self.activation_budget is not None
 
     def lower_states(self, task: str, suffixes: Sequence[Sequence[int]], *, batch_size: int = 64,
                      dtype: torch.dtype = torch.float32, progress: Any = None) -> LowerStates:
@@ -361,7 +380,10 @@ class Predictor:
             cache = DynamicCache(ddp_cache_data=[(kv[i].expand(size, -1, -1, -1), kv[i + 1].expand(size, -1, -1, -1))
                                                  for i in range(0, len(kv), 2)], config=config)
             full = torch.cat([mask.new_ones(size, length), mask], dim=1)
-            out = self._layers(hidden, full, positions_from_mask(mask, length), cache, start, n_layers)
+            if grad and self._memory_policy:
+                out = self._training_layers(hidden, full, positions_from_mask(mask, length), kv, start)
+            else:
+                out = self._layers(hidden, full, positions_from_mask(mask, length), cache, start, n_layers)
             return TaskState(task, last_token_state(out, mask))
 
     def merged_weights(self, task: str) -> dict[str, torch.Tensor]:
@@ -460,8 +482,8 @@ class Predictor:
             )
             mask = torch.cat([batch.attention_mask.new_ones(size, length), batch.attention_mask], dim=1)
             positions = positions_from_mask(batch.attention_mask, offset=length)
-            if grad and self.recompute:
-                out = self._recomputed_layers(self._decoder().embed_tokens(batch.input_ids), mask, positions, kv)
+            if grad and self._memory_policy:
+                out = self._training_layers(self._decoder().embed_tokens(batch.input_ids), mask, positions, kv)
                 return TaskState(task, last_token_state(out, batch.attention_mask))
             hidden = self._run(task, merged, input_ids=batch.input_ids, attention_mask=mask, cache=cache,
                                position_ids=positions, use_cache=True)

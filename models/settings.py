@@ -139,6 +139,11 @@ class LoraSettings:
 SCHEDULES = ("cosine", "linear", "constant")
 
 
+# The OptimSettings fields that change a training run's memory and time but never its weights (the loss
+# and gradients are the same bit for bit): a checkpoint's cache key leaves them out.
+MEMORY_SETTINGS = ("recompute", "activation_budget_mb")
+
+
 @dataclass(frozen=True, slots=True)
 class OptimSettings:
     """How long and how fast to train one adapter."""
@@ -181,10 +186,19 @@ class OptimSettings:
     # the backward pass (``Predictor.recompute``; text prompts after the shared prefix). The same loss and
     # gradients, bit for bit (tests/test_training_speed.py), for one more forward pass a step: on SmolLM2
     # 16 PhraseBank sentences a step kept 231 MB instead of 1,892 MB, at 2.85 instead of 3.56 samples/s
-    # (benchmarks/bench_training.py, 2026-12-03). Off by default for `train`; the backtest's config turns
-    # it on for its sentiment adapter, where it applies only if that adapter covers every layer (the
-    # cached lower-states path keeps the adapted layers' activations alone).
+    # (benchmarks/bench_training.py, 2026-12-03). Off by default: the activation budget below recomputes
+    # only the layers that do not fit. Either training path (the whole model, or the adapted layers over
+    # cached lower states).
     recompute: bool = False
+    # Memory, the middle way (``models.activations``): a training pass keeps decoder layers' activations
+    # while what they keep fits in this many MB and recomputes the rest in the backward pass, so a batch of
+    # short texts runs at full speed and a long one recomputes just enough layers. The same loss and
+    # gradients bit for bit, like ``recompute`` (which wins when both are set). 0 = no budget (keep all).
+    # Text prompts only, on either training path (whole model, or the adapted layers over cached states).
+    # On SmolLM2 PhraseBank batches 62-97 tokens wide, 1024 MB recomputed 2.6 of 30 layers a step at 3.76
+    # samples/s (no budget: 3.38, keeping up to 1,688 MB; every layer recomputed: 2.66), and 512 MB 15.4
+    # layers at 2.97 (benchmarks/bench_training.py, 2026-12-07).
+    activation_budget_mb: int = 1024
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -201,6 +215,10 @@ class OptimSettings:
             raise ValueError("max_batch_tokens must be >= 0 (0: never split a batch)")
         if not isinstance(self.recompute, bool):
             raise ValueError(f"recompute must be true or false, got {self.recompute!r}")
+        if isinstance(self.activation_budget_mb, bool) or not isinstance(self.activation_budget_mb, int) \
+                or self.activation_budget_mb < 0:
+            raise ValueError(f"activation_budget_mb must be a whole number of MB >= 0 (0: no budget), "
+                             f"got {self.activation_budget_mb!r}")
 
     def total_steps(self, n_train: int) -> int:
         per_epoch = math.ceil(n_train / self.batch_size)

@@ -72,6 +72,9 @@ def add_parsers(sub: Any) -> None:
                        help="memory: keep only each layer's input and recompute its activations in the backward "
                             "pass (the same gradients; a PhraseBank step keeps 0.2 GB instead of 1.9 GB, ~20%% "
                             "slower)")
+        g.add_argument("--activation-budget-mb", type=int,
+                       help="memory: keep layers' activations while they fit in this many MB and recompute the "
+                            "rest (the same gradients; short batches run at full speed; 0: no budget)")
         g.add_argument("--max-train-samples", type=int, help="train on at most this many samples")
         if task == "sentiment":
             g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
@@ -180,7 +183,8 @@ def _backbone_config(args: argparse.Namespace, base: Any) -> Any:
 
 def _optim(args: argparse.Namespace, base: Any) -> Any:
     names = ("epochs", "max_steps", "batch_size", "lr", "head_lr", "warmup_ratio", "schedule", "grad_clip",
-             "eval_every", "patience", "seed", "min_lr_ratio", "max_batch_tokens", "recompute")
+             "eval_every", "patience", "seed", "min_lr_ratio", "max_batch_tokens", "recompute",
+             "activation_budget_mb")
     changes = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     if args.no_cache_lower_states:
         changes["cache_lower_states"] = False

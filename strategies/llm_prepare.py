@@ -44,6 +44,7 @@ from engine.domain import News
 from engine.errors import ConfigError, DataError
 from engine.series import BarSeries
 from engine.timeutil import iso
+from models.settings import MEMORY_SETTINGS
 from strategies.llm_settings import LlmSettings, llm_settings
 
 if TYPE_CHECKING:
@@ -454,10 +455,11 @@ def _strategy_factory(setup: LlmSetup, signal_source: str) -> tuple[Callable[[],
 
 # -- checkpoints ---------------------------------------------------------------------------------
 def _result_settings(training: Any) -> dict[str, Any]:
-    """The training settings that decide what a checkpoint holds: all but ``optim.recompute``, which
-    changes memory and time, never the weights (so turning it on or off reuses the checkpoint)."""
+    """The training settings that decide what a checkpoint holds: all but the memory policy
+    (``optim.recompute``, ``optim.activation_budget_mb``), which changes memory and time, never the
+    weights (so changing it reuses the checkpoint)."""
     settings = training.to_dict()
-    settings["optim"] = {k: v for k, v in settings["optim"].items() if k != "recompute"}
+    settings["optim"] = {k: v for k, v in settings["optim"].items() if k not in MEMORY_SETTINGS}
     return settings
 
 

@@ -77,13 +77,30 @@ def test_train_and_the_backtest_share_the_trainers_defaults():
     trainer = SentimentTrainingConfig()  # what `python -m engine train sentiment` starts from
     assert (trainer.optim.lr, trainer.optim.head_lr, trainer.lora.top_layers) == (1e-3, 5e-3, 0)
     # the backtest's adapter, sized for a first run of minutes, differs only where config.toml says why:
-    # the top 4 layers on cached lower states, 6 epochs at higher rates, and the memory switch
+    # the top 4 layers on cached lower states and 6 epochs at higher rates; the same memory policy
     assert shipped.lora.top_layers == 4 and shipped.optim.cache_lower_states
     assert (shipped.optim.epochs, shipped.optim.lr, shipped.optim.head_lr) == (6.0, 3e-3, 1e-2)
-    assert shipped.optim.recompute and not trainer.optim.recompute
-    assert dataclasses.replace(shipped.optim, recompute=False, epochs=trainer.optim.epochs, lr=trainer.optim.lr,
+    assert (shipped.optim.recompute, shipped.optim.activation_budget_mb) == (False, 1024)
+    assert dataclasses.replace(shipped.optim, epochs=trainer.optim.epochs, lr=trainer.optim.lr,
                                head_lr=trainer.optim.head_lr) == trainer.optim
     assert dataclasses.replace(shipped.lora, top_layers=0) == trainer.lora
+
+
+def test_the_memory_policy_does_not_change_which_checkpoint_a_backtest_reuses():
+    """recompute and the activation budget change memory and time, never the weights (the same gradients
+    bit for bit: tests/test_training_speed.py), so the checkpoint's key leaves them out; lr does not."""
+    from strategies.llm_prepare import _result_settings
+    from strategies.llm_settings import llm_settings
+
+    training = llm_settings(load_settings(ROOT / "config.toml")).training("sentiment")
+
+    def with_optim(**changes):
+        return dataclasses.replace(training, optim=dataclasses.replace(training.optim, **changes))
+
+    key = _result_settings(training)
+    assert _result_settings(with_optim(recompute=True)) == key
+    assert _result_settings(with_optim(activation_budget_mb=0)) == key
+    assert _result_settings(with_optim(lr=1e-4)) != key
 
 
 def test_overrides_are_typed_and_win_over_the_file():

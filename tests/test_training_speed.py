@@ -325,6 +325,73 @@ def test_recomputed_activations_give_the_same_loss_and_gradients_for_less_memory
         assert torch.equal(recomputing, predictor.states("sentiment", suffixes).values)
 
 
+def _budget_pass(predictor, task, run, budget):
+    """Loss, gradients, saved bytes and the layer split of one training pass under ``budget`` bytes
+    (None: keep every layer; 0: recompute every layer)."""
+    predictor.activation_budget = budget
+    params = predictor.lora_parameters(task) + list(predictor.heads[task].parameters())
+    for p in params:
+        p.grad = None
+    holder = {}
+
+    def forward():
+        holder["loss"] = run()
+
+    saved = _saved_bytes(predictor, forward)
+    holder["loss"].backward()
+    return holder["loss"].item(), [p.grad.clone() for p in params], saved, dict(predictor.last_pass)
+
+
+@pytest.mark.parametrize("path", ["whole model", "cached lower states"])
+def test_an_activation_budget_recomputes_only_the_layers_that_do_not_fit(path):
+    """Between keeping every layer and recomputing every layer: the pass keeps layers while they fit in
+    the budget, recomputes the rest, and gives the same loss and gradients bit for bit, on both training
+    paths; a longer batch recomputes more layers under the same budget."""
+    cached = path == "cached lower states"
+    predictor = Predictor(load_backbone(dataclasses.replace(FOUR_LAYERS, tiny=dataclasses.replace(FOUR, num_hidden_layers=6))))
+    predictor.add_task("sentiment", LoraSettings(dropout=0.0, top_layers=4 if cached else 0))
+    randomise_adapters(predictor)
+    head = predictor.heads["sentiment"]
+    head.eval()
+    inputs = TaskInputs(predictor, "sentiment", predictor.encoders["sentiment"].encode(TEXTS * 4), cache_lower=cached)
+    assert inputs.path == path
+    labels = torch.tensor([0, 1, 2, 1, 0] * 4)
+    index = list(range(20))
+
+    def loss(rows=index):
+        return torch.nn.functional.cross_entropy(head(inputs.states(rows, grad=True)), labels[rows])
+
+    plain = _budget_pass(predictor, "sentiment", loss, None)  # no policy: the model's own forward
+    kept = _budget_pass(predictor, "sentiment", loss, 2**62)  # layer by layer, every one kept
+    layers = 4 if cached else 6
+    assert kept[3]["kept_layers"] == layers and kept[3]["recomputed_layers"] == 0
+    per_layer = kept[3]["kept_bytes"] / layers
+    budget = int(2.5 * per_layer)
+    mixed = _budget_pass(predictor, "sentiment", loss, budget)
+    assert mixed[3]["kept_layers"] == 2 and mixed[3]["recomputed_layers"] == layers - 2, mixed[3]
+    assert mixed[3]["kept_bytes"] <= budget
+    everything = _budget_pass(predictor, "sentiment", loss, 0)
+    assert everything[3]["kept_layers"] == 0 and everything[3]["recomputed_layers"] == layers
+    for other in (kept, mixed, everything):
+        assert other[0] == plain[0]
+        assert all(torch.equal(a, b) for a, b in zip(other[1], plain[1], strict=True))  # bit for bit
+    assert all(g.abs().sum() > 0 for g in plain[1])
+    # the runner counts what its kept layers hold (autograd's innermost hook sees those tensors, so an
+    # outer count sees only the rest): together they are what the plain forward holds
+    assert kept[2] + kept[3]["kept_bytes"] == pytest.approx(plain[2], rel=0.02)
+    assert everything[3]["kept_bytes"] < mixed[3]["kept_bytes"] < kept[3]["kept_bytes"]
+    short = _budget_pass(predictor, "sentiment", lambda: loss(index[:5]), budget)  # a quarter of the tokens
+    assert short[3]["kept_layers"] == layers and short[3]["recomputed_layers"] == 0
+    predictor.activation_budget = None
+
+
+def test_an_activation_budget_is_a_whole_number_of_mb():
+    assert OptimSettings(activation_budget_mb=1024).activation_budget_mb == 1024
+    for bad in (-1, 1.5, True, "1024"):
+        with pytest.raises(ValueError, match="activation_budget_mb must be a whole number of MB"):
+            OptimSettings(activation_budget_mb=bad)
+
+
 def test_training_with_recomputation_takes_the_same_steps(tmp_path):
     from models.settings import SentimentHeadConfig
 
@@ -333,8 +400,10 @@ def test_training_with_recomputation_takes_the_same_steps(tmp_path):
                                    optim=OptimSettings(max_steps=4, epochs=1, batch_size=8, patience=0, eval_every=2,
                                                        max_batch_tokens=20))
     data = prepare_sentiment_data(_toy_headlines(120), base)
-    runs = [SentimentTrainer(dataclasses.replace(base, optim=dataclasses.replace(base.optim, recompute=mode)))
-            .train(data, tmp_path / f"run-{mode}") for mode in (False, True)]
+    modes = [{"recompute": False}, {"recompute": True}, {"activation_budget_mb": 1}]
+    runs = [SentimentTrainer(dataclasses.replace(base, optim=dataclasses.replace(base.optim, **mode)))
+            .train(data, tmp_path / f"run-{k}") for k, mode in enumerate(modes)]
     assert runs[0]["fit"]["history"] == runs[1]["fit"]["history"]  # head dropout, split batches and all
+    assert runs[0]["fit"]["history"] == runs[2]["fit"]["history"]
     with pytest.raises(ValueError, match="recompute must be true or false"):
         OptimSettings(recompute="full")

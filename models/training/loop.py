@@ -112,6 +112,7 @@ def fit(predictor: Predictor, task: str, n_train: int, batch_loss: Callable[[np.
     queue: list[np.ndarray] = []
     # only training passes read it, and they give the same gradients either way: nothing to undo on an error
     predictor.recompute = settings.recompute
+    predictor.activation_budget = settings.activation_budget_mb * 2**20 if settings.activation_budget_mb else None
     bar = _progress(total, task, progress)
     running = 0.0
     step = 0
@@ -162,7 +163,7 @@ def fit(predictor: Predictor, task: str, n_train: int, batch_loss: Callable[[np.
     bar.close()
     _restore(predictor, task, best[2])
     predictor.train_mode(task, False)
-    predictor.recompute = False
+    predictor.recompute, predictor.activation_budget = False, None
     return_freed_memory()
     best_score = best[0] if higher_is_better else -best[0]
     return FitResult(step, best[1], float(best_score), stopped, time.perf_counter() - started, history)
