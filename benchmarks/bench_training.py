@@ -15,14 +15,17 @@ goes:
 
 Variants: *before* is the default of 2026-12-01 (LoRA on all 30 layers, dropout 0.05, batches drawn at
 random); then length-bucketed batches, dropout 0 (today's default), recomputed activations
-(``optim.recompute``: memory for time), LoRA on the top K layers with the lower layers' states cached,
-and bf16 autocast (this CPU reports AMX/AVX-512 bf16). **kept MB** is what a step keeps for its
-backward pass (weights not counted): its activation memory; with recomputation, what autograd keeps
-outside the recomputed layers plus the layers' inputs that the checkpoints hold. Samples are PhraseBank sentences
+(``optim.recompute``: memory for time), an activation budget (``optim.activation_budget_mb``: layers
+kept while they fit, the rest recomputed), LoRA on the top K layers with the lower layers' states
+cached, and bf16 autocast. Every variant times the same batches. **kept MB** is the most a timed step
+kept for its backward pass (weights not counted): its activation memory; with recomputation, what
+autograd keeps outside the recomputed layers plus the layers' inputs that the checkpoints hold; **recomp**
+the layers a step recomputed, on average. Samples are PhraseBank sentences
 (sentiment) and regression prompts of the shared BTC/USDT 1h bars (regressor). Nothing else should run
 on the machine meanwhile: two torch jobs on 2 cores slow each other several times over.
 
     .venv/bin/python benchmarks/bench_training.py [--task sentiment|regressor|both] [--steps 3] [--top 4,8]
+        [--budgets 512,1024] [--only dropout,recomputed,budget]
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class Variant:
     buckets: bool = False
     bf16: bool = False
     recompute: bool = False
+    budget_mb: int = 0  # optim.activation_budget_mb
 
 
 class Timers:
@@ -97,11 +101,12 @@ def run_variant(backbone: Any, task: str, texts: list[str], targets: Any, varian
     from models.predictor import Predictor
     from models.settings import LoraSettings
     from models.training.inputs import TaskInputs
-    from models.training.loop import epoch_batches
+    from models.training.loop import epoch_batches, return_freed_memory
 
     predictor = Predictor(backbone)
     predictor.add_task(task, LoraSettings(dropout=variant.dropout, top_layers=variant.top_layers), seed=0)
     predictor.recompute = variant.recompute
+    predictor.activation_budget = variant.budget_mb * 2**20 if variant.budget_mb else None
     encoder = predictor.encoders[task]
     timers = Timers()
     started = time.perf_counter()
@@ -127,7 +132,8 @@ def run_variant(backbone: Any, task: str, texts: list[str], targets: Any, varian
     batches = [b for _ in range(4) for b in epoch_batches(len(texts), args.batch, rng, lengths)]
     prefix_tokens = len(encoder.prefix_ids)
     tokens = 0
-    kept_mb = float("nan")
+    kept_mb = 0.0
+    recomputed: list[int] = []
     predictor.train_mode(task, True)
     def autocast() -> Any:
         return torch.autocast("cpu", dtype=torch.bfloat16) if variant.bf16 else contextlib.nullcontext()
@@ -137,8 +143,7 @@ def run_variant(backbone: Any, task: str, texts: list[str], targets: Any, varian
             timers.seconds.clear()
             tokens = 0
         index = batches[step]
-        counting = kept_tensors(predictor) if step == 0 else contextlib.nullcontext(None)  # untimed step
-        with timers.time("step"), counting as kept:
+        with timers.time("step"), kept_tensors(predictor) as kept:
             with timers.time("forward+prefix"), autocast():
                 state = inputs.states(index, grad=True)
                 if task == "sentiment":
@@ -153,10 +158,18 @@ def run_variant(backbone: Any, task: str, texts: list[str], targets: Any, varian
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimiser.step()
                 predictor.changed(task)
-        if kept is not None:  # a checkpointed layer holds its input (rows x width x hidden floats) instead
-            held = (predictor.num_layers * len(index) * int(inputs.lengths[index].max()) * backbone.hidden_size
-                    * 4 if variant.recompute else 0)
-            kept_mb = (kept["bytes"] + held) / 2**20
+            if args.trim:
+                with timers.time("trim"):
+                    del state, loss
+                    return_freed_memory()
+        if step >= args.warmup:
+            # under a memory policy the layers' own activations are counted by the layer runner (autograd's
+            # innermost hook sees them, not this one; the checkpoints' inputs this one sees too)
+            layers = predictor.last_pass if (variant.recompute or variant.budget_mb) else {}
+            own = layers.get("kept_bytes", 0) - layers.get("input_bytes", 0)
+            kept_mb = max(kept_mb, (kept["bytes"] + own) / 2**20)
+            recomputed.append(layers.get("recomputed_layers", 0))
+            predictor.last_pass = {}
         tokens += int(inputs.lengths[index].sum()) + prefix_tokens * len(index)
     s = timers.seconds
     step_s = s["step"] / args.steps
@@ -172,13 +185,14 @@ def run_variant(backbone: Any, task: str, texts: list[str], targets: Any, varian
             "backward_s": s["backward"] / args.steps, "optimiser_s": s["optimiser"] / args.steps,
             "padding": 1 - sum(real) / sum(widths), "cache_s": cache_s,
             "sps_3_epochs": epochs3 / (epochs3 / sps + cache_per_sample * args.samples_for_epochs),
-            "prefix_tokens": prefix_tokens, "kept_mb": kept_mb}
+            "prefix_tokens": prefix_tokens, "kept_mb": kept_mb,
+            "recomputed": sum(recomputed) / max(1, len(recomputed)), "widths": widths}
 
 
 @contextlib.contextmanager
 def kept_tensors(predictor: Any) -> Iterator[dict[str, int]]:
     """What autograd keeps for the backward pass inside the block, in bytes, the model's weights (kept by
-    reference) not counted: the activation memory of a step (its first, untimed one: the hooks cost)."""
+    reference) not counted: the activation memory of a step (the hook costs microseconds a tensor)."""
     import torch
 
     weights = {t.untyped_storage().data_ptr() for t in predictor.model.parameters()}
@@ -206,7 +220,16 @@ def main() -> int:
     parser.add_argument("--samples-for-epochs", type=int, default=3876,
                         help="training-set size for the 3-epoch figure (default: PhraseBank 50-agree's training split)")
     parser.add_argument("--top", default="4,8", help="top-K layer counts to try (default: %(default)s)")
+    parser.add_argument("--budgets", default="1024",
+                        help="activation budgets in MB to try (optim.activation_budget_mb; default: %(default)s)")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast variant")
+    parser.add_argument("--trim", action="store_true",
+                        help="allocator: hand freed heap back to the system after every step (glibc malloc_trim)")
+    parser.add_argument("--mmap-threshold", type=int, default=0,
+                        help="allocator: glibc's mmap threshold in bytes (mallopt), so blocks this large and larger "
+                             "go back to the system when freed (default 0: glibc's own, adaptive)")
+    parser.add_argument("--no-before", action="store_true",
+                        help="skip the 'before' reference (e.g. to read one variant's peak RSS alone)")
     parser.add_argument("--only", help="run 'before' and the variants whose names contain one of these "
                         "comma-separated words (e.g. 'dropout,recomputed'); default: all")
     args = parser.parse_args()
@@ -215,6 +238,11 @@ def main() -> int:
         if not path.is_file():
             print(f"no {path}: the benchmark reads the shared data next to the project", file=sys.stderr)
             return 2
+    if args.mmap_threshold:
+        import ctypes
+        import ctypes.util
+
+        ctypes.CDLL(ctypes.util.find_library("c")).mallopt(-3, args.mmap_threshold)  # M_MMAP_THRESHOLD
     import torch
 
     from models.backbone import load_backbone
@@ -226,15 +254,20 @@ def main() -> int:
           f"{torch.get_num_threads()} threads; batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps "
           "per variant", flush=True)
     tops = [int(k) for k in args.top.split(",") if k]
+    budgets = [int(b) for b in args.budgets.split(",") if b]
     variants = [Variant("before: all layers, dropout 0.05, random batches"),
                 Variant("+ length buckets", buckets=True),
                 Variant("+ dropout 0", buckets=True, dropout=0.0),
                 Variant("+ recomputed activations (all layers)", buckets=True, dropout=0.0, recompute=True),
+                *[Variant(f"+ activation budget {b} MB (all layers)", buckets=True, dropout=0.0, budget_mb=b)
+                  for b in budgets],
                 *[Variant(f"+ top {k} layers, lower states cached", top_layers=k, buckets=True, dropout=0.0)
                   for k in tops]]
     if args.only:
         keys = [k.strip() for k in args.only.split(",") if k.strip()]
         variants = [v for v in variants if v.name.startswith("before") or any(k in v.name for k in keys)]
+    if args.no_before:
+        variants = [v for v in variants if not v.name.startswith("before")]
     if not args.no_bf16 and not args.only:
         variants.append(Variant(f"+ bf16 autocast (top {tops[0]})", top_layers=tops[0], buckets=True, dropout=0.0,
                                 bf16=True))
@@ -243,7 +276,7 @@ def main() -> int:
         texts, targets = texts_for(task, args.samples)
         print(f"\n{task}: {len(texts)} samples")
         head = (f"{'variant':<44}{'samples/s':>10}{'tokens/s':>10}{'step s':>8}{'prefix':>8}{'fwd':>7}"
-                f"{'bwd':>7}{'optim':>7}{'pad':>6}{'cache s':>9}{'3 ep s/s':>9}{'kept MB':>9}")
+                f"{'bwd':>7}{'optim':>7}{'pad':>6}{'cache s':>9}{'3 ep s/s':>9}{'kept MB':>9}{'recomp':>7}")
         print(head)
         rows = []
         for variant in variants:
@@ -251,10 +284,13 @@ def main() -> int:
             rows.append(row)
             print(f"{row['variant']:<44}{row['samples_per_s']:10.2f}{row['tokens_per_s']:10.0f}{row['step_s']:8.2f}"
                   f"{row['prefix_s']:8.2f}{row['forward_s']:7.2f}{row['backward_s']:7.2f}{row['optimiser_s']:7.2f}"
-                  f"{100 * row['padding']:5.0f}%{row['cache_s']:9.1f}{row['sps_3_epochs']:9.2f}{row['kept_mb']:9.0f}",
+                  f"{100 * row['padding']:5.0f}%{row['cache_s']:9.1f}{row['sps_3_epochs']:9.2f}{row['kept_mb']:9.0f}"
+                  f"{row['recomputed']:7.1f}",
                   flush=True)
-        print(f"(prompt prefix {rows[0]['prefix_tokens']} tokens, run by every step through the adapted layers)")
-        base = rows[0]["samples_per_s"]
+        print(f"(prompt prefix {rows[0]['prefix_tokens']} tokens, run by every step through the adapted layers; "
+              f"timed batches {rows[0]['widths']} tokens wide; kept MB: the most a timed step kept for its backward "
+              "pass; recomp: layers recomputed a step, on average)")
+        base = rows[0]["samples_per_s"]  # 'before', unless --no-before
         best = max(rows, key=lambda r: r["sps_3_epochs"])
         print(f"{task}: best {best['variant']!r}: {best['samples_per_s']:.2f} samples/s per step "
               f"({best['samples_per_s'] / base:.1f}x before), {best['sps_3_epochs']:.2f} over 3 epochs of "
