@@ -39,9 +39,13 @@ bench-sweep: setup-scale
 	$(PY) benchmarks/bench_sweep.py $(ARGS)
 
 # The real-data evaluation (about an hour on 2 cores): writes EVALUATION.md and docs/evaluation/.
+# FORECASTS=0 skips the walk-forward forecasts (research.forecasts, 36 min); EVALUATION.md keeps that
+# section from its last run.
+FORECASTS ?= 1
 evaluate: $(STAMP)
 	$(PY) -m research.evaluation $(ARGS)
-	$(PY) -m research.forecasts
+	@if [ "$(FORECASTS)" = 0 ]; then echo "FORECASTS=0: research.forecasts skipped; EVALUATION.md keeps its forecasts section"; \
+	else $(PY) -m research.forecasts; fi
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
