@@ -78,6 +78,9 @@ def add_parsers(sub: Any) -> None:
         g.add_argument("--max-train-samples", type=int, help="train on at most this many samples")
         if task == "sentiment":
             g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
+            g.add_argument("--class-weights", choices=["none", "balanced", "sqrt"],
+                           help="weigh the loss by class: balanced (every class the same in total), sqrt (halfway) "
+                                "or none (the default); for macro-F1 where a class is rare")
         if task == "regressor":
             g.add_argument("--loss", choices=["gaussian", "beta_nll"])
             g.add_argument("--no-density-weights", action="store_true", help="do not reweight rare targets")
@@ -321,6 +324,8 @@ def _train_sentiment(args: argparse.Namespace) -> dict[str, Any]:
         changes["max_train_samples"] = args.max_train_samples
     if args.label_smoothing is not None:
         changes["label_smoothing"] = args.label_smoothing
+    if args.class_weights is not None:
+        changes["class_weights"] = args.class_weights
     config = replace(base, **changes)
     _, _, desc = _texts(args)
     return train_sentiment(config, desc, _out(args), progress=_progress(args))

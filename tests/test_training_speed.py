@@ -407,3 +407,37 @@ def test_training_with_recomputation_takes_the_same_steps(tmp_path):
     assert runs[0]["fit"]["history"] == runs[2]["fit"]["history"]
     with pytest.raises(ValueError, match="recompute must be true or false"):
         OptimSettings(recompute="full")
+
+
+# -- class weights ----------------------------------------------------------------------------------------
+def test_class_weights_follow_the_training_counts():
+    from models.training.sentiment_config import class_weights
+
+    labels = np.array([0] * 10 + [1] * 60 + [2] * 30)
+    balanced = class_weights(labels, 3, "balanced")
+    assert np.allclose(balanced, [100 / 30, 100 / 180, 100 / 90])
+    assert np.allclose(np.bincount(labels) * balanced, 100 / 3)  # every class the same in total
+    assert np.allclose(class_weights(labels, 3, "sqrt"), np.sqrt(balanced))
+    assert np.array_equal(class_weights(labels, 3, "none"), np.ones(3))
+    assert np.allclose(class_weights(np.array([1, 1, 2]), 3, "balanced"), [1.5, 0.75, 1.5])  # absent: the largest
+    with pytest.raises(ValueError, match="class_weights must be one of none, balanced, sqrt"):
+        SentimentTrainingConfig(class_weights="inverse")
+
+
+def test_class_weights_weigh_the_loss_and_a_split_batch_adds_up(tmp_path):
+    """Weighted by class, a run trains differently from an unweighted one; split into micro-batches
+    (max_batch_tokens) it takes the same steps as unsplit, since the weights go per sample."""
+    from models.settings import SentimentHeadConfig
+
+    base = SentimentTrainingConfig(backbone=FOUR_LAYERS, lora=LoraSettings(dropout=0.0),
+                                   head=SentimentHeadConfig(dropout=0.0), class_weights="balanced",
+                                   optim=OptimSettings(max_steps=3, epochs=1, batch_size=8, patience=0, eval_every=3))
+    headlines = _toy_headlines(120)
+    data = prepare_sentiment_data(headlines, base)
+    runs = {name: SentimentTrainer(config).train(data, tmp_path / name)["fit"]["history"] for name, config in (
+        ("weighted", base),
+        ("split", dataclasses.replace(base, optim=dataclasses.replace(base.optim, max_batch_tokens=20))),
+        ("unweighted", dataclasses.replace(base, class_weights="none")))}
+    assert runs["weighted"][0]["train_loss"] == pytest.approx(runs["split"][0]["train_loss"], rel=1e-5)
+    assert runs["weighted"][0]["log_loss"] == pytest.approx(runs["split"][0]["log_loss"], rel=1e-5)
+    assert runs["weighted"][0]["train_loss"] != pytest.approx(runs["unweighted"][0]["train_loss"], rel=1e-4)

@@ -39,7 +39,7 @@ from models.training.evaluation import (
 )
 from models.training.inputs import TaskInputs, inputs_record
 from models.training.loop import fit
-from models.training.sentiment_config import SentimentTrainingConfig
+from models.training.sentiment_config import SentimentTrainingConfig, class_weights
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,21 @@ class SentimentTrainer:
         val = TaskInputs(predictor, "sentiment", encoder.encode(val_texts), cache_lower=cache, batch_size=size)
         head = predictor.heads["sentiment"]
 
+        weights = None
+        if config.class_weights != "none":  # per sample, so that a split batch adds up to the whole one
+            per_class = class_weights(data.train.labels, head.config.classes, config.class_weights)
+            weights = per_class[np.asarray(data.train.labels, dtype=np.int64)]
+            log.info("class weights (%s): %s", config.class_weights, ", ".join(f"{w:.3f}" for w in per_class))
+        sample_weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+
         def batch_loss(index: np.ndarray) -> torch.Tensor:
             logits = head(train.states(index, grad=True))
-            return torch.nn.functional.cross_entropy(logits, labels[index], label_smoothing=config.label_smoothing)
+            if sample_weights is None:
+                return torch.nn.functional.cross_entropy(logits, labels[index], label_smoothing=config.label_smoothing)
+            losses = torch.nn.functional.cross_entropy(logits, labels[index], label_smoothing=config.label_smoothing,
+                                                       reduction="none")
+            w = sample_weights[index]
+            return (w * losses).sum() / w.sum()
 
         def validate() -> dict[str, float]:
             if val.lower is not None:  # the same numbers as predict_sentiment, through the adapted layers only
@@ -124,7 +136,7 @@ class SentimentTrainer:
 
         log.info("training sentiment on %d texts, validating on %d (%s)", len(data.train), len(data.val), data.train.source)
         result = fit(predictor, "sentiment", len(data.train), batch_loss, validate, "accuracy", config.optim,
-                     higher_is_better=True, progress=self.progress, lengths=train.lengths)
+                     higher_is_better=True, progress=self.progress, lengths=train.lengths, sample_weights=weights)
         logits = self._logits(predictor, val_texts)
         head.temperature.fill_(fit_temperature(logits, torch.as_tensor(data.val.labels)))
         predictor.changed("sentiment")
