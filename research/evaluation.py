@@ -615,4 +615,7 @@ def _f(x: Any, digits: int = 2) -> str:
 
 
 if __name__ == "__main__":
+    from engine import allocator
+
+    allocator.start()  # tcmalloc where installed: less heap held, faster steps (engine/allocator.py)
     sys.exit(main())
