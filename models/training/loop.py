@@ -81,11 +81,13 @@ def micro_batches(index: np.ndarray, lengths: np.ndarray | None, max_tokens: int
 def fit(predictor: Predictor, task: str, n_train: int, batch_loss: Callable[[np.ndarray], torch.Tensor],
         validate: Callable[[], dict[str, float]], score_key: str, settings: OptimSettings, *,
         higher_is_better: bool, progress: bool = False, lengths: np.ndarray | None = None,
-        sample_weights: np.ndarray | None = None) -> FitResult:
+        sample_weights: np.ndarray | None = None, tie_key: str | None = None) -> FitResult:
     """Train ``task``'s adapter and head. ``batch_loss(indices)`` returns the loss of those training
     samples (with grad): their mean, weighted by ``sample_weights`` when it is given, so that a batch
     split into micro-batches (``settings.max_batch_tokens``) adds up to the same loss and gradients;
-    ``validate()`` returns metrics whose ``score_key`` drives early stopping. ``lengths`` (tokens per
+    ``validate()`` returns metrics whose ``score_key`` drives early stopping; where two validations tie
+    on it (accuracy over a few hundred texts often does), ``tie_key``'s value, in the same direction,
+    decides which weights are kept. ``lengths`` (tokens per
     sample) turns on length-bucketed batches when ``settings.length_buckets``, and the splitting."""
     predictor.release_inference_caches()  # merged weights of every task: rebuilt when next predicted with
     torch.manual_seed(settings.seed)
@@ -101,7 +103,8 @@ def fit(predictor: Predictor, task: str, n_train: int, batch_loss: Callable[[np.
         optimiser, lambda s: schedule_factor(s, total, warmup, settings.schedule, settings.min_lr_ratio))
     per_epoch = math.ceil(n_train / settings.batch_size)
     eval_every = settings.eval_every or per_epoch
-    best = (-math.inf, 0, _snapshot(predictor, task))
+    sign = 1.0 if higher_is_better else -1.0
+    best = ((-math.inf, -math.inf), 0, _snapshot(predictor, task))
     history: list[dict[str, Any]] = []
     bad_evals, stopped, started = 0, False, time.perf_counter()
     order = np.empty(0, dtype=np.int64)
@@ -146,7 +149,7 @@ def fit(predictor: Predictor, task: str, n_train: int, batch_loss: Callable[[np.
         if step % eval_every == 0 or step == total:
             predictor.train_mode(task, False)
             metrics = validate()
-            score = metrics[score_key] if higher_is_better else -metrics[score_key]
+            score = (sign * metrics[score_key], sign * metrics[tie_key] if tie_key else 0.0)
             history.append({"step": step, "train_loss": running, **metrics})
             line = f"{task} step {step}/{total}: train loss {running:.4f}, " + ", ".join(
                 f"val {k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
@@ -165,7 +168,7 @@ def fit(predictor: Predictor, task: str, n_train: int, batch_loss: Callable[[np.
     predictor.train_mode(task, False)
     predictor.recompute, predictor.activation_budget = False, None
     return_freed_memory()
-    best_score = best[0] if higher_is_better else -best[0]
+    best_score = sign * best[0][0]
     return FitResult(step, best[1], float(best_score), stopped, time.perf_counter() - started, history)
 
 

@@ -136,7 +136,8 @@ class SentimentTrainer:
 
         log.info("training sentiment on %d texts, validating on %d (%s)", len(data.train), len(data.val), data.train.source)
         result = fit(predictor, "sentiment", len(data.train), batch_loss, validate, "accuracy", config.optim,
-                     higher_is_better=True, progress=self.progress, lengths=train.lengths, sample_weights=weights)
+                     higher_is_better=True, progress=self.progress, lengths=train.lengths, sample_weights=weights,
+                     tie_key="macro_f1")
         logits = self._logits(predictor, val_texts)
         head.temperature.fill_(fit_temperature(logits, torch.as_tensor(data.val.labels)))
         predictor.changed("sentiment")
