@@ -99,3 +99,31 @@ def test_a_real_process_runs_under_tcmalloc_and_its_subprocesses_do_not_inherit_
     assert done.stdout.split() == ["tcmalloc", "True", "None", "None"]
     done = _probe(ENGINE_ALLOCATOR="system")
     assert done.stdout.split() == ["system", "False", "None", "None"]
+
+
+RELEASE = """
+import numpy as np
+from engine import allocator
+from models.training.loop import return_freed_memory
+def rss():
+    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')) // 1024
+base = rss()
+blocks = [np.ones(2**18) for _ in range(800)]  # 800 blocks of 2 MB: tcmalloc keeps them once freed
+held = rss()
+del blocks
+kept = rss()
+return_freed_memory()
+print(allocator.loaded(), held - base, kept - base, rss() - base)
+"""
+
+
+@pytest.mark.skipif(allocator.library() is None, reason="tcmalloc is not installed (apt-get install libtcmalloc-minimal4)")
+def test_after_training_the_memory_freed_under_tcmalloc_goes_back_to_the_system() -> None:
+    full = {k: v for k, v in os.environ.items() if k != "ENGINE_ALLOCATOR"}
+    full["LD_PRELOAD"] = allocator.library() or ""
+    full["TCMALLOC_RELEASE_RATE"] = "0"  # tcmalloc keeps what is freed until asked: the call must do it
+    done = subprocess.run([sys.executable, "-c", RELEASE], capture_output=True, text=True, env=full, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded, held, kept, after = done.stdout.split()
+    assert loaded == "True" and int(held) > 1500 and int(kept) > 1500
+    assert int(after) < 200

@@ -196,7 +196,8 @@ def _forward_backward(predictor: Predictor, task: str, index: np.ndarray,
 
 
 def return_freed_memory() -> None:
-    """Hand the heap memory freed by a training run back to the system (glibc's ``malloc_trim``), so
+    """Hand the heap memory freed by a training run back to the system (tcmalloc's
+    ``MallocExtension_ReleaseFreeMemory`` where the process runs on it, glibc's ``malloc_trim``), so
     that the next stage (the other adapter, prediction) starts from what is really in use; nothing
     where the C library has no such call."""
     import ctypes
@@ -204,6 +205,11 @@ def return_freed_memory() -> None:
     import gc
 
     gc.collect()
+    process = ctypes.CDLL(None)  # the preloaded tcmalloc's symbols are the process's own
+    release = getattr(process, "MallocExtension_ReleaseFreeMemory", None)
+    if release is not None:
+        release()
+        return
     name = ctypes.util.find_library("c")
     try:
         trim = ctypes.CDLL(name).malloc_trim if name else None
