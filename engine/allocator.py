@@ -28,7 +28,7 @@ _QUIET = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}  # no "large al
 
 
 class AllocatorError(RuntimeError):
-    pass
+    """A bad ``ENGINE_ALLOCATOR`` value, or tcmalloc asked for where it cannot be loaded."""
 
 
 def choice(env: Mapping[str, str]) -> str:
