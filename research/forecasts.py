@@ -17,6 +17,11 @@ k trains on the samples before its block (the most recent ``max_train``), minus 
 for it. Metrics (``research.forecast_metrics``) are computed per fold and pooled over all test
 samples, with Newey–West errors for the overlapping targets.
 
+``--center`` trains every model on targets less their mean over the fold's training samples (per
+ticker): each forecasts the deviation from its training window's drift, not the drift. Without it, a
+short window's drift dominates every forecast of so noisy a target, so each model predicts one sign
+in most folds, and the drift forecasts worse than zero out of sample (``mean``'s R² is negative).
+
 The rule for claims: an LLM variant has an edge only where its pooled IC beats both ridge's and
 LightGBM's by more than two standard errors of the (paired) difference; otherwise the report says
 it has none. Writes ``docs/evaluation/forecasts.json`` and the section of EVALUATION.md between
@@ -156,9 +161,11 @@ def make_folds(ts: np.ndarray, *, folds: int, test_share: float, val_share: floa
     return out
 
 
-def fold_data(market: Market, fold: Fold, window: int) -> dict[str, Any]:
+def fold_data(market: Market, fold: Fold, window: int, *, center: bool = False) -> dict[str, Any]:
     """ForecastData of the fold's train, val and test parts, each ticker scaled by a FeatureScaler
-    fitted on ITS OWN training samples of this fold only."""
+    fitted on ITS OWN training samples of this fold only. ``center``: each ticker's training and
+    validation targets less that ticker's mean training target, so a forecaster learns the deviation
+    from the training window's drift and the drift is not forecast (the test targets stay as they are)."""
     from models.encoder import feature_windows
     from models.features import FeatureScaler
     from models.forecasting import ForecastData
@@ -175,8 +182,17 @@ def fold_data(market: Market, fold: Fold, window: int) -> dict[str, Any]:
         scaler = FeatureScaler.fit(features[train_rows])
         windows[mine] = scaler.transform(feature_windows(features, market.bar_index[mine], window))
 
+    targets = market.targets.copy()
+    if center:
+        for g in range(len(market.features)):
+            drift = market.targets[fold.train[market.group[fold.train] == g]]
+            if len(drift):
+                fitted = np.concatenate([fold.train, fold.val])
+                fitted = fitted[market.group[fitted] == g]
+                targets[fitted] -= drift.mean()
+
     def part(index: np.ndarray) -> Any:
-        return ForecastData(windows[index], market.targets[index], market.ts[index], market.group[index])
+        return ForecastData(windows[index], targets[index], market.ts[index], market.group[index])
 
     return {"train": part(fold.train), "val": part(fold.val), "test": part(fold.test)}
 
@@ -196,6 +212,7 @@ class Options:
     backbone: str = "smollm2"
     llm_epochs: float = 3.0
     llm_max_train: int = 0
+    center: bool = False
     data: Path = DEFAULT_DATA
     out: Path = ROOT / "docs" / "evaluation"
     evaluation_md: Path = ROOT / "EVALUATION.md"
@@ -235,7 +252,7 @@ def evaluate_market(key: str, options: Options, say: Callable[[str], None]) -> d
     per_fold: list[dict[str, Any]] = []
     seconds = {name: 0.0 for name in options.models}
     for fold in folds:
-        parts = fold_data(market, fold, options.window)
+        parts = fold_data(market, fold, options.window, center=options.center)
         record = {**fold.describe(market.ts), "models": {}}
         for name in options.models:
             t0 = time.perf_counter()
@@ -322,7 +339,11 @@ def markdown(report: dict[str, Any]) -> str:
              f"{o['test_share']:.0%} of each market, training on at most {o['max_train']:,} samples before each "
              f"block (purge: horizon + window bars), validation the last {o['val_share']:.0%} of those. Standard "
              "errors are Newey–West with horizon − 1 lags (the targets overlap). Trading: hold sign(forecast) for "
-             "the horizon, non-overlapping, after costs. `docs/evaluation/forecasts.json` holds every number.", ""]
+             "the horizon, non-overlapping, after costs. `docs/evaluation/forecasts.json` holds every number."
+             + (" **Centered targets** (`--center`): every model learns each ticker's target less its mean over the "
+                "fold's training samples, so it forecasts the deviation from the training window's drift and never the "
+                "drift itself (the test targets are not changed); the `mean` baseline is then the zero forecast and "
+                "is left out." if o.get("center") else ""), ""]
     for result in report["markets"]:
         lines += [f"### {result['market']}", "",
                   f"{result['bars']:,} bars, {result['test_samples']:,} test samples in {len(result['folds'])} folds; "
@@ -404,12 +425,20 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--llm-max-train", type=int, default=d.llm_max_train, help="LLM variants: most recent training samples (0: as --max-train)")
     parser.add_argument("--llm-epochs", type=float, default=d.llm_epochs, help="LLM variants: epochs (early stopping on validation)")
     parser.add_argument("--backbone", default=d.backbone, help="LLM variants' backbone (smollm2; tiny for a smoke run)")
+    parser.add_argument("--center", action="store_true",
+                        help="train every model on targets less their training mean (per ticker): forecast the "
+                             "deviation from the training window's drift, not the drift")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--data", type=Path, default=d.data, help="the shared data folder (default ../shared/data)")
     parser.add_argument("--out", type=Path, default=d.out, help="where forecasts.json goes (default docs/evaluation)")
     parser.add_argument("--evaluation-md", type=Path, default=d.evaluation_md, help="the Markdown file whose section is rewritten")
     a = parser.parse_args(argv)
     models = tuple(m.strip() for m in a.models.split(",") if m.strip())
+    if a.center and "mean" in models:
+        if a.models != parser.get_default("models"):
+            parser.error("--center trains on targets whose training mean is 0, so 'mean' would be the zero forecast "
+                         "plus rounding noise: leave it out of --models")
+        models = tuple(m for m in models if m != "mean")
     markets = tuple(m.strip() for m in a.markets.split(",") if m.strip())
     for m in models:
         if m not in DEFAULT_MODELS:
@@ -421,8 +450,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         parser.error("--window, --horizon and --folds must be >= 1")
     return Options(models=models, markets=markets, folds=a.folds, window=a.window, horizon=a.horizon,
                    test_share=a.test_share, max_train=a.max_train, max_test=a.max_test, seed=a.seed,
-                   backbone=a.backbone, llm_epochs=a.llm_epochs, llm_max_train=a.llm_max_train, data=a.data,
-                   out=a.out, evaluation_md=a.evaluation_md)
+                   backbone=a.backbone, llm_epochs=a.llm_epochs, llm_max_train=a.llm_max_train, center=a.center,
+                   data=a.data, out=a.out, evaluation_md=a.evaluation_md)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

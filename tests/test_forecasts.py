@@ -183,6 +183,12 @@ def test_the_command_writes_the_json_and_the_markdown_section(tmp_path, monkeypa
     assert text.startswith("# Evaluation\n\nthe rest\n") and START in text and END in text
     assert "No LLM variant ran" in text and "| ridge |" in text
     assert "fold 3/3" in capsys.readouterr().err
+    assert "Centered targets" not in text
+    assert forecasts.main(["--center", "--models", "zero,ridge", "--markets", "btc", "--folds", "3", "--data", str(data),
+                           "--out", str(tmp_path / "out"), "--evaluation-md", str(md)]) == 0
+    report = json.loads((tmp_path / "out" / "forecasts.json").read_text())
+    assert report["options"]["center"] is True and set(report["markets"][0]["pooled"]) == {"zero", "ridge"}
+    assert "**Centered targets**" in md.read_text()
 
 
 def test_the_command_refuses_an_unknown_model_or_missing_data(tmp_path, capsys):
@@ -192,3 +198,33 @@ def test_the_command_refuses_an_unknown_model_or_missing_data(tmp_path, capsys):
     assert forecasts.main(["--models", "zero", "--markets", "btc", "--data", str(tmp_path),
                            "--out", str(tmp_path / "o"), "--evaluation-md", str(tmp_path / "E.md")]) == 2
     assert "is missing" in capsys.readouterr().err
+
+
+def test_centering_takes_each_tickers_training_mean_from_train_and_validation_only():
+    market = _market()
+    market.targets = market.targets + 0.7  # a drift
+    market.group = np.arange(len(market.ts)) % 2  # two tickers side by side
+    market.features = [market.features[0], market.features[0] * 2]
+    market.spec = MarketSpec("toy", (("A", "a.csv"), ("B", "b.csv")), 0.001, "toy")
+    fold = make_folds(market.ts, folds=2, test_share=0.4, val_share=0.2, purge_ms=10 * HOUR)[0]
+    plain = fold_data(market, fold, 4)
+    centered = fold_data(market, fold, 4, center=True)
+    for g in (0, 1):
+        train = centered["train"].group == g
+        assert abs(centered["train"].targets[train].mean()) < 1e-12
+        drift = plain["train"].targets[train].mean()
+        assert drift > 0.3
+        val = centered["val"].group == g
+        np.testing.assert_allclose(centered["val"].targets[val], plain["val"].targets[val] - drift)
+    np.testing.assert_array_equal(centered["test"].targets, plain["test"].targets)  # what is scored is untouched
+    np.testing.assert_array_equal(centered["train"].windows, plain["train"].windows)
+    assert not np.shares_memory(centered["train"].targets, market.targets)
+    assert market.targets.mean() > 0.5  # the market itself is not changed
+
+
+def test_center_leaves_the_mean_baseline_out_and_refuses_it_by_name(capsys):
+    options = forecasts.parse_args(["--center"])
+    assert options.center and "mean" not in options.models and "ridge" in options.models
+    with pytest.raises(SystemExit):
+        forecasts.parse_args(["--center", "--models", "zero,mean"])
+    assert "leave it out of --models" in capsys.readouterr().err
