@@ -24,8 +24,12 @@ the layers a step recomputed, on average. Samples are PhraseBank sentences
 (sentiment) and regression prompts of the shared BTC/USDT 1h bars (regressor). Nothing else should run
 on the machine meanwhile: two torch jobs on 2 cores slow each other several times over.
 
+The process runs on tcmalloc where it is installed (``engine.allocator``), as the engine does since
+2026-12-07; ``--before-on-glibc`` adds a row for *before* timed in a child process on glibc's malloc,
+as the engine ran before that, so the speed-up of the whole change is read in one run.
+
     .venv/bin/python benchmarks/bench_training.py [--task sentiment|regressor|both] [--steps 3] [--top 4,8]
-        [--budgets 512,1024] [--only dropout,recomputed,budget]
+        [--budgets 512,1024] [--only dropout,recomputed,budget] [--before-on-glibc]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import resource
 import sys
 import time
@@ -210,6 +215,31 @@ def kept_tensors(predictor: Any) -> Iterator[dict[str, int]]:
         yield out
 
 
+def row_line(row: dict) -> str:
+    return (f"{row['variant']:<44}{row['samples_per_s']:10.2f}{row['tokens_per_s']:10.0f}{row['step_s']:8.2f}"
+            f"{row['prefix_s']:8.2f}{row['forward_s']:7.2f}{row['backward_s']:7.2f}{row['optimiser_s']:7.2f}"
+            f"{100 * row['padding']:5.0f}%{row['cache_s']:9.1f}{row['sps_3_epochs']:9.2f}{row['kept_mb']:9.0f}"
+            f"{row['recomputed']:7.1f}")
+
+
+def before_on_glibc(task: str, args: Any) -> dict:
+    """'before' timed in a child process on glibc's malloc, the same batches (the same seed and samples)."""
+    import os
+    import subprocess
+
+    command = [sys.executable, str(Path(__file__).resolve()), "--row-json", "--task", task, "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--batch", str(args.batch), "--samples", str(args.samples),
+               "--samples-for-epochs", str(args.samples_for_epochs)]
+    env = {**os.environ, "ENGINE_ALLOCATOR": "system"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
+    if done.returncode or not rows:
+        raise RuntimeError(f"the glibc 'before' child failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    row = json.loads(rows[-1])
+    row["variant"] = "before, on glibc malloc (own process)"
+    return row
+
+
 def main() -> int:
     from engine import allocator
 
@@ -234,6 +264,10 @@ def main() -> int:
                         help="skip the 'before' reference (e.g. to read one variant's peak RSS alone)")
     parser.add_argument("--only", help="run 'before' and the variants whose names contain one of these "
                         "comma-separated words (e.g. 'dropout,recomputed'); default: all")
+    parser.add_argument("--before-on-glibc", action="store_true",
+                        help="also time 'before' in a child process on glibc's malloc (ENGINE_ALLOCATOR=system), "
+                             "as the engine ran before it used tcmalloc; the same batches")
+    parser.add_argument("--row-json", action="store_true", help=argparse.SUPPRESS)  # the child's answer
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     for path in (PHRASEBANK, BTC):
@@ -270,6 +304,10 @@ def main() -> int:
         variants = [v for v in variants if v.name.startswith("before") or any(k in v.name for k in keys)]
     if args.no_before:
         variants = [v for v in variants if not v.name.startswith("before")]
+    if args.row_json:  # a child of --before-on-glibc: 'before' only, one JSON line
+        texts, targets = texts_for(args.task, args.samples)
+        print("ROW " + json.dumps(run_variant(backbone, args.task, texts, targets, variants[0], args)), flush=True)
+        return 0
     if not args.no_bf16 and not args.only:
         variants.append(Variant(f"+ bf16 autocast (top {tops[0]})", top_layers=tops[0], buckets=True, dropout=0.0,
                                 bf16=True))
@@ -281,22 +319,27 @@ def main() -> int:
                 f"{'bwd':>7}{'optim':>7}{'pad':>6}{'cache s':>9}{'3 ep s/s':>9}{'kept MB':>9}{'recomp':>7}")
         print(head)
         rows = []
+        if args.before_on_glibc and not args.no_before:
+            rows.append(before_on_glibc(task, args))
+            print(row_line(rows[-1]), flush=True)
         for variant in variants:
             row = run_variant(backbone, task, texts, targets, variant, args)
             rows.append(row)
-            print(f"{row['variant']:<44}{row['samples_per_s']:10.2f}{row['tokens_per_s']:10.0f}{row['step_s']:8.2f}"
-                  f"{row['prefix_s']:8.2f}{row['forward_s']:7.2f}{row['backward_s']:7.2f}{row['optimiser_s']:7.2f}"
-                  f"{100 * row['padding']:5.0f}%{row['cache_s']:9.1f}{row['sps_3_epochs']:9.2f}{row['kept_mb']:9.0f}"
-                  f"{row['recomputed']:7.1f}",
-                  flush=True)
+            print(row_line(row), flush=True)
         print(f"(prompt prefix {rows[0]['prefix_tokens']} tokens, run by every step through the adapted layers; "
               f"timed batches {rows[0]['widths']} tokens wide; kept MB: the most a timed step kept for its backward "
               "pass; recomp: layers recomputed a step, on average)")
-        base = rows[0]["samples_per_s"]  # 'before', unless --no-before
+        befores = [r for r in rows if r["variant"].startswith("before")] or rows[:1]  # rows[0] with --no-before
         best = max(rows, key=lambda r: r["sps_3_epochs"])
-        print(f"{task}: best {best['variant']!r}: {best['samples_per_s']:.2f} samples/s per step "
-              f"({best['samples_per_s'] / base:.1f}x before), {best['sps_3_epochs']:.2f} over 3 epochs of "
-              f"{args.samples_for_epochs:,} samples with the cache ({best['sps_3_epochs'] / base:.1f}x)")
+        whole = max((r for r in rows if not r["cache_s"]), key=lambda r: r["samples_per_s"])
+        for base in befores:
+            speed = base["samples_per_s"]
+            print(f"{task}, against {base['variant']!r} ({speed:.2f} samples/s):")
+            print(f"  best {best['variant']!r}: {best['samples_per_s']:.2f} samples/s per step "
+                  f"({best['samples_per_s'] / speed:.1f}x), {best['sps_3_epochs']:.2f} over 3 epochs of "
+                  f"{args.samples_for_epochs:,} samples with the cache ({best['sps_3_epochs'] / speed:.1f}x)")
+            print(f"  best with every layer adapted {whole['variant']!r}: {whole['samples_per_s']:.2f} samples/s "
+                  f"({whole['samples_per_s'] / speed:.2f}x)")
     print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
     return 0
 
