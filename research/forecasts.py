@@ -184,12 +184,11 @@ def fold_data(market: Market, fold: Fold, window: int, *, center: bool = False) 
 
     targets = market.targets.copy()
     if center:
+        fitted = np.concatenate([fold.train, fold.val])
         for g in range(len(market.features)):
             drift = market.targets[fold.train[market.group[fold.train] == g]]
             if len(drift):
-                fitted = np.concatenate([fold.train, fold.val])
-                fitted = fitted[market.group[fitted] == g]
-                targets[fitted] -= drift.mean()
+                targets[fitted[market.group[fitted] == g]] -= drift.mean()
 
     def part(index: np.ndarray) -> Any:
         return ForecastData(windows[index], targets[index], market.ts[index], market.group[index])
