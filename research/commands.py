@@ -83,6 +83,13 @@ def add_parsers(sub: Any) -> None:
                                 "or none (the default); for macro-F1 where a class is rare")
         if task == "regressor":
             g.add_argument("--loss", choices=["gaussian", "beta_nll"])
+            g.add_argument("--beta", type=float, help="beta_nll's beta (default 0.5; 1 gives the mean MSE's gradient)")
+            g.add_argument("--select-metric", choices=["mse", "nll", "ic"],
+                           help="the validation metric that keeps the best step (default: mse for the encoder, nll "
+                                "for text); ic ranks and ignores the validation window's drift")
+            g.add_argument("--refit-intercept", action="store_true",
+                           help="encoder: refit the head's bias after training so the mean forecast on the training "
+                                "windows is their mean target")
             g.add_argument("--no-density-weights", action="store_true", help="do not reweight rare targets")
             g.add_argument("--max-val-samples", type=int, help="validate on the most recent this many (default 1024)")
             g.add_argument("--input", choices=["text", "encoder"], help="the model's input: prompt texts, or windows "
@@ -258,8 +265,10 @@ def _train_regressor(args: argparse.Namespace) -> dict[str, Any]:
         changes["loss"] = args.loss
     if args.no_density_weights:
         changes["density_weighting"] = False
+    if args.refit_intercept:
+        changes["refit_intercept"] = True
     for name in ("max_train_samples", "max_val_samples", "input", "window", "virtual_tokens", "weighting",
-                 "target_clip", "horizon"):
+                 "target_clip", "horizon", "beta", "select_metric"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     config = replace(base, **changes)

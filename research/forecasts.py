@@ -21,6 +21,9 @@ samples, with Newey–West errors for the overlapping targets.
 ticker): each forecasts the deviation from its training window's drift, not the drift. Without it, a
 short window's drift dominates every forecast of so noisy a target, so each model predicts one sign
 in most folds, and the drift forecasts worse than zero out of sample (``mean``'s R² is negative).
+``--refit-intercept`` does for the LLM variants what the linear baselines' intercept does: their
+forecasts' spread is a few hundredths of a standard deviation, and the level the optimiser leaves
+their head at is as large, so without it that level decides their sign.
 
 The rule for claims: an LLM variant has an edge only where its pooled IC beats both ridge's and
 LightGBM's by more than two standard errors of the (paired) difference; otherwise the report says
@@ -212,6 +215,7 @@ class Options:
     llm_epochs: float = 3.0
     llm_max_train: int = 0
     center: bool = False
+    refit_intercept: bool = False
     data: Path = DEFAULT_DATA
     out: Path = ROOT / "docs" / "evaluation"
     evaluation_md: Path = ROOT / "EVALUATION.md"
@@ -235,6 +239,7 @@ def make_forecaster(name: str, options: Options) -> Any:
 
     base = RegressorTrainingConfig()
     config = dataclasses.replace(base, window=options.window, horizon=options.horizon,
+                                 refit_intercept=options.refit_intercept,
                                  optim=dataclasses.replace(base.optim, epochs=options.llm_epochs, seed=options.seed))
     return LlmForecaster(variant, backbone=options.backbone, config=config)
 
@@ -342,7 +347,10 @@ def markdown(report: dict[str, Any]) -> str:
              + (" **Centered targets** (`--center`): every model learns each ticker's target less its mean over the "
                 "fold's training samples, so it forecasts the deviation from the training window's drift and never the "
                 "drift itself (the test targets are not changed); the `mean` baseline is then the zero forecast and "
-                "is left out." if o.get("center") else ""), ""]
+                "is left out." if o.get("center") else "")
+             + (" **Intercept refitted** (`--refit-intercept`): after training, each LLM variant's head bias is set "
+                "so its mean forecast on the training windows equals their mean target, as ridge's intercept is."
+                if o.get("refit_intercept") else ""), ""]
     for result in report["markets"]:
         lines += [f"### {result['market']}", "",
                   f"{result['bars']:,} bars, {result['test_samples']:,} test samples in {len(result['folds'])} folds; "
@@ -427,6 +435,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--center", action="store_true",
                         help="train every model on targets less their training mean (per ticker): forecast the "
                              "deviation from the training window's drift, not the drift")
+    parser.add_argument("--refit-intercept", action="store_true",
+                        help="LLM variants: after training, refit the head's bias so the mean forecast on the "
+                             "training windows is their mean target, as ridge's intercept is")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--data", type=Path, default=d.data, help="the shared data folder (default ../shared/data)")
     parser.add_argument("--out", type=Path, default=d.out, help="where forecasts.json goes (default docs/evaluation)")
@@ -450,7 +461,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     return Options(models=models, markets=markets, folds=a.folds, window=a.window, horizon=a.horizon,
                    test_share=a.test_share, max_train=a.max_train, max_test=a.max_test, seed=a.seed,
                    backbone=a.backbone, llm_epochs=a.llm_epochs, llm_max_train=a.llm_max_train, center=a.center,
-                   data=a.data, out=a.out, evaluation_md=a.evaluation_md)
+                   refit_intercept=a.refit_intercept, data=a.data, out=a.out, evaluation_md=a.evaluation_md)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from models.training.regressor_trainer import (
     evaluate_regressor,
     load_regressor,
     prepare_regression_data,
+    train_on_windows,
 )
 from tests.llm_helpers import TINY, randomise_adapters, tiny_backbone, torch
 
@@ -151,6 +152,44 @@ def test_each_ablation_trains_what_it_says(variant):
     assert forecaster.predict(data).shape == (96,)
     if variant == "head_only":  # no LoRA update: the adapter's B matrices stayed 0
         assert all(float(p.detach().abs().max()) == 0 for n, p in predictor.model.named_parameters() if "lora_B" in n)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_refit_intercept_sets_the_mean_training_forecast_to_the_mean_target(weighted):
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(80, 8, 16)), rng.normal(size=80) + 0.7  # a level the 3 steps below do not reach
+    weights = rng.uniform(0.5, 2.0, 64) if weighted else np.ones(64)
+    config = replace(CONFIG, refit_intercept=True, optim=OptimSettings(max_steps=3, epochs=0, batch_size=16))
+    predictor = _predictor(config)
+    _, record = train_on_windows(predictor, config, x[:64], y[:64], weights, x[64:], y[64:])
+    mean, _ = predictor.predict_regression_windows(x[:64])
+    assert np.average(mean, weights=weights) == pytest.approx(np.average(y[:64], weights=weights), abs=1e-5)
+    shift = record["intercept_shift"]
+    assert abs(shift) > 0.1  # the 3 steps left the level well short of 0.7
+    # the same training without the refit: every forecast, test windows included, differs by the shift alone
+    plain_config = replace(config, refit_intercept=False)
+    plain = _predictor(plain_config)
+    _, plain_record = train_on_windows(plain, plain_config, x[:64], y[:64], weights, x[64:], y[64:])
+    assert plain_record["intercept_shift"] == 0.0
+    np.testing.assert_allclose(predictor.predict_regression_windows(x)[0] - plain.predict_regression_windows(x)[0],
+                               shift, atol=1e-5)
+
+
+def test_early_stopping_keeps_the_step_of_the_chosen_validation_metric():
+    assert CONFIG.selection == ("mse", False)
+    assert replace(CONFIG, input="text").selection == ("nll", False)
+    assert replace(CONFIG, select_metric="ic").selection == ("ic", True)
+    with pytest.raises(ValueError, match="select_metric must be one of mse, nll, ic"):
+        RegressorTrainingConfig(select_metric="r2")
+    with pytest.raises(ValueError, match="refit_intercept needs input = 'encoder'"):
+        RegressorTrainingConfig(input="text", refit_intercept=True)
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(80, 8, 16)), rng.normal(size=80)
+    config = replace(CONFIG, select_metric="ic", optim=OptimSettings(max_steps=4, epochs=0, batch_size=16, eval_every=1))
+    result, _ = train_on_windows(_predictor(config), config, x[:64], y[:64], None, x[64:], y[64:])
+    ics = [h["ic"] for h in result.history]
+    assert result.best_step == result.history[int(np.nanargmax(ics))]["step"]
+    assert result.best_score == pytest.approx(np.nanmax(ics))
 
 
 def test_effective_sample_size_of_each_weighting_on_normal_targets():

@@ -21,6 +21,7 @@ from models.training.checkpoint import config_from_dict
 
 LOSSES = ("gaussian", "beta_nll")
 INPUTS = ("text", "encoder")
+SELECT_METRICS = ("mse", "nll", "ic")  # validation metrics early stopping can keep the best step by
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,15 @@ class RegressorTrainingConfig:
     template: PromptTemplate = field(default_factory=lambda: REGRESSION_TEMPLATE)  # the prompt's fixed part
     loss: str = "beta_nll"  # "gaussian": plain Gaussian NLL; "beta_nll": Seitzer et al. with ``beta``
     beta: float = 0.5
+    # the validation metric that keeps the best step: "mse", "nll" (lower is better) or "ic" (rank correlation,
+    # higher); "": "mse" for the encoder, "nll" for text. MSE also rewards matching the validation
+    # window's drift, IC only the ranking
+    select_metric: str = ""
+    # encoder input: after training, the head's mean bias is refitted in closed form so the mean prediction
+    # on the training windows equals their (weighted) mean target, as a linear model's intercept is: the
+    # level the optimiser leaves is noise as large as the forecasts' spread, and it decides their sign.
+    # research.forecasts --refit-intercept; off by default until the strategy's regressors are retrained with it
+    refit_intercept: bool = False
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, validation, test, in time order
     # bars dropped before each split boundary; 0: the look-back plus the horizon (``purge_bars``)
     purge: int = 0
@@ -59,10 +69,14 @@ class RegressorTrainingConfig:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.horizon < 1 or self.vol_window < 2:
             raise ValueError("horizon >= 1 and vol_window >= 2 are required")
+        if self.select_metric and self.select_metric not in SELECT_METRICS:
+            raise ValueError(f"select_metric must be one of {', '.join(SELECT_METRICS)}, got {self.select_metric!r}")
         if self.input not in INPUTS:
             raise ValueError(f"input must be one of {', '.join(INPUTS)}, got {self.input!r}")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.input == "text" and self.refit_intercept:
+            raise ValueError("refit_intercept needs input = 'encoder' (the text path does not refit)")
         if self.input == "text" and self.variant != "llm":
             raise ValueError(f"variant {self.variant!r} needs input = 'encoder'")
         if self.weighting not in WEIGHTINGS:
@@ -85,6 +99,12 @@ class RegressorTrainingConfig:
     def purge_bars(self) -> int:
         """The purge in force: ``purge``, or (0) the features' look-back and window plus the horizon."""
         return self.purge or WARMUP_BARS + self.min_purge
+
+    @property
+    def selection(self) -> tuple[str, bool]:
+        """The validation metric early stopping keeps the best step by, and whether higher is better."""
+        metric = self.select_metric or ("mse" if self.input == "encoder" else "nll")
+        return metric, metric == "ic"
 
     @property
     def sample_weighting(self) -> str:

@@ -153,7 +153,7 @@ def train_on_windows(predictor: Predictor, config: RegressorTrainingConfig, x_tr
                      progress: bool = False) -> tuple[FitResult, dict[str, Any]]:
     """Train the predictor's regressor (adapter, head, numeric encoder) on windows (n, window, 16) and
     their targets, the targets winsorised here (``target_clip``, train only); validation on the raw
-    ``y_val`` drives early stopping (MSE). ``weights`` None: ``train_weights`` of ``y_train``.
+    ``y_val`` drives early stopping (``config.selection``). ``weights`` None: ``train_weights`` of ``y_train``.
     Returns the fit and a record of the data (weighting, effective sample size, clip bound)."""
     x_train, x_val = np.asarray(x_train, dtype=np.float64), np.asarray(x_val, dtype=np.float64)
     y_train, y_val = np.asarray(y_train, dtype=np.float64), np.asarray(y_val, dtype=np.float64)
@@ -183,12 +183,26 @@ def train_on_windows(predictor: Predictor, config: RegressorTrainingConfig, x_tr
         mean, std = predictor.predict_regression_windows(x_val, batch_size=min(size, len(x_val)))
         return regression_metrics(mean, std, y_val)
 
-    result = fit(predictor, "regressor", len(x_train), batch_loss, validate, "mse", config.optim,
-                 higher_is_better=False, progress=progress)
+    metric, higher = config.selection
+    result = fit(predictor, "regressor", len(x_train), batch_loss, validate, metric, config.optim,
+                 higher_is_better=higher, progress=progress)
+    shift = refit_intercept(predictor, x_train, y_train, weights, size) if config.refit_intercept else 0.0
     record = {"weighting": config.sample_weighting, "effective_sample_size": effective_sample_size(weights),
+              "intercept_shift": shift,
               "target_clip_bound": bound, "clipped_share": float(np.mean(np.abs(y_train) > bound)),
               "train_samples": len(x_train), "val_samples": len(x_val)}
     return result, record
+
+
+def refit_intercept(predictor: Predictor, x: np.ndarray, y: np.ndarray, weights: np.ndarray, batch_size: int) -> float:
+    """Shift the regression head's mean bias so the weighted mean prediction on windows ``x`` equals the
+    weighted mean of ``y`` (the least-squares intercept given the rest of the network); returns the shift."""
+    mean, _ = predictor.predict_regression_windows(x, batch_size=min(batch_size, len(x)))
+    shift = float(np.average(np.asarray(y, dtype=np.float64) - mean, weights=weights))
+    with torch.no_grad():
+        predictor.heads["regressor"].net[-1].bias[0] += shift
+    predictor.changed("regressor")
+    return shift
 
 
 class RegressorTrainer:
@@ -242,8 +256,9 @@ class RegressorTrainer:
 
         log.info("training the regressor on %d samples (%s), validating on %d", len(train_texts), bars.source,
                  len(val_texts))
-        result = fit(predictor, "regressor", len(train_texts), batch_loss, validate, "nll", config.optim,
-                     higher_is_better=False, progress=self.progress, lengths=train.lengths,
+        metric, higher = config.selection
+        result = fit(predictor, "regressor", len(train_texts), batch_loss, validate, metric, config.optim,
+                     higher_is_better=higher, progress=self.progress, lengths=train.lengths,
                      sample_weights=data.weights)
         metrics = {
             "task": "regressor", "fit": result.as_dict(), "validation": validate(full=True),
