@@ -333,6 +333,14 @@ def _f(value: Any, spec: str = "+.4f") -> str:
     return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the project where it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def markdown(report: dict[str, Any]) -> str:
     o = report["options"]
     lines = [START, "", "## Forecasts, walk-forward: the LLM regressor against ridge and LightGBM", "",
@@ -343,7 +351,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"{o['test_share']:.0%} of each market, training on at most {o['max_train']:,} samples before each "
              f"block (purge: horizon + window bars), validation the last {o['val_share']:.0%} of those. Standard "
              "errors are Newey–West with horizon − 1 lags (the targets overlap). Trading: hold sign(forecast) for "
-             "the horizon, non-overlapping, after costs. `docs/evaluation/forecasts.json` holds every number."
+             f"the horizon, non-overlapping, after costs. `{_shown(Path(o['out']) / 'forecasts.json')}` holds every number."
              + (" **Centered targets** (`--center`): every model learns each ticker's target less its mean over the "
                 "fold's training samples, so it forecasts the deviation from the training window's drift and never the "
                 "drift itself (the test targets are not changed); the `mean` baseline is then the zero forecast and "

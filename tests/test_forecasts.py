@@ -189,6 +189,7 @@ def test_the_command_writes_the_json_and_the_markdown_section(tmp_path, monkeypa
     report = json.loads((tmp_path / "out" / "forecasts.json").read_text())
     assert report["options"]["center"] is True and set(report["markets"][0]["pooled"]) == {"zero", "ridge"}
     assert "**Centered targets**" in md.read_text()
+    assert f"`{tmp_path / 'out' / 'forecasts.json'}` holds every number" in md.read_text()  # where this run wrote
 
 
 def test_the_command_refuses_an_unknown_model_or_missing_data(tmp_path, capsys):
