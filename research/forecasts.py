@@ -335,10 +335,8 @@ def _f(value: Any, spec: str = "+.4f") -> str:
 
 def _shown(path: Path) -> str:
     """``path`` relative to the project where it lies inside it."""
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -181,6 +181,8 @@ def test_early_stopping_keeps_the_step_of_the_chosen_validation_metric():
     assert replace(CONFIG, select_metric="ic").selection == ("ic", True)
     with pytest.raises(ValueError, match="select_metric must be one of mse, nll, ic"):
         RegressorTrainingConfig(select_metric="r2")
+    with pytest.raises(ValueError, match=r"beta must be in \[0, 1\]"):
+        RegressorTrainingConfig(beta=-0.5)
     with pytest.raises(ValueError, match="refit_intercept needs input = 'encoder'"):
         RegressorTrainingConfig(input="text", refit_intercept=True)
     rng = np.random.default_rng(2)

@@ -69,6 +69,8 @@ class RegressorTrainingConfig:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.horizon < 1 or self.vol_window < 2:
             raise ValueError("horizon >= 1 and vol_window >= 2 are required")
+        if not 0 <= self.beta <= 1:
+            raise ValueError(f"beta must be in [0, 1] (0: the Gaussian NLL, 1: the mean's MSE gradient), got {self.beta}")
         if self.select_metric and self.select_metric not in SELECT_METRICS:
             raise ValueError(f"select_metric must be one of {', '.join(SELECT_METRICS)}, got {self.select_metric!r}")
         if self.input not in INPUTS:
