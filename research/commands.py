@@ -87,9 +87,9 @@ def add_parsers(sub: Any) -> None:
             g.add_argument("--select-metric", choices=["mse", "nll", "ic"],
                            help="the validation metric that keeps the best step (default: mse for the encoder, nll "
                                 "for text); ic ranks and ignores the validation window's drift")
-            g.add_argument("--refit-intercept", action="store_true",
+            g.add_argument("--refit-intercept", action=argparse.BooleanOptionalAction, default=None,
                            help="encoder: refit the head's bias after training so the mean forecast on the training "
-                                "windows is their mean target")
+                                "windows is their mean target (default: on for the encoder, off for text)")
             g.add_argument("--no-density-weights", action="store_true", help="do not reweight rare targets")
             g.add_argument("--max-val-samples", type=int, help="validate on the most recent this many (default 1024)")
             g.add_argument("--input", choices=["text", "encoder"], help="the model's input: prompt texts, or windows "
@@ -265,10 +265,8 @@ def _train_regressor(args: argparse.Namespace) -> dict[str, Any]:
         changes["loss"] = args.loss
     if args.no_density_weights:
         changes["density_weighting"] = False
-    if args.refit_intercept:
-        changes["refit_intercept"] = True
     for name in ("max_train_samples", "max_val_samples", "input", "window", "virtual_tokens", "weighting",
-                 "target_clip", "horizon", "beta", "select_metric"):
+                 "target_clip", "horizon", "beta", "select_metric", "refit_intercept"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     config = replace(base, **changes)

@@ -21,9 +21,10 @@ samples, with Newey–West errors for the overlapping targets.
 ticker): each forecasts the deviation from its training window's drift, not the drift. Without it, a
 short window's drift dominates every forecast of so noisy a target, so each model predicts one sign
 in most folds, and the drift forecasts worse than zero out of sample (``mean``'s R² is negative).
-``--refit-intercept`` does for the LLM variants what the linear baselines' intercept does: their
-forecasts' spread is a few hundredths of a standard deviation, and the level the optimiser leaves
-their head at is as large, so without it that level decides their sign.
+The LLM variants refit their head's intercept after training (the regressor's default;
+``--no-refit-intercept`` turns it off), as the linear baselines fit theirs: their forecasts' spread is
+a few hundredths of a standard deviation, and the level the optimiser leaves their head at is as
+large, so without the refit that level decides their sign.
 
 The rule for claims: an LLM variant has an edge only where its pooled IC beats both ridge's and
 LightGBM's by more than two standard errors of the (paired) difference; otherwise the report says
@@ -215,7 +216,7 @@ class Options:
     llm_epochs: float = 3.0
     llm_max_train: int = 0
     center: bool = False
-    refit_intercept: bool = False
+    refit_intercept: bool = True  # the regressor's default for the encoder input
     data: Path = DEFAULT_DATA
     out: Path = ROOT / "docs" / "evaluation"
     evaluation_md: Path = ROOT / "EVALUATION.md"
@@ -354,9 +355,10 @@ def markdown(report: dict[str, Any]) -> str:
                 "fold's training samples, so it forecasts the deviation from the training window's drift and never the "
                 "drift itself (the test targets are not changed); the `mean` baseline is then the zero forecast and "
                 "is left out." if o.get("center") else "")
-             + (" **Intercept refitted** (`--refit-intercept`): after training, each LLM variant's head bias is set "
-                "so its mean forecast on the training windows equals their mean target, as ridge's intercept is."
-                if o.get("refit_intercept") else ""), ""]
+             + (" **Intercept refitted** (the regressor's default): after training, each LLM variant's head bias is "
+                "set so its mean forecast on the training windows equals their mean target, as ridge's intercept is."
+                if o.get("refit_intercept") else " **Intercept not refitted** (`--no-refit-intercept`): each LLM "
+                "variant's level is where the optimiser left its head."), ""]
     for result in report["markets"]:
         lines += [f"### {result['market']}", "",
                   f"{result['bars']:,} bars, {result['test_samples']:,} test samples in {len(result['folds'])} folds; "
@@ -441,9 +443,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--center", action="store_true",
                         help="train every model on targets less their training mean (per ticker): forecast the "
                              "deviation from the training window's drift, not the drift")
-    parser.add_argument("--refit-intercept", action="store_true",
+    parser.add_argument("--refit-intercept", action=argparse.BooleanOptionalAction, default=d.refit_intercept,
                         help="LLM variants: after training, refit the head's bias so the mean forecast on the "
-                             "training windows is their mean target, as ridge's intercept is")
+                             "training windows is their mean target, as ridge's intercept is (default: on)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--data", type=Path, default=d.data, help="the shared data folder (default ../shared/data)")
     parser.add_argument("--out", type=Path, default=d.out, help="where forecasts.json goes (default docs/evaluation)")

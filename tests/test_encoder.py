@@ -185,6 +185,8 @@ def test_early_stopping_keeps_the_step_of_the_chosen_validation_metric():
         RegressorTrainingConfig(beta=-0.5)
     with pytest.raises(ValueError, match="refit_intercept needs input = 'encoder'"):
         RegressorTrainingConfig(input="text", refit_intercept=True)
+    # unset, the encoder refits and the text path does not
+    assert RegressorTrainingConfig().refits_intercept and not RegressorTrainingConfig(input="text").refits_intercept
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(80, 8, 16)), rng.normal(size=80)
     config = replace(CONFIG, select_metric="ic", optim=OptimSettings(max_steps=4, epochs=0, batch_size=16, eval_every=1))

@@ -231,8 +231,9 @@ def test_center_leaves_the_mean_baseline_out_and_refuses_it_by_name(capsys):
     assert "leave it out of --models" in capsys.readouterr().err
 
 
-def test_refit_intercept_reaches_the_llm_variants_config_only_when_asked():
-    assert forecasts.make_forecaster("llm_no_llm", forecasts.parse_args([])).config.refit_intercept is False
-    options = forecasts.parse_args(["--refit-intercept", "--window", "8", "--horizon", "3"])
+def test_the_llm_variants_refit_their_intercept_unless_told_not_to():
+    options = forecasts.parse_args(["--window", "8", "--horizon", "3"])
     config = forecasts.make_forecaster("llm_no_llm", options).config
-    assert config.refit_intercept is True and (config.window, config.horizon) == (8, 3)
+    assert config.refits_intercept and (config.window, config.horizon) == (8, 3)
+    config = forecasts.make_forecaster("llm_llm", forecasts.parse_args(["--no-refit-intercept"])).config
+    assert config.refit_intercept is False and not config.refits_intercept

@@ -61,12 +61,16 @@ def test_train_regressor_flags_choose_the_input_weighting_and_clip(capsys, tmp_p
     trained = _run(capsys, "train", "regressor", *FAST, "--end", "2024-01-24", "--max-val-samples", "16",
                    "--input", "encoder", "--window", "6", "--virtual-tokens", "2", "--weighting", "sqrt_density",
                    "--target-clip", "4", "--horizon", "6", "--beta", "1", "--select-metric", "ic",
-                   "--refit-intercept", "--out", str(out))
+                   "--out", str(out))
     assert trained["input"] == "encoder" and trained["data"]["weighting"] == "sqrt_density"
-    assert trained["data"]["intercept_shift"] != 0.0
+    assert trained["data"]["intercept_shift"] != 0.0  # the encoder refits its intercept by default
     config = json.loads((out / "config.json").read_text())["config"]
     assert (config["window"], config["virtual_tokens"], config["target_clip"], config["horizon"]) == (6, 2, 4.0, 6)
-    assert (config["beta"], config["select_metric"], config["refit_intercept"]) == (1.0, "ic", True)
+    assert (config["beta"], config["select_metric"], config["refit_intercept"]) == (1.0, "ic", None)
+    off = _run(capsys, "train", "regressor", *FAST, "--end", "2024-01-24", "--max-val-samples", "16",
+               "--input", "encoder", "--window", "6", "--virtual-tokens", "2", "--no-refit-intercept",
+               "--out", str(tmp_path / "no_refit"))
+    assert off["data"]["intercept_shift"] == 0.0
 
 
 @pytest.mark.parametrize(("args", "message"), [

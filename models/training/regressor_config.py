@@ -41,8 +41,9 @@ class RegressorTrainingConfig:
     # encoder input: after training, the head's mean bias is refitted in closed form so the mean prediction
     # on the training windows equals their (weighted) mean target, as a linear model's intercept is: the
     # level the optimiser leaves is noise as large as the forecasts' spread, and it decides their sign.
-    # research.forecasts --refit-intercept; off by default until the strategy's regressors are retrained with it
-    refit_intercept: bool = False
+    # None (the default): on for the encoder input, off for text (the text path does not refit); True or False
+    # to choose. In the walk-forward it ended the one-sided forecasts and left every fold's IC as it was (README)
+    refit_intercept: bool | None = None
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, validation, test, in time order
     # bars dropped before each split boundary; 0: the look-back plus the horizon (``purge_bars``)
     purge: int = 0
@@ -78,7 +79,8 @@ class RegressorTrainingConfig:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.input == "text" and self.refit_intercept:
-            raise ValueError("refit_intercept needs input = 'encoder' (the text path does not refit)")
+            raise ValueError("refit_intercept needs input = 'encoder' (the text path does not refit); "
+                             "leave it unset or set it to false")
         if self.input == "text" and self.variant != "llm":
             raise ValueError(f"variant {self.variant!r} needs input = 'encoder'")
         if self.weighting not in WEIGHTINGS:
@@ -107,6 +109,11 @@ class RegressorTrainingConfig:
         """The validation metric early stopping keeps the best step by, and whether higher is better."""
         metric = self.select_metric or ("mse" if self.input == "encoder" else "nll")
         return metric, metric == "ic"
+
+    @property
+    def refits_intercept(self) -> bool:
+        """Whether training ends with the head's intercept refitted (``refit_intercept``, or by default the encoder)."""
+        return self.input == "encoder" if self.refit_intercept is None else self.refit_intercept
 
     @property
     def sample_weighting(self) -> str:

@@ -186,7 +186,7 @@ def train_on_windows(predictor: Predictor, config: RegressorTrainingConfig, x_tr
     metric, higher = config.selection
     result = fit(predictor, "regressor", len(x_train), batch_loss, validate, metric, config.optim,
                  higher_is_better=higher, progress=progress)
-    shift = refit_intercept(predictor, x_train, y_train, weights, size) if config.refit_intercept else 0.0
+    shift = refit_intercept(predictor, x_train, y_train, weights, size) if config.refits_intercept else 0.0
     record = {"weighting": config.sample_weighting, "effective_sample_size": effective_sample_size(weights),
               "intercept_shift": shift,
               "target_clip_bound": bound, "clipped_share": float(np.mean(np.abs(y_train) > bound)),
