@@ -87,6 +87,9 @@ def add_parsers(sub: Any) -> None:
             g.add_argument("--select-metric", choices=["mse", "nll", "ic"],
                            help="the validation metric that keeps the best step (default: mse for the encoder, nll "
                                 "for text); ic ranks and ignores the validation window's drift")
+            g.add_argument("--center-target", action=argparse.BooleanOptionalAction, default=None,
+                           help="train on targets less their training mean, so the model forecasts the deviation "
+                                "from the training window's drift (default: on)")
             g.add_argument("--refit-intercept", action=argparse.BooleanOptionalAction, default=None,
                            help="encoder: refit the head's bias after training so the mean forecast on the training "
                                 "windows is their mean target (default: on for the encoder, off for text)")
@@ -266,7 +269,7 @@ def _train_regressor(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_density_weights:
         changes["density_weighting"] = False
     for name in ("max_train_samples", "max_val_samples", "input", "window", "virtual_tokens", "weighting",
-                 "target_clip", "horizon", "beta", "select_metric", "refit_intercept"):
+                 "target_clip", "horizon", "beta", "select_metric", "refit_intercept", "center_target"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     config = replace(base, **changes)

@@ -241,6 +241,8 @@ def make_forecaster(name: str, options: Options) -> Any:
     base = RegressorTrainingConfig()
     config = dataclasses.replace(base, window=options.window, horizon=options.horizon,
                                  refit_intercept=options.refit_intercept,
+                                 # the harness centers every model's targets per ticker (--center) or none
+                                 center_target=options.center,
                                  optim=dataclasses.replace(base.optim, epochs=options.llm_epochs, seed=options.seed))
     return LlmForecaster(variant, backbone=options.backbone, config=config)
 

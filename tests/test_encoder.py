@@ -159,7 +159,8 @@ def test_refit_intercept_sets_the_mean_training_forecast_to_the_mean_target(weig
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(80, 8, 16)), rng.normal(size=80) + 0.7  # a level the 3 steps below do not reach
     weights = rng.uniform(0.5, 2.0, 64) if weighted else np.ones(64)
-    config = replace(CONFIG, refit_intercept=True, optim=OptimSettings(max_steps=3, epochs=0, batch_size=16))
+    config = replace(CONFIG, refit_intercept=True, center_target=False,
+                     optim=OptimSettings(max_steps=3, epochs=0, batch_size=16))
     predictor = _predictor(config)
     _, record = train_on_windows(predictor, config, x[:64], y[:64], weights, x[64:], y[64:])
     mean, _ = predictor.predict_regression_windows(x[:64])
@@ -173,6 +174,23 @@ def test_refit_intercept_sets_the_mean_training_forecast_to_the_mean_target(weig
     assert plain_record["intercept_shift"] == 0.0
     np.testing.assert_allclose(predictor.predict_regression_windows(x)[0] - plain.predict_regression_windows(x)[0],
                                shift, atol=1e-5)
+
+
+def test_centered_targets_leave_the_training_windows_mean_forecast_at_zero_whatever_their_level():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(80, 8, 16)), rng.normal(size=80) + 0.7  # a drift of 0.7 in the training window
+    weights = rng.uniform(0.5, 2.0, 64)
+    assert CONFIG.center_target and CONFIG.refits_intercept  # the defaults
+    config = replace(CONFIG, optim=OptimSettings(max_steps=3, epochs=0, batch_size=16))
+    predictor = _predictor(config)
+    _, record = train_on_windows(predictor, config, x[:64], y[:64], weights, x[64:], y[64:])
+    assert record["target_center"] == pytest.approx(np.average(y[:64], weights=weights))
+    mean, _ = predictor.predict_regression_windows(x[:64])
+    assert np.average(mean, weights=weights) == pytest.approx(0.0, abs=1e-5)  # the drift is not forecast
+    assert 0 < np.mean(mean > 0) < 1
+    off = replace(config, center_target=False)
+    _, off_record = train_on_windows(_predictor(off), off, x[:64], y[:64], weights, x[64:], y[64:])
+    assert off_record["target_center"] == 0.0
 
 
 def test_early_stopping_keeps_the_step_of_the_chosen_validation_metric():

@@ -237,3 +237,6 @@ def test_the_llm_variants_refit_their_intercept_unless_told_not_to():
     assert config.refits_intercept and (config.window, config.horizon) == (8, 3)
     config = forecasts.make_forecaster("llm_llm", forecasts.parse_args(["--no-refit-intercept"])).config
     assert config.refit_intercept is False and not config.refits_intercept
+    # the targets are centered by the harness (--center) for every model alike, never by the LLM's trainer alone
+    assert not config.center_target
+    assert forecasts.make_forecaster("llm_llm", forecasts.parse_args(["--center"])).config.center_target

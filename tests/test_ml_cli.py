@@ -69,8 +69,9 @@ def test_train_regressor_flags_choose_the_input_weighting_and_clip(capsys, tmp_p
     assert (config["beta"], config["select_metric"], config["refit_intercept"]) == (1.0, "ic", None)
     off = _run(capsys, "train", "regressor", *FAST, "--end", "2024-01-24", "--max-val-samples", "16",
                "--input", "encoder", "--window", "6", "--virtual-tokens", "2", "--no-refit-intercept",
-               "--out", str(tmp_path / "no_refit"))
-    assert off["data"]["intercept_shift"] == 0.0
+               "--no-center-target", "--out", str(tmp_path / "no_refit"))
+    assert off["data"]["intercept_shift"] == 0.0 and off["data"]["target_center"] == 0.0
+    assert trained["data"]["target_center"] != 0.0
 
 
 @pytest.mark.parametrize(("args", "message"), [

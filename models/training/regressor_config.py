@@ -38,6 +38,10 @@ class RegressorTrainingConfig:
     # higher); "": "mse" for the encoder, "nll" for text. MSE also rewards matching the validation
     # window's drift, IC only the ranking
     select_metric: str = ""
+    # training targets less their (weighted) mean over the training samples: the regressor forecasts the
+    # deviation from its training window's drift, never the drift, as models.calibration has no intercept (a
+    # forecast of the drift is a bet on it; out of sample the drift forecast worse than zero, README)
+    center_target: bool = True
     # encoder input: after training, the head's mean bias is refitted in closed form so the mean prediction
     # on the training windows equals their (weighted) mean target, as a linear model's intercept is: the
     # level the optimiser leaves is noise as large as the forecasts' spread, and it decides their sign.

@@ -167,6 +167,7 @@ def train_on_windows(predictor: Predictor, config: RegressorTrainingConfig, x_tr
         raise ValueError(f"{len(weights)} weights for {len(y_train)} train targets")
     if config.max_val_samples and len(x_val) > config.max_val_samples:
         x_val, y_val = x_val[-config.max_val_samples:], y_val[-config.max_val_samples:]
+    y_train, center = centered(y_train, weights, config)
     y_fit, bound = winsorise(y_train, config.target_clip)
     head = predictor.heads["regressor"]
     x = torch.as_tensor(x_train, dtype=torch.float32)
@@ -188,10 +189,18 @@ def train_on_windows(predictor: Predictor, config: RegressorTrainingConfig, x_tr
                  higher_is_better=higher, progress=progress)
     shift = refit_intercept(predictor, x_train, y_train, weights, size) if config.refits_intercept else 0.0
     record = {"weighting": config.sample_weighting, "effective_sample_size": effective_sample_size(weights),
-              "intercept_shift": shift,
+              "intercept_shift": shift, "target_center": center,
               "target_clip_bound": bound, "clipped_share": float(np.mean(np.abs(y_train) > bound)),
               "train_samples": len(x_train), "val_samples": len(x_val)}
     return result, record
+
+
+def centered(y: np.ndarray, weights: np.ndarray, config: RegressorTrainingConfig) -> tuple[np.ndarray, float]:
+    """The training targets less their weighted mean where ``config.center_target`` (else as they are), and that mean."""
+    if not config.center_target:
+        return y, 0.0
+    center = float(np.average(y, weights=weights))
+    return y - center, center
 
 
 def refit_intercept(predictor: Predictor, x: np.ndarray, y: np.ndarray, weights: np.ndarray, batch_size: int) -> float:
@@ -234,6 +243,7 @@ class RegressorTrainer:
         cache, size = config.optim.cache_lower_states, config.optim.eval_batch_size
         train = TaskInputs(predictor, "regressor", encoder.encode(train_texts), cache_lower=cache, batch_size=size)
         head = predictor.heads["regressor"]
+        y_train, center = centered(y_train, data.weights, config)
         targets = torch.as_tensor(y_train, dtype=torch.float32)
         weights = torch.as_tensor(data.weights, dtype=torch.float32)
         beta = config.beta if config.loss == "beta_nll" else 0.0
@@ -264,6 +274,7 @@ class RegressorTrainer:
             "task": "regressor", "fit": result.as_dict(), "validation": validate(full=True),
             "train_samples": len(train_texts), "seconds": time.perf_counter() - started,
             "backbone_load_seconds": backbone.load_seconds, "inputs": inputs_record(train, val),
+            "data": {"target_center": center},
         }
         write_checkpoint(folder, predictor, "regressor", {"config": config.to_dict(), "data": {**_describe(bars), **(describe or {})}},
                          data.fingerprint, metrics, data.scaler.to_dict())
