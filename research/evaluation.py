@@ -220,17 +220,38 @@ def _say(line: str) -> None:
 
 
 def _ensure_checkpoint(spec: TrainSpec, data: Path) -> dict[str, Any]:
-    """The checkpoint of ``spec``, trained (``research.commands``) when missing."""
+    """The checkpoint of ``spec``, trained (``research.commands``) when missing or when the one in its
+    folder was trained with other settings (an earlier version's defaults): it is then replaced."""
     folder = spec.folder
-    if not (folder / "config.json").is_file():
+    changed = _changed_settings(spec)
+    if changed is None or changed:
         from research.commands import train_regressor, train_sentiment
 
+        if changed:
+            _say(f"{folder.relative_to(ROOT)} was trained with other settings ({', '.join(changed)}); retraining it")
         _say(f"training the {spec.task} checkpoint: {spec.command()}")
         train = train_sentiment if spec.task == "sentiment" else train_regressor
         train(spec.config(), spec.description(data), folder, progress=sys.stderr.isatty())
     metrics = json.loads((folder / "metrics.json").read_text())
     return {"folder": str(folder.relative_to(ROOT)), "command": spec.command(),
             "validation": {k: v for k, v in metrics.get("validation", {}).items() if isinstance(v, float)}}
+
+
+def _changed_settings(spec: TrainSpec) -> list[str] | None:
+    """The training settings in which ``spec``'s checkpoint differs from ``spec`` (dotted names; [] the
+    same), or None when there is no checkpoint."""
+    path = spec.folder / "config.json"
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text()).get("config", {})
+    wanted = json.loads(json.dumps(spec.config().to_dict()))  # tuples as JSON has them: lists
+    return _differences(stored, wanted)
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for key in sorted(set(a) | set(b)) for d in _differences(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def _config(market: Market, data: Path, store: str, sentiment: dict[str, Any], regressor: dict[str, Any] | None,

@@ -159,3 +159,32 @@ def test_the_strategy_evaluation_keeps_the_forecast_section_it_did_not_measure(t
     path.write_text("# new strategy tables\n" + kept)  # what the evaluation writes: its render, then the section
     write_section(path, f"{START}\n## Forecasts, again\n{END}\n")  # and research.forecasts still finds its markers
     assert path.read_text() == f"# new strategy tables\n\n{START}\n## Forecasts, again\n{END}\n"
+
+
+def test_an_evaluation_checkpoint_trained_with_other_settings_is_retrained(tmp_path, monkeypatch):
+    import json
+
+    import research.commands
+    from research import evaluation
+
+    monkeypatch.setattr(evaluation, "ROOT", tmp_path)
+    spec = dataclasses.replace(evaluation.REGRESSOR, folder=tmp_path / "checkpoints" / "eval" / "regressor")
+    trained: list[dict] = []
+
+    def fake_train(config, description, folder, progress=False):  # the trainer itself is tested elsewhere
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps({"config": config.to_dict()}))
+        (folder / "metrics.json").write_text(json.dumps({"validation": {"ic": 0.01}}))
+        trained.append(config.to_dict())
+
+    monkeypatch.setattr(research.commands, "train_regressor", fake_train)
+    evaluation._ensure_checkpoint(spec, tmp_path)  # missing: trained
+    evaluation._ensure_checkpoint(spec, tmp_path)  # the same settings: reused
+    assert len(trained) == 1 and evaluation._changed_settings(spec) == []
+    stored = json.loads((spec.folder / "config.json").read_text())
+    stored["config"]["center_target"] = False  # an earlier version's default
+    stored["config"]["optim"]["epochs"] = 1.0
+    (spec.folder / "config.json").write_text(json.dumps(stored))
+    assert evaluation._changed_settings(spec) == ["center_target", "optim.epochs"]
+    evaluation._ensure_checkpoint(spec, tmp_path)
+    assert len(trained) == 2 and evaluation._changed_settings(spec) == []
