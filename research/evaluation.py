@@ -150,8 +150,10 @@ WALK_FORWARD = {"llm.walk_forward.train_bars": 2000, "llm.walk_forward.test_bars
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m research.evaluation", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="About an hour on a 2-core CPU (plus ~25 min the first time, to train the "
-                                            "sentiment adapter); a rerun reuses checkpoints and cached predictions.")
+                                     epilog="About an hour on a 2-core CPU, plus about 80 min the first time, to train the "
+                                            "sentiment adapter (every layer, the whole Twitter training set) and the "
+                                            "NVDA regressor; a rerun reuses checkpoints whose settings are unchanged, "
+                                            "and cached predictions.")
     parser.add_argument("--out", type=Path, default=ROOT / "EVALUATION.md", help="the Markdown report (default: %(default)s)")
     parser.add_argument("--charts", type=Path, default=ROOT / "docs" / "evaluation",
                         help="charts and results.json (default: %(default)s)")
