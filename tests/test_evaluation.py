@@ -188,3 +188,15 @@ def test_an_evaluation_checkpoint_trained_with_other_settings_is_retrained(tmp_p
     assert evaluation._changed_settings(spec) == ["center_target", "optim.epochs"]
     evaluation._ensure_checkpoint(spec, tmp_path)
     assert len(trained) == 2 and evaluation._changed_settings(spec) == []
+
+
+def test_the_sentiment_spec_trains_the_top_layers_and_its_command_says_so():
+    from research.evaluation import SENTIMENT
+
+    config = SENTIMENT.config()
+    assert config.lora.top_layers == 16 and config.optim.cache_lower_states
+    assert config.optim.epochs == 1.0 and config.optim.eval_every == 135
+    command = SENTIMENT.command().split()
+    assert command[command.index("--lora-top-layers") + 1] == "16"
+    every_layer = dataclasses.replace(SENTIMENT, lora_top_layers=0)
+    assert every_layer.config().lora.top_layers == 0 and "--lora-top-layers" not in every_layer.command()
