@@ -604,8 +604,11 @@ def _summary(results: list[dict[str, Any]]) -> list[str]:
     shares = [r["forecasts"]["llm"].get("positive_share") for r in results]
     one_sign = sum(s is not None and not 0.2 <= s <= 0.8 for s in shares)
     if any(s is not None for s in shares):
+        known = [s for s in shares if s is not None]
+        spread = f"; its positive share ranged {min(known):.2f}–{max(known):.2f}"
         lines.append(f"- The LLM regressor predicted one sign on more than 80% of the traded bars in {one_sign} of "
-                     f"{n} markets (its hit rate there is about the share of up moves, not skill).")
+                     f"{n} markets" + (" (its hit rate there is about the share of up moves, not skill)" if one_sign
+                                       else spread) + ".")
     idle = {v: sum(r["strategies"][v]["fills"] == 0 for r in results) for v in ("llm", "llm_no_news", "ridge")}
     calibrated = [r["calibration"] for r in results if r.get("calibration")]
     if calibrated:

@@ -142,6 +142,10 @@ def test_evaluation_markdown_states_the_table_and_where_the_llm_does_not_help():
     payload["markets"][0]["strategies"] = strategies(0.1)
     better = render(payload)
     assert "**Where the LLM does not help:**" not in better and "ridge-on-features in 2" in better
+    for m, share in zip(payload["markets"], (0.3, 0.62)):
+        m["forecasts"] = {**m["forecasts"], "llm": {**m["forecasts"]["llm"], "positive_share": share}}
+    varied = render(payload)
+    assert "in 0 of 2 markets; its positive share ranged 0.30–0.62." in varied and "not skill" not in varied
     assert all(LABELS[v] in text for v in VARIANTS)
 
 
