@@ -75,15 +75,15 @@ class TrainSpec:
     max_train_samples: int = 0
     optim: tuple[tuple[str, float], ...] = ()  # (OptimSettings field, value)
     fields: tuple[tuple[str, Any], ...] = ()  # (training config field, value), each also a `train` flag
-    lora_top_layers: int = 0  # LoRA on the top K layers over cached lower states (0: every layer)
+    lora_top_layers: int = 0  # LoRA on the top K layers over cached lower states (0: the trainer's default)
 
     def config(self) -> Any:
         from models.training.regressor_config import RegressorTrainingConfig
         from models.training.sentiment_config import SentimentTrainingConfig
 
         base = SentimentTrainingConfig() if self.task == "sentiment" else RegressorTrainingConfig()
-        return dataclasses.replace(base, max_train_samples=self.max_train_samples, **dict(self.fields),
-                                   lora=dataclasses.replace(base.lora, top_layers=self.lora_top_layers),
+        lora = dataclasses.replace(base.lora, top_layers=self.lora_top_layers) if self.lora_top_layers else base.lora
+        return dataclasses.replace(base, max_train_samples=self.max_train_samples, **dict(self.fields), lora=lora,
                                    optim=dataclasses.replace(base.optim, **dict(self.optim)))
 
     def description(self, data: Path) -> dict[str, Any]:
