@@ -601,11 +601,10 @@ def _summary(results: list[dict[str, Any]]) -> list[str]:
     if ics:
         lines.append(f"- The LLM regressor's mean out-of-sample IC is {np.mean(ics):+.3f} (ridge {np.mean(ridge_ics):+.3f})"
                      f"; positive in {sum(i > 0 for i in ics)} of {len(ics)} markets.")
-    shares = [r["forecasts"]["llm"].get("positive_share") for r in results]
-    one_sign = sum(s is not None and not 0.2 <= s <= 0.8 for s in shares)
-    if any(s is not None for s in shares):
-        known = [s for s in shares if s is not None]
-        spread = f"; its positive share ranged {min(known):.2f}–{max(known):.2f}"
+    shares = [s for r in results if (s := r["forecasts"]["llm"].get("positive_share")) is not None]
+    one_sign = sum(not 0.2 <= s <= 0.8 for s in shares)
+    if shares:
+        spread = f"; its positive share ranged {min(shares):.2f}–{max(shares):.2f}"
         lines.append(f"- The LLM regressor predicted one sign on more than 80% of the traded bars in {one_sign} of "
                      f"{n} markets" + (" (its hit rate there is about the share of up moves, not skill)" if one_sign
                                        else spread) + ".")
